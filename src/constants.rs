@@ -1,0 +1,139 @@
+//! Every protocol constant and resource limit of `timed`, each with its reason.
+//!
+//! Values that an operator may tune have a default here and a field in the
+//! relevant config struct; values that are part of the wire protocol are fixed
+//! and documented in `docs/PROTOCOL.md`. Comparison figures come from
+//! `shared/REFERENCES.md` (Bitcoin Core, Zebra, libp2p, Lighthouse, CometBFT).
+
+use std::time::Duration;
+
+/// The wire protocol version this build speaks.
+///
+/// Sent in every `Version` message. Bumped when a message's layout changes
+/// incompatibly; appending a new `Message` variant does not bump it, because
+/// old peers refuse an unknown variant with a typed error anyway.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest protocol version this build accepts from a peer.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The Noise protocol name.
+///
+/// X25519 for Diffie-Hellman, ChaCha20-Poly1305 for the AEAD and SHA-256 for
+/// the handshake hash: the same suite as rust-libp2p, supported both by snow's
+/// RustCrypto resolver and by its ring-accelerated resolver (ring has no
+/// BLAKE2s), so the faster backend can be chosen at run time.
+pub const NOISE_PROTOCOL_NAME: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
+
+/// Prefix of the Noise prologue; the 4 network magic bytes follow it.
+///
+/// # Security
+/// Both sides mix the prologue into the handshake hash, so a peer on another
+/// network (other magic) or speaking another protocol fails the handshake at
+/// the first authenticated message instead of later.
+pub const NOISE_PROLOGUE_PREFIX: &[u8] = b"timed/noise/1";
+
+/// Domain separation string for the identity signature over the Noise static
+/// key (followed by the 32-byte X25519 public key).
+pub const IDENTITY_SIGNATURE_DOMAIN: &[u8] = b"timed/noise-static-key/1:";
+
+/// Version byte of the Noise handshake payload layout.
+pub const HANDSHAKE_PAYLOAD_VERSION: u8 = 1;
+
+/// Largest Noise message (ciphertext, including the 16-byte tag), fixed by the
+/// Noise specification and by our 2-byte length prefix.
+pub const MAX_NOISE_MESSAGE_LEN: usize = 65_535;
+
+/// Length of the ChaCha20-Poly1305 authentication tag.
+pub const NOISE_TAG_LEN: usize = 16;
+
+/// Largest plaintext carried by one Noise transport message.
+pub const MAX_NOISE_PLAINTEXT_LEN: usize = MAX_NOISE_MESSAGE_LEN - NOISE_TAG_LEN;
+
+/// Largest Noise *handshake* message we accept.
+///
+/// # Security
+/// The three XX messages of this protocol are 32, 193 and 161 bytes long.
+/// Anything longer before authentication is refused before it is buffered,
+/// like Zebra's 1,024-byte pre-handshake cap.
+pub const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1_024;
+
+/// Default upper bound on one application frame (one encoded message).
+///
+/// Bitcoin caps messages at 4,000,000 bytes, Zebra at 2 MiB, the old TIME
+/// Coin node at 8 MiB. 4 MiB leaves room for a full block with its
+/// transactions while keeping the worst-case buffer per connection small.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
+
+/// Upper bound on a frame before the version handshake has completed.
+///
+/// # Security
+/// Only a `Version` message (well under 1 KiB) is legal then; an
+/// unauthenticated-version peer cannot make us buffer more than this.
+pub const PRE_VERSION_MAX_FRAME_LEN: usize = 4 * 1024;
+
+/// Default deadline for the whole connection setup: Noise XX and the version
+/// exchange together.
+///
+/// Zebra uses 3 s, geth 5 s, CometBFT 20 s, Bitcoin 60 s. Three loopback or
+/// LAN round trips take milliseconds; 5 s tolerates slow links while a
+/// slow-loris dialer (1 byte/s) is cut off after at most 5 bytes.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default number of Noise transport messages sent under one key before the
+/// sender rotates it (`REKEY` record).
+///
+/// BIP324 rekeys every 224 packets. Rekeying is one ChaCha20 block, so a low
+/// value costs nothing measurable; 4,096 messages bounds what a later key
+/// compromise of one direction can decrypt.
+pub const DEFAULT_REKEY_AFTER_MESSAGES: u64 = 4_096;
+
+/// Default number of plaintext bytes sent under one key before rotation.
+pub const DEFAULT_REKEY_AFTER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default interval between pings on an idle-or-busy connection.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default time a pong may take before the peer is considered dead.
+///
+/// Zebra's request timeout is 20 s.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Largest accepted user agent string in a `Version` message, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 256;
+
+/// Largest accepted network name in a `Version` message, in bytes.
+pub const MAX_NETWORK_NAME_LEN: usize = 32;
+
+/// Largest clock difference tolerated in a `Version` message.
+///
+/// Bitcoin only warns about skew; we refuse beyond 2 hours because envelope
+/// timestamps and block timestamps are checked against the local clock too.
+pub const MAX_VERSION_CLOCK_SKEW: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Largest payload of a signed gossip envelope, in bytes.
+///
+/// Kept below [`DEFAULT_MAX_FRAME_LEN`] so an envelope always fits a frame
+/// with its header.
+pub const MAX_ENVELOPE_PAYLOAD_LEN: usize = 2 * 1024 * 1024;
+
+/// Largest number of peer addresses in one `Peers` message.
+///
+/// Bitcoin answers GETADDR with at most 1,000 addresses.
+pub const MAX_PEER_ADDRESSES: usize = 1_000;
+
+/// Number of envelopes verified together by batch verification.
+///
+/// ed25519 batch verification of 64 signatures runs at about twice the
+/// single-signature rate (REFERENCES.md); larger batches gain little more.
+pub const SIGNATURE_BATCH_SIZE: usize = 64;
+
+/// Mode bits that must not be set on a secret key file (group and world
+/// access).
+pub const KEY_FILE_FORBIDDEN_MODE_BITS: u32 = 0o077;
+
+/// File name of the node identity key inside the data dir.
+pub const NODE_KEY_FILE: &str = "node_key";
+
+/// User agent sent in `Version` messages.
+pub const USER_AGENT: &str = concat!("/timed:", env!("CARGO_PKG_VERSION"), "/");

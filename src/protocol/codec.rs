@@ -1,0 +1,288 @@
+//! The message codec: the one module that knows bincode.
+//!
+//! # Encoding
+//! bincode 2.0 in serde mode with `standard()` configuration changed to
+//! **little-endian, fixed-width integers** and a size limit of
+//! [`DEFAULT_MAX_FRAME_LEN`]:
+//! - `u8/u16/u32/u64`: 1/2/4/8 bytes little-endian; `bool`: one byte 0 or 1;
+//! - enum: variant index as `u32`, then the variant's fields in order;
+//! - struct and tuple: fields in declaration order, no header;
+//! - `[u8; N]` (N ≤ 32) and the 64-byte signatures: N raw bytes;
+//! - `Vec<T>`, `String`, byte strings: length as `u64`, then the elements;
+//! - `Option<T>`: one byte 0 (None) or 1 followed by `T`.
+//!
+//! One frame holds exactly one message: trailing bytes are an error.
+
+use bytes::BytesMut;
+use serde::{Deserializer, Serializer};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::envelope::Envelope;
+use super::message::{Message, MESSAGE_VARIANT_COUNT};
+use crate::constants::{
+    DEFAULT_MAX_FRAME_LEN, MAX_ENVELOPE_PAYLOAD_LEN, MAX_NETWORK_NAME_LEN, MAX_PEER_ADDRESSES,
+    MAX_USER_AGENT_LEN,
+};
+use crate::transport::{FrameCodec, FrameError};
+
+/// Largest `Disconnect::detail` accepted.
+const MAX_DISCONNECT_DETAIL_LEN: usize = 256;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<DEFAULT_MAX_FRAME_LEN>()
+}
+
+/// Errors turning bytes into messages and back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The message index is not one this build knows.
+    #[error("unknown message variant {tag}")]
+    UnknownVariant {
+        /// The index read from the wire.
+        tag: u32,
+    },
+    /// The bytes do not decode as a message.
+    #[error("undecodable message: {0}")]
+    Malformed(String),
+    /// The message decoded but left bytes over in its frame.
+    #[error("{extra} trailing bytes after the message")]
+    TrailingBytes {
+        /// How many bytes were left.
+        extra: usize,
+    },
+    /// A field is longer than its protocol limit.
+    #[error("{field} has {len} entries or bytes, more than the limit of {max}")]
+    LimitExceeded {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A message could not be encoded (larger than the frame limit).
+    #[error("message cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl CodecError {
+    /// A short stable name of the error kind, for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CodecError::UnknownVariant { .. } => "unknown_variant",
+            CodecError::Malformed(_) => "malformed",
+            CodecError::TrailingBytes { .. } => "trailing_bytes",
+            CodecError::LimitExceeded { .. } => "limit_exceeded",
+            CodecError::Encode(_) => "encode",
+        }
+    }
+}
+
+/// Encodes `message` into `out` (cleared first).
+///
+/// # Errors
+/// [`CodecError::Encode`] if the message is larger than the size limit.
+pub fn encode_message_into(message: &Message, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    out.clear();
+    bincode::serde::encode_into_std_write(message, out, config())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Encodes `message` into a new buffer.
+///
+/// # Errors
+/// See [`encode_message_into`].
+pub fn encode_message(message: &Message) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_message_into(message, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes an envelope on its own (the bytes its id and signature cover).
+pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(envelope.payload.len() + 128);
+    // An envelope within the protocol limits always encodes.
+    if bincode::serde::encode_into_std_write(envelope, &mut out, config()).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Decodes one message from a whole frame and checks its field limits.
+///
+/// # Errors
+/// A [`CodecError`]; never panics, whatever the bytes.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
+    if bytes.len() >= 4 {
+        let tag = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if tag >= MESSAGE_VARIANT_COUNT {
+            return Err(CodecError::UnknownVariant { tag });
+        }
+    }
+    let (message, used): (Message, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            extra: bytes.len() - used,
+        });
+    }
+    check_limits(&message)?;
+    Ok(message)
+}
+
+fn limit(field: &'static str, len: usize, max: usize) -> Result<(), CodecError> {
+    if len > max {
+        Err(CodecError::LimitExceeded { field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_limits(message: &Message) -> Result<(), CodecError> {
+    match message {
+        Message::Version(v) => {
+            limit("version.user_agent", v.user_agent.len(), MAX_USER_AGENT_LEN)?;
+            limit("version.network", v.network.len(), MAX_NETWORK_NAME_LEN)
+        }
+        Message::Disconnect(d) => limit("disconnect.detail", d.detail.len(), MAX_DISCONNECT_DETAIL_LEN),
+        Message::Gossip(e) => limit("gossip.payload", e.payload.len(), MAX_ENVELOPE_PAYLOAD_LEN),
+        Message::Peers(p) => limit("peers", p.len(), MAX_PEER_ADDRESSES),
+        Message::Ping(_) | Message::Pong(_) | Message::GetPeers => Ok(()),
+    }
+}
+
+/// serde helper: a `[u8; 64]` as 64 raw bytes (a tuple), without a length.
+pub mod fixed64 {
+    use super::*;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeTuple;
+
+    /// Serializes 64 bytes as a 64-tuple.
+    pub fn serialize<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(64)?;
+        for b in bytes {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+
+    struct V;
+
+    impl<'de> Visitor<'de> for V {
+        type Value = [u8; 64];
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("64 bytes")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
+            let mut out = [0u8; 64];
+            for (i, slot) in out.iter_mut().enumerate() {
+                *slot = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
+            }
+            Ok(out)
+        }
+    }
+
+    /// Deserializes a 64-tuple of bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        d.deserialize_tuple(64, V)
+    }
+}
+
+/// Errors of the message codec over an encrypted connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The encrypted framing failed (including I/O errors).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A frame did not hold a valid message.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        WireError::Frame(FrameError::Io(e))
+    }
+}
+
+impl WireError {
+    /// A short stable name of the error kind, for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WireError::Frame(e) => e.kind(),
+            WireError::Codec(e) => e.kind(),
+        }
+    }
+}
+
+/// A tokio-util codec of [`Message`]s over encrypted frames.
+#[derive(Debug)]
+pub struct MessageCodec {
+    frames: FrameCodec,
+    scratch: Vec<u8>,
+}
+
+impl MessageCodec {
+    /// Wraps a frame codec.
+    pub fn new(frames: FrameCodec) -> Self {
+        MessageCodec {
+            frames,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The frame codec underneath.
+    pub fn frames(&self) -> &FrameCodec {
+        &self.frames
+    }
+
+    /// The frame codec underneath, mutably (to change the frame limit).
+    pub fn frames_mut(&mut self) -> &mut FrameCodec {
+        &mut self.frames
+    }
+}
+
+impl Decoder for MessageCodec {
+    type Item = Message;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        match self.frames.decode(src)? {
+            Some(frame) => Ok(Some(decode_message(&frame)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        match self.frames.decode_eof(src)? {
+            Some(frame) => Ok(Some(decode_message(&frame)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<&Message> for MessageCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
+        encode_message_into(message, &mut self.scratch)?;
+        Encoder::<&[u8]>::encode(&mut self.frames, &self.scratch, dst)?;
+        Ok(())
+    }
+}
+
+impl Encoder<Message> for MessageCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), WireError> {
+        Encoder::<&Message>::encode(self, &message, dst)
+    }
+}
