@@ -49,19 +49,23 @@ struct RunArgs {
 }
 
 fn default_data_dir(network: Network) -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".timecoin").join(network.name())
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
-    let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir(args.network));
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| default_data_dir(args.network));
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let identity = NodeIdentity::load_or_generate(&data_dir.join(timed::constants::NODE_KEY_FILE))
         .map_err(|e| e.to_string())?;
-    let listen = args.listen.unwrap_or_else(|| {
-        SocketAddr::from(([127, 0, 0, 1], args.network.default_p2p_port()))
-    });
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], args.network.default_p2p_port())));
     let mut version = VersionParams::new(args.network);
     version.listen_addr = Some(listen.into());
     let config = NodeConfig {
@@ -75,7 +79,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         backend: CryptoBackend::default(),
     };
     tracing::info!(data_dir = %data_dir.display(), node.id = %identity.node_id(), "starting timed");
-    let node = Node::start(&identity, config).await.map_err(|e| e.to_string())?;
+    let node = Node::start(&identity, config)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{field, Instrument};
@@ -158,12 +158,13 @@ impl Node {
     /// [`NodeError::Bind`] if the listen address is unavailable.
     pub async fn start(identity: &NodeIdentity, config: NodeConfig) -> Result<Node, NodeError> {
         let keys = LocalKeys::new(identity, config.backend)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: config.listen,
             source,
@@ -255,8 +256,11 @@ impl Node {
                     let span = self.span(addr, Direction::Inbound);
                     let node = self.clone();
                     tokio::spawn(
-                        async move { node.handle(stream, addr, Direction::Inbound, None, None).await }
-                            .instrument(span),
+                        async move {
+                            node.handle(stream, addr, Direction::Inbound, None, None)
+                                .await
+                        }
+                        .instrument(span),
                     );
                 }
                 Err(error) => {
@@ -294,7 +298,7 @@ impl Node {
         async {
             let stream = match tokio::time::timeout(
                 self.inner.config.handshake.timeout,
-                TcpStream::connect(target.addr),
+                self.dial(target.addr),
             )
             .await
             {
@@ -308,7 +312,8 @@ impl Node {
                     return false;
                 }
                 Err(_) => {
-                    let error = Arc::new(ConnectError::Timeout(self.inner.config.handshake.timeout));
+                    let error =
+                        Arc::new(ConnectError::Timeout(self.inner.config.handshake.timeout));
                     tracing::info!(error = %error, error.kind = error.kind(), "dial failed");
                     if let Some(report) = report {
                         let _ = report.send(Err(error));
@@ -316,11 +321,34 @@ impl Node {
                     return false;
                 }
             };
-            self.handle(stream, target.addr, Direction::Outbound, target.node_id, report)
-                .await
+            self.handle(
+                stream,
+                target.addr,
+                Direction::Outbound,
+                target.node_id,
+                report,
+            )
+            .await
         }
         .instrument(span)
         .await
+    }
+
+    /// Opens a TCP connection to `addr`. When the node listens on a specific
+    /// IP, outbound connections leave from that IP too, so peers see one
+    /// address per node (as with several nodes on 127.0.0.x).
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let local = self.inner.config.listen.ip();
+        if local.is_unspecified() || local.is_ipv4() != addr.is_ipv4() {
+            return TcpStream::connect(addr).await;
+        }
+        let socket = if local.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        socket.connect(addr).await
     }
 
     /// Runs setup and then the connection; true if setup succeeded.

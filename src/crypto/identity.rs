@@ -288,7 +288,10 @@ mod tests {
         NodeIdentity::generate().save(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = NodeIdentity::load_or_generate(&path).unwrap_err();
-        assert!(matches!(err, KeyFileError::InsecurePermissions { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            KeyFileError::InsecurePermissions { mode: 0o644, .. }
+        ));
         assert!(err.to_string().contains("chmod 600"));
     }
 
@@ -328,7 +331,10 @@ mod tests {
         let id = NodeIdentity::from_secret_bytes(&[7u8; 32]);
         assert_eq!(
             id.node_id(),
-            NodeId(blake3::derive_key(NODE_ID_CONTEXT, id.public_key().as_bytes()))
+            NodeId(blake3::derive_key(
+                NODE_ID_CONTEXT,
+                id.public_key().as_bytes()
+            ))
         );
         let text = id.node_id().to_string();
         assert_eq!(text.parse::<NodeId>().unwrap(), id.node_id());

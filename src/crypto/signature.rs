@@ -142,7 +142,8 @@ impl PublicKey {
         match scheme {
             SignatureScheme::Ed25519 => {
                 let arr: &[u8; 32] = bytes.try_into().map_err(|_| invalid.clone())?;
-                let key = ed25519_dalek::VerifyingKey::from_bytes(arr).map_err(|_| invalid.clone())?;
+                let key =
+                    ed25519_dalek::VerifyingKey::from_bytes(arr).map_err(|_| invalid.clone())?;
                 if key.is_weak() {
                     return Err(invalid);
                 }
@@ -178,11 +179,12 @@ impl PublicKey {
     /// A [`SignatureError`] naming why the check failed.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
         match (self, signature) {
-            (PublicKey::Ed25519(k), Signature::Ed25519(s)) => k
-                .verify_strict(message, s)
-                .map_err(|_| SignatureError::Invalid {
-                    scheme: SignatureScheme::Ed25519,
-                }),
+            (PublicKey::Ed25519(k), Signature::Ed25519(s)) => {
+                k.verify_strict(message, s)
+                    .map_err(|_| SignatureError::Invalid {
+                        scheme: SignatureScheme::Ed25519,
+                    })
+            }
             (PublicKey::Secp256k1(k), Signature::Secp256k1(s)) => {
                 if s.normalize_s().is_some() {
                     return Err(SignatureError::MalformedSignature {
@@ -220,7 +222,9 @@ impl Signature {
         let malformed = SignatureError::MalformedSignature { scheme };
         let arr: &[u8; 64] = bytes.try_into().map_err(|_| malformed.clone())?;
         match scheme {
-            SignatureScheme::Ed25519 => Ok(Signature::Ed25519(ed25519_dalek::Signature::from_bytes(arr))),
+            SignatureScheme::Ed25519 => Ok(Signature::Ed25519(
+                ed25519_dalek::Signature::from_bytes(arr),
+            )),
             SignatureScheme::Secp256k1 => k256::ecdsa::Signature::from_slice(arr)
                 .map(Signature::Secp256k1)
                 .map_err(|_| malformed),

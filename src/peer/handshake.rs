@@ -103,7 +103,9 @@ pub struct Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -192,8 +194,7 @@ async fn establish_inner(
 ) -> Result<Connection, ConnectError> {
     let magic = config.version.network.magic();
     let initiator = direction == Direction::Outbound;
-    let (session, remote) =
-        noise::handshake(&mut stream, keys, magic, initiator, expected).await?;
+    let (session, remote) = noise::handshake(&mut stream, keys, magic, initiator, expected).await?;
     let frames = FrameCodec::new(session, PRE_VERSION_MAX_FRAME_LEN, config.rekey);
     let mut framed = Framed::new(stream, MessageCodec::new(frames));
     let ours = config.version.build(keys.node_id(), best_height);
@@ -219,7 +220,10 @@ async fn establish_inner(
         let _ = framed.send(&goodbye).await;
         return Err(e.into());
     }
-    framed.codec_mut().frames_mut().set_max_frame_len(config.max_frame_len);
+    framed
+        .codec_mut()
+        .frames_mut()
+        .set_max_frame_len(config.max_frame_len);
     Ok(Connection {
         framed,
         info: PeerInfo {

@@ -148,7 +148,11 @@ fn check_limits(message: &Message) -> Result<(), CodecError> {
             limit("version.user_agent", v.user_agent.len(), MAX_USER_AGENT_LEN)?;
             limit("version.network", v.network.len(), MAX_NETWORK_NAME_LEN)
         }
-        Message::Disconnect(d) => limit("disconnect.detail", d.detail.len(), MAX_DISCONNECT_DETAIL_LEN),
+        Message::Disconnect(d) => limit(
+            "disconnect.detail",
+            d.detail.len(),
+            MAX_DISCONNECT_DETAIL_LEN,
+        ),
         Message::Gossip(e) => limit("gossip.payload", e.payload.len(), MAX_ENVELOPE_PAYLOAD_LEN),
         Message::Peers(p) => limit("peers", p.len(), MAX_PEER_ADDRESSES),
         Message::Ping(_) | Message::Pong(_) | Message::GetPeers => Ok(()),

@@ -273,7 +273,13 @@ mod tests {
 
     fn env(n: u8) -> Envelope {
         let id = NodeIdentity::from_secret_bytes(&[n; 32]);
-        Envelope::sign(&id, MAGIC, GossipKind::Transaction, 1_700_000_000_000, vec![n; 250])
+        Envelope::sign(
+            &id,
+            MAGIC,
+            GossipKind::Transaction,
+            1_700_000_000_000,
+            vec![n; 250],
+        )
     }
 
     #[test]
@@ -285,7 +291,10 @@ mod tests {
         assert_eq!(e.id().0, *blake3::hash(&bytes).as_bytes());
         let mut signed = Vec::from(&MAGIC[..]);
         signed.extend_from_slice(&bytes[..bytes.len() - 64]);
-        assert_eq!(e.digest(MAGIC), blake3::derive_key(ENVELOPE_DIGEST_CONTEXT, &signed));
+        assert_eq!(
+            e.digest(MAGIC),
+            blake3::derive_key(ENVELOPE_DIGEST_CONTEXT, &signed)
+        );
         assert_eq!(
             e.originator_id(),
             Some(NodeIdentity::from_secret_bytes(&[1; 32]).node_id())

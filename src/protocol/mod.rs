@@ -9,7 +9,6 @@ pub mod version;
 pub use codec::{decode_message, encode_message, CodecError, MessageCodec, WireError};
 pub use envelope::{verify_batch, Envelope, EnvelopeError, GossipKind, MessageId};
 pub use message::{
-    Disconnect, DisconnectReason, Message, PeerAddress, Ping, Pong, Version,
-    MESSAGE_VARIANT_COUNT,
+    Disconnect, DisconnectReason, Message, PeerAddress, Ping, Pong, Version, MESSAGE_VARIANT_COUNT,
 };
 pub use version::{VersionError, VersionParams};

@@ -193,7 +193,10 @@ mod tests {
 
         let mut v = good.clone();
         v.magic = *b"TIME";
-        assert!(matches!(ours.check(&v, id), Err(VersionError::WrongMagic { .. })));
+        assert!(matches!(
+            ours.check(&v, id),
+            Err(VersionError::WrongMagic { .. })
+        ));
         let mut v = good.clone();
         v.protocol_version = 0;
         assert!(matches!(
@@ -202,10 +205,16 @@ mod tests {
         ));
         let mut v = good.clone();
         v.network = "testnet".into();
-        assert!(matches!(ours.check(&v, id), Err(VersionError::WrongNetwork { .. })));
+        assert!(matches!(
+            ours.check(&v, id),
+            Err(VersionError::WrongNetwork { .. })
+        ));
         let mut v = good.clone();
         v.genesis_hash = [9; 32];
-        assert!(matches!(ours.check(&v, id), Err(VersionError::WrongGenesis { .. })));
+        assert!(matches!(
+            ours.check(&v, id),
+            Err(VersionError::WrongGenesis { .. })
+        ));
         let other = NodeIdentity::generate().node_id();
         assert!(matches!(
             ours.check(&good, other),
@@ -213,6 +222,9 @@ mod tests {
         ));
         let mut v = good;
         v.timestamp -= 3 * 3600;
-        assert!(matches!(ours.check(&v, id), Err(VersionError::ClockSkew { .. })));
+        assert!(matches!(
+            ours.check(&v, id),
+            Err(VersionError::ClockSkew { .. })
+        ));
     }
 }

@@ -29,8 +29,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::constants::{
-    DEFAULT_REKEY_AFTER_BYTES, DEFAULT_REKEY_AFTER_MESSAGES,
-    MAX_NOISE_MESSAGE_LEN, MAX_NOISE_PLAINTEXT_LEN, NOISE_TAG_LEN,
+    DEFAULT_REKEY_AFTER_BYTES, DEFAULT_REKEY_AFTER_MESSAGES, MAX_NOISE_MESSAGE_LEN,
+    MAX_NOISE_PLAINTEXT_LEN, NOISE_TAG_LEN,
 };
 
 /// Record type: first record of a frame.
@@ -92,6 +92,10 @@ pub enum FrameError {
     /// do not add up to the announced length.
     #[error("framing violation: {0}")]
     Framing(&'static str),
+    /// The peer closed the connection in the middle of a Noise message or
+    /// of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
     /// Encryption failed (only if a Noise nonce is exhausted).
     #[error("encryption failed: {0}")]
     Encrypt(snow::Error),
@@ -106,6 +110,7 @@ impl FrameError {
             FrameError::ShortMessage { .. } => "short_message",
             FrameError::TooLarge { .. } => "frame_too_large",
             FrameError::Framing(_) => "framing",
+            FrameError::Truncated => "truncated",
             FrameError::Encrypt(_) => "encrypt",
         }
     }
@@ -203,7 +208,8 @@ impl FrameCodec {
         self.seal(record_type, header, body, dst)?;
         self.sent_messages += 1;
         self.sent_bytes += (1 + header.len() + body.len()) as u64;
-        if self.sent_messages >= self.rekey.after_messages || self.sent_bytes >= self.rekey.after_bytes
+        if self.sent_messages >= self.rekey.after_messages
+            || self.sent_bytes >= self.rekey.after_bytes
         {
             self.seal(RECORD_REKEY, &[], &[], dst)?;
             self.noise.rekey_outgoing();
@@ -302,9 +308,7 @@ impl FrameCodec {
 
     fn complete(&mut self) -> Result<Option<BytesMut>, FrameError> {
         match &self.partial {
-            Some(p) if p.buf.len() == p.expected => {
-                Ok(self.partial.take().map(|p| p.buf))
-            }
+            Some(p) if p.buf.len() == p.expected => Ok(self.partial.take().map(|p| p.buf)),
             _ => Ok(None),
         }
     }
@@ -343,10 +347,7 @@ impl Decoder for FrameCodec {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
             None if buf.is_empty() && self.partial.is_none() => Ok(None),
-            None => Err(FrameError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed in the middle of a frame",
-            ))),
+            None => Err(FrameError::Truncated),
         }
     }
 }
@@ -415,7 +416,15 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn frames_of_many_sizes_round_trip() {
         let (mut tx, mut rx) = codecs(RekeyPolicy::default(), DEFAULT_MAX_FRAME_LEN).await;
-        let sizes = [1usize, 100, MAX_START_CHUNK, MAX_START_CHUNK + 1, 65_535, 200_000, 1 << 20];
+        let sizes = [
+            1usize,
+            100,
+            MAX_START_CHUNK,
+            MAX_START_CHUNK + 1,
+            65_535,
+            200_000,
+            1 << 20,
+        ];
         let mut wire = BytesMut::new();
         for &size in &sizes {
             let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -494,7 +503,10 @@ pub(crate) mod tests {
         Encoder::<&[u8]>::encode(&mut a, &vec![1u8; 1001], &mut wire).unwrap();
         assert!(matches!(
             b.decode(&mut wire),
-            Err(FrameError::TooLarge { len: 1001, max: 1000 })
+            Err(FrameError::TooLarge {
+                len: 1001,
+                max: 1000
+            })
         ));
     }
 
@@ -502,13 +514,19 @@ pub(crate) mod tests {
     async fn framing_violations_are_typed() {
         let (mut a, mut b) = codecs(RekeyPolicy::default(), 1000).await;
         let mut wire = BytesMut::new();
-        a.write_record(RECORD_FRAME_CONT, &[], b"orphan", &mut wire).unwrap();
+        a.write_record(RECORD_FRAME_CONT, &[], b"orphan", &mut wire)
+            .unwrap();
         assert!(matches!(b.decode(&mut wire), Err(FrameError::Framing(_))));
 
         let (mut a, mut b) = codecs(RekeyPolicy::default(), 1000).await;
         let mut wire = BytesMut::new();
-        a.write_record(RECORD_FRAME_START, &100u32.to_be_bytes(), b"short", &mut wire)
-            .unwrap();
+        a.write_record(
+            RECORD_FRAME_START,
+            &100u32.to_be_bytes(),
+            b"short",
+            &mut wire,
+        )
+        .unwrap();
         a.write_record(RECORD_FRAME_START, &5u32.to_be_bytes(), b"again", &mut wire)
             .unwrap();
         assert!(matches!(b.decode(&mut wire), Err(FrameError::Framing(_))));
@@ -520,7 +538,10 @@ pub(crate) mod tests {
 
         let (_, mut b) = codecs(RekeyPolicy::default(), 1000).await;
         let mut wire = BytesMut::from(&[0u8, 3, 1, 2, 3][..]);
-        assert!(matches!(b.decode(&mut wire), Err(FrameError::ShortMessage { len: 3 })));
+        assert!(matches!(
+            b.decode(&mut wire),
+            Err(FrameError::ShortMessage { len: 3 })
+        ));
     }
 
     #[tokio::test]

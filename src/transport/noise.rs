@@ -196,7 +196,9 @@ pub enum HandshakeError {
     },
     /// Noise rejected a message: the peer uses another prologue (network
     /// magic or protocol), or the bytes were corrupted.
-    #[error("noise handshake message rejected (wrong network magic or prologue, or corrupted): {0}")]
+    #[error(
+        "noise handshake message rejected (wrong network magic or prologue, or corrupted): {0}"
+    )]
     Noise(#[from] snow::Error),
     /// The identity payload has the wrong length or version.
     #[error("malformed identity payload: {0}")]
@@ -284,13 +286,16 @@ fn verify_identity_payload(
     remote_static: Option<&[u8]>,
 ) -> Result<RemoteIdentity, HandshakeError> {
     if payload.len() != IDENTITY_PAYLOAD_LEN {
-        return Err(HandshakeError::BadPayload("identity payload must be 97 bytes"));
+        return Err(HandshakeError::BadPayload(
+            "identity payload must be 97 bytes",
+        ));
     }
     if payload[0] != HANDSHAKE_PAYLOAD_VERSION {
-        return Err(HandshakeError::BadPayload("unknown identity payload version"));
+        return Err(HandshakeError::BadPayload(
+            "unknown identity payload version",
+        ));
     }
-    let remote_static =
-        remote_static.ok_or(HandshakeError::BadPayload("no remote static key"))?;
+    let remote_static = remote_static.ok_or(HandshakeError::BadPayload("no remote static key"))?;
     let mut key = [0u8; 32];
     key.copy_from_slice(&payload[1..33]);
     let public_key =
@@ -367,7 +372,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(HandshakeError::SelfConnection);
         }
     }
-    debug_assert!(MAX_HANDSHAKE_MESSAGE_LEN <= MAX_NOISE_MESSAGE_LEN);
+    const { assert!(MAX_HANDSHAKE_MESSAGE_LEN <= MAX_NOISE_MESSAGE_LEN) };
     Ok((state.into_transport_mode()?, remote))
 }
 
