@@ -20,6 +20,7 @@ use tracing::{field, Instrument};
 use crate::crypto::{NodeId, NodeIdentity};
 use crate::peer::connection::{self, ConnectionConfig, ConnectionError, ConnectionEvent};
 use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig, PeerInfo};
+use crate::protocol::DisconnectReason;
 use crate::transport::noise::{CryptoBackend, HandshakeError, LocalKeys};
 
 /// Capacity of the event channel; slow observers miss events rather than
@@ -279,6 +280,9 @@ impl Node {
             if healthy {
                 delay = REDIAL_INITIAL_DELAY;
             }
+            if self.inner.shutdown.is_cancelled() {
+                return;
+            }
             tracing::info!(peer = %target, delay_ms = delay.as_millis() as u64, "redialling later");
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
@@ -403,7 +407,12 @@ impl Node {
         )
         .await;
         match &error {
-            ConnectionError::Shutdown | ConnectionError::Closed => {
+            ConnectionError::Shutdown
+            | ConnectionError::Closed
+            | ConnectionError::PeerDisconnected {
+                reason: DisconnectReason::Shutdown,
+                ..
+            } => {
                 tracing::info!(reason = %error, reason.kind = error.kind(), "peer disconnected")
             }
             _ => tracing::warn!(error = %error, error.kind = error.kind(), "peer disconnected"),
