@@ -1,0 +1,366 @@
+//! `dedup`: one node-wide bounded cache of message ids with a TTL.
+//!
+//! Covers every gossiped kind (the id of a signed envelope is the blake3 of
+//! its encoding) and repeated requests (a request's id is the blake3 of the
+//! sender's node id and the encoded request, so the same request from the
+//! same peer within the TTL is dropped). A duplicate never reaches the
+//! handlers; it is refused with the benign reason `duplicate`.
+//!
+//! # Correctness
+//! An id is reserved while the inner service handles the message, so two
+//! copies arriving at once on two connections cannot both pass; if the inner
+//! service refuses the message (for example `auth` finds the signature
+//! invalid), the reservation is released, so an envelope that failed
+//! authentication never poisons the cache for the genuine one.
+//!
+//! # Security
+//! The cache holds at most `capacity` ids; when full, the oldest entry is
+//! evicted first. Entries expire after `ttl`: `auth` refuses envelopes older
+//! than that, so an evicted id cannot be replayed successfully.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service};
+
+use super::{Inbound, LayerCounters, Outcome, Rejection};
+use crate::protocol::{codec, Message, MessageId};
+
+/// The layer's name in the config and in metrics.
+pub const NAME: &str = "dedup";
+
+/// Default TTL of a seen id.
+///
+/// gossipsub keeps ids 60 s, Lighthouse 768 s. Ten minutes covers the slowest
+/// relay path of a small network and matches `auth`'s default maximum
+/// envelope age, so an id forgotten here is also refused there.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+
+/// Default capacity: 200,000 ids of 32 bytes plus bookkeeping is about
+/// 20 MB at worst, and covers 300 messages/s for the whole TTL.
+pub const DEFAULT_CAPACITY: usize = 200_000;
+
+/// Configuration of the `dedup` layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// Seconds an id is remembered.
+    pub ttl_secs: u64,
+    /// Most ids remembered at once.
+    pub capacity: usize,
+    /// Also drop identical requests repeated by the same peer.
+    pub requests: bool,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            ttl_secs: DEFAULT_TTL.as_secs(),
+            capacity: DEFAULT_CAPACITY,
+            requests: true,
+        }
+    }
+}
+
+impl DedupConfig {
+    /// Checks the parameters.
+    ///
+    /// # Errors
+    /// A message naming the bad parameter.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ttl_secs == 0 {
+            return Err("ttl_secs must be at least 1".into());
+        }
+        if self.capacity == 0 {
+            return Err("capacity must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// Being handled by the inner service.
+    Pending,
+    /// Handled; expires at the instant.
+    Seen(Instant),
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    entries: HashMap<MessageId, Entry>,
+    /// Insertion order, for expiry and eviction.
+    order: VecDeque<(MessageId, Instant)>,
+}
+
+/// The node-wide id cache.
+#[derive(Debug)]
+pub struct DedupCache {
+    cache: Mutex<Cache>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl DedupCache {
+    /// An empty cache.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        DedupCache {
+            cache: Mutex::new(Cache::default()),
+            ttl,
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        match self.cache.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Reserves `id`; false if it is already pending or seen.
+    pub fn reserve(&self, id: MessageId) -> bool {
+        let now = Instant::now();
+        let mut cache = self.lock();
+        // Expire from the front: insertion order is expiry order.
+        while let Some(&(old, at)) = cache.order.front() {
+            if now.saturating_duration_since(at) < self.ttl && cache.order.len() < self.capacity {
+                break;
+            }
+            cache.order.pop_front();
+            // Remove the entry only if this record is its latest one.
+            if let Some(Entry::Seen(until)) = cache.entries.get(&old) {
+                if *until <= at + self.ttl {
+                    cache.entries.remove(&old);
+                }
+            }
+        }
+        match cache.entries.get(&id) {
+            Some(Entry::Pending) => false,
+            Some(Entry::Seen(until)) if *until > now => false,
+            _ => {
+                cache.entries.insert(id, Entry::Pending);
+                true
+            }
+        }
+    }
+
+    /// Marks a reserved id as seen (the inner service accepted it).
+    pub fn commit(&self, id: MessageId) {
+        let now = Instant::now();
+        let mut cache = self.lock();
+        cache.entries.insert(id, Entry::Seen(now + self.ttl));
+        cache.order.push_back((id, now));
+    }
+
+    /// Releases a reservation (the inner service refused the message).
+    pub fn release(&self, id: MessageId) {
+        let mut cache = self.lock();
+        if let Some(Entry::Pending) = cache.entries.get(&id) {
+            cache.entries.remove(&id);
+        }
+    }
+
+    /// Ids currently remembered (pending or seen).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The id dedup uses for a message, if it dedups that kind.
+fn dedup_id(request: &Inbound, requests: bool) -> Option<MessageId> {
+    match &*request.message {
+        Message::Gossip(envelope) => Some(envelope.id()),
+        Message::GetPeers if requests => {
+            let bytes = codec::encode_message(&request.message).ok()?;
+            let mut h = blake3::Hasher::new_derive_key("timed v1 request dedup");
+            h.update(request.peer.node_id.as_bytes());
+            h.update(&bytes);
+            Some(MessageId(*h.finalize().as_bytes()))
+        }
+        _ => None,
+    }
+}
+
+/// The `dedup` layer.
+#[derive(Clone, Debug)]
+pub struct DedupLayer {
+    cache: Arc<DedupCache>,
+    counters: Arc<LayerCounters>,
+    requests: bool,
+}
+
+impl DedupLayer {
+    /// A layer with its own node-wide cache.
+    pub fn new(config: &DedupConfig) -> Self {
+        DedupLayer {
+            cache: Arc::new(DedupCache::new(
+                Duration::from_secs(config.ttl_secs),
+                config.capacity,
+            )),
+            counters: Arc::new(LayerCounters::default()),
+            requests: config.requests,
+        }
+    }
+
+    /// The decision counters.
+    pub fn counters(&self) -> &Arc<LayerCounters> {
+        &self.counters
+    }
+
+    /// The shared cache.
+    pub fn cache(&self) -> &Arc<DedupCache> {
+        &self.cache
+    }
+}
+
+impl<S> Layer<S> for DedupLayer {
+    type Service = Dedup<S>;
+
+    fn layer(&self, inner: S) -> Dedup<S> {
+        Dedup {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The `dedup` service.
+#[derive(Clone, Debug)]
+pub struct Dedup<S> {
+    inner: S,
+    layer: DedupLayer,
+}
+
+impl<S> Service<Inbound> for Dedup<S>
+where
+    S: Service<Inbound, Response = Outcome, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Inbound) -> Self::Future {
+        let Some(id) = dedup_id(&request, self.layer.requests) else {
+            return Box::pin(self.inner.call(request));
+        };
+        if !self.layer.cache.reserve(id) {
+            self.layer.counters.reject(NAME, "duplicate");
+            metrics::counter!("timed_dedup_hits_total").increment(1);
+            return Box::pin(std::future::ready(Err(
+                Rejection::benign(NAME, "duplicate").into()
+            )));
+        }
+        self.layer.counters.accept(NAME);
+        let cache = self.layer.cache.clone();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            match &result {
+                Ok(_) => cache.commit(id),
+                Err(_) => cache.release(id),
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::NodeIdentity;
+    use crate::layers::test_support::{inbound, peer, CountingHandler};
+    use crate::protocol::{Envelope, GossipKind};
+    use std::sync::atomic::Ordering;
+    use tower::ServiceExt;
+
+    fn envelope(n: u8) -> Message {
+        let id = NodeIdentity::from_secret_bytes(&[n; 32]);
+        Message::Gossip(Envelope::sign(&id, *b"TDEV", GossipKind::Transaction, 1, vec![n; 10]))
+    }
+
+    #[tokio::test]
+    async fn duplicates_never_reach_the_handler() {
+        let handler = CountingHandler::default();
+        let layer = DedupLayer::new(&DedupConfig::default());
+        let mut svc = layer.layer(handler.clone());
+        let p = peer([127, 0, 0, 1]);
+        for _ in 0..3 {
+            let _ = svc.ready().await.unwrap().call(inbound(&p, envelope(1))).await;
+        }
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(inbound(&p, envelope(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(Rejection::find(&err).unwrap().reason, "duplicate");
+        assert_eq!(handler.0.load(Ordering::Relaxed), 1);
+        assert_eq!(layer.counters().rejected("duplicate"), 3);
+        // Pings are not deduplicated; repeated GetPeers are.
+        for _ in 0..2 {
+            let _ = svc.ready().await.unwrap().call(inbound(&p, Message::GetPeers)).await;
+        }
+        assert_eq!(handler.0.load(Ordering::Relaxed), 2);
+    }
+
+    #[derive(Clone)]
+    struct Refuse;
+    impl Service<Inbound> for Refuse {
+        type Response = Outcome;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Outcome, BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Inbound) -> Self::Future {
+            std::future::ready(Err("refused".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_does_not_poison_the_cache() {
+        let layer = DedupLayer::new(&DedupConfig::default());
+        let p = peer([127, 0, 0, 1]);
+        let mut refusing = layer.layer(Refuse);
+        assert!(refusing.call(inbound(&p, envelope(2))).await.is_err());
+        let handler = CountingHandler::default();
+        let mut accepting = layer.layer(handler.clone());
+        accepting.call(inbound(&p, envelope(2))).await.unwrap();
+        assert_eq!(handler.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_expire_after_the_ttl_and_capacity_is_bounded() {
+        let cache = DedupCache::new(Duration::from_secs(10), 3);
+        let id = |n: u8| MessageId([n; 32]);
+        assert!(cache.reserve(id(1)));
+        cache.commit(id(1));
+        assert!(!cache.reserve(id(1)));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(cache.reserve(id(1)));
+        cache.commit(id(1));
+        for n in 2..10 {
+            assert!(cache.reserve(id(n)));
+            cache.commit(id(n));
+            assert!(cache.len() <= 4, "len {}", cache.len());
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The inbound middleware: tower layers between a peer connection and the
+//! handlers.
+//!
+//! Every message a peer sends becomes an [`Inbound`] request that carries the
+//! peer's identity ([`PeerContext`]) and goes through the connection's stack,
+//! built from the config's ordered `[[middleware]]` list (see [`stack`]).
+//! Each layer lives in its own module with its config, its metrics and its
+//! tests:
+//!
+//! | layer | refuses | shared state |
+//! |---|---|---|
+//! | [`blacklist`] | banned IPs and subnets; escalating bans from violations | node-wide ban list |
+//! | [`scoring`] | nothing itself: scores outcomes, disconnects and bans | per-peer score |
+//! | [`rate_limit`] | excess per peer and kind, and per IP (IPv6 /64) | node-wide per-IP limiter |
+//! | [`dedup`] | messages seen within the TTL | node-wide id cache |
+//! | [`auth`] | unsigned, stale or forged envelopes | node-wide batch verifier |
+//!
+//! A layer refuses a request with a [`Rejection`] error (boxed as
+//! [`tower::BoxError`]) that names the layer, the reason and the
+//! [`Offence`] if the peer misbehaved; the scoring layer turns offences into
+//! penalties. A duplicate is a rejection without an offence: it is normal in
+//! gossip.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto::NodeId;
+use crate::peer::Direction;
+use crate::protocol::{Message, MessageId};
+
+pub mod auth;
+pub mod blacklist;
+pub mod dedup;
+pub mod rate_limit;
+pub mod scoring;
+pub mod stack;
+
+/// The peer an inbound request came from.
+#[derive(Debug)]
+pub struct PeerContext {
+    /// Its authenticated node id.
+    pub node_id: NodeId,
+    /// The connection's remote address.
+    pub addr: SocketAddr,
+    /// Who dialed.
+    pub direction: Direction,
+    /// The node-unique connection id (also in the tracing span).
+    pub conn_id: u64,
+    /// The peer's score.
+    pub score: ScoreHandle,
+    /// Cancelled to close the connection (by scoring or the blacklist).
+    pub disconnect: CancellationToken,
+    /// Per-connection counters, for `getpeerinfo`.
+    pub stats: PeerStats,
+}
+
+impl PeerContext {
+    /// The remote IP.
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+}
+
+/// Counters of one connection.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Messages received.
+    pub messages_in: AtomicU64,
+    /// Messages sent.
+    pub messages_out: AtomicU64,
+    /// Requests refused by a layer.
+    pub rejected: AtomicU64,
+}
+
+/// An inbound message and where it came from.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    /// The sender.
+    pub peer: Arc<PeerContext>,
+    /// The message.
+    pub message: Arc<Message>,
+}
+
+impl Inbound {
+    /// The gossip id if the message is a signed envelope.
+    pub fn gossip_id(&self) -> Option<MessageId> {
+        match &*self.message {
+            Message::Gossip(envelope) => Some(envelope.id()),
+            _ => None,
+        }
+    }
+}
+
+/// What the handlers made of an inbound request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// New and useful (a first delivery of a valid envelope); relayed.
+    Accepted,
+    /// Handled; nothing to report.
+    Handled,
+    /// Handled; send this message back to the peer.
+    Reply(Message),
+}
+
+/// Misbehaviour that costs a peer score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Offence {
+    /// A signature that does not verify, or an unsigned envelope.
+    InvalidSignature,
+    /// A message that is malformed for its kind.
+    Malformed,
+    /// More messages than the rate limit allows.
+    RateLimitExceeded,
+    /// A message not allowed in the current state.
+    ProtocolViolation,
+    /// No answer to a request in time.
+    Timeout,
+}
+
+impl Offence {
+    /// A short stable name, for logs and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Offence::InvalidSignature => "invalid_signature",
+            Offence::Malformed => "malformed",
+            Offence::RateLimitExceeded => "rate_limit_exceeded",
+            Offence::ProtocolViolation => "protocol_violation",
+            Offence::Timeout => "timeout",
+        }
+    }
+}
+
+/// A layer refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{layer} rejected the message: {reason}")]
+pub struct Rejection {
+    /// The layer that refused.
+    pub layer: &'static str,
+    /// Why, as a stable label (`duplicate`, `banned`, `bad_signature`, ...).
+    pub reason: &'static str,
+    /// The offence, if the peer misbehaved.
+    pub offence: Option<Offence>,
+}
+
+impl Rejection {
+    /// A rejection that costs the peer score.
+    pub const fn offence(layer: &'static str, reason: &'static str, offence: Offence) -> Self {
+        Rejection {
+            layer,
+            reason,
+            offence: Some(offence),
+        }
+    }
+
+    /// A rejection that costs nothing (e.g. a duplicate).
+    pub const fn benign(layer: &'static str, reason: &'static str) -> Self {
+        Rejection {
+            layer,
+            reason,
+            offence: None,
+        }
+    }
+
+    /// Finds a rejection in a boxed error.
+    pub fn find(error: &tower::BoxError) -> Option<&Rejection> {
+        error.downcast_ref::<Rejection>()
+    }
+}
+
+/// A peer's score, shared by the scoring layer, the connection task and the
+/// RPC.
+///
+/// The value decays exponentially towards 0 with the half-life the caller
+/// passes; it is kept in `[-100, 100]`.
+#[derive(Clone, Debug)]
+pub struct ScoreHandle(Arc<Mutex<(f64, Instant)>>);
+
+impl Default for ScoreHandle {
+    fn default() -> Self {
+        ScoreHandle(Arc::new(Mutex::new((0.0, Instant::now()))))
+    }
+}
+
+/// Lowest and highest score.
+pub const SCORE_RANGE: (f64, f64) = (-100.0, 100.0);
+
+fn decayed(value: f64, since: Instant, now: Instant, half_life: Duration) -> f64 {
+    let elapsed = now.saturating_duration_since(since).as_secs_f64();
+    let half = half_life.as_secs_f64();
+    if half <= 0.0 {
+        return value;
+    }
+    value * 0.5f64.powf(elapsed / half)
+}
+
+impl ScoreHandle {
+    /// The current value after decay.
+    pub fn value(&self, half_life: Duration) -> f64 {
+        let guard = match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        decayed(guard.0, guard.1, Instant::now(), half_life)
+    }
+
+    /// Decays, adds `delta`, clamps, and returns the new value.
+    pub fn add(&self, delta: f64, half_life: Duration) -> f64 {
+        let mut guard = match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        let value = (decayed(guard.0, guard.1, now, half_life) + delta)
+            .clamp(SCORE_RANGE.0, SCORE_RANGE.1);
+        *guard = (value, now);
+        value
+    }
+}
+
+/// Per-layer decision counters: kept in memory for `getmiddleware` and
+/// exported as `timed_layer_decisions_total{layer, decision, reason}`.
+#[derive(Debug, Default)]
+pub struct LayerCounters {
+    accepted: AtomicU64,
+    rejected: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl LayerCounters {
+    /// Records a request passed on by `layer`.
+    pub fn accept(&self, layer: &'static str) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            "timed_layer_decisions_total",
+            "layer" => layer,
+            "decision" => "accepted",
+            "reason" => "none"
+        )
+        .increment(1);
+    }
+
+    /// Records a request refused by `layer` for `reason`.
+    pub fn reject(&self, layer: &'static str, reason: &'static str) {
+        {
+            let mut guard = match self.rejected.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match guard.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += 1,
+                None => guard.push((reason, 1)),
+            }
+        }
+        metrics::counter!(
+            "timed_layer_decisions_total",
+            "layer" => layer,
+            "decision" => "rejected",
+            "reason" => reason
+        )
+        .increment(1);
+    }
+
+    /// How many requests were passed on.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// How many requests were refused for `reason`.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        let guard = match self.rejected.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+    }
+
+    /// Every rejection reason with its count.
+    pub fn rejections(&self) -> Vec<(&'static str, u64)> {
+        match self.rejected.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl fmt::Display for Offence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Helpers for the layers' unit tests.
+    use super::*;
+
+    /// A peer context for `ip`.
+    pub fn peer(ip: [u8; 4]) -> Arc<PeerContext> {
+        Arc::new(PeerContext {
+            node_id: NodeId(blake3::hash(&ip).into()),
+            addr: SocketAddr::from((ip, 24_200)),
+            direction: Direction::Inbound,
+            conn_id: 1,
+            score: ScoreHandle::default(),
+            disconnect: CancellationToken::new(),
+            stats: PeerStats::default(),
+        })
+    }
+
+    /// An inbound request.
+    pub fn inbound(peer: &Arc<PeerContext>, message: Message) -> Inbound {
+        Inbound {
+            peer: peer.clone(),
+            message: Arc::new(message),
+        }
+    }
+
+    /// A handler that accepts everything and counts calls.
+    #[derive(Clone, Default)]
+    pub struct CountingHandler(pub Arc<AtomicU64>);
+
+    impl tower::Service<Inbound> for CountingHandler {
+        type Response = Outcome;
+        type Error = tower::BoxError;
+        type Future = std::future::Ready<Result<Outcome, tower::BoxError>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Inbound) -> Self::Future {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(Outcome::Accepted))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn score_decays_with_the_half_life_and_clamps() {
+        let s = ScoreHandle::default();
+        let hl = Duration::from_secs(600);
+        assert_eq!(s.add(-40.0, hl), -40.0);
+        tokio::time::advance(hl).await;
+        assert!((s.value(hl) + 20.0).abs() < 1e-6);
+        assert_eq!(s.add(-500.0, hl), -100.0);
+        assert_eq!(s.add(1000.0, hl), 100.0);
+    }
+}
