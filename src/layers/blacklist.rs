@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(b.record_violation(a, "test"), None, "4th violation");
         b.record_violation(a, "test");
         assert_eq!(b.banned(a).unwrap().until.remaining_secs(), Some(3600));
-        for _ in 6..10 {
+        for _ in 6..=10 {
             b.record_violation(a, "test");
         }
         assert_eq!(b.banned(a).unwrap().until, BanUntil::Permanent);
