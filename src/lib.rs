@@ -45,6 +45,7 @@
 
 pub mod constants;
 pub mod crypto;
+pub mod handlers;
 pub mod layers;
 pub mod network;
 pub mod node;

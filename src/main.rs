@@ -11,7 +11,6 @@ use timed::network::Network;
 use timed::node::{Node, NodeConfig, PeerTarget};
 use timed::peer::{ConnectionConfig, HandshakeConfig};
 use timed::protocol::VersionParams;
-use timed::transport::CryptoBackend;
 
 /// timed: a node for the TIME Coin network.
 #[derive(Parser, Debug)]
@@ -68,15 +67,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], args.network.default_p2p_port())));
     let mut version = VersionParams::new(args.network);
     version.listen_addr = Some(listen.into());
-    let config = NodeConfig {
-        listen,
-        peers: args.peers,
-        handshake: HandshakeConfig::new(version),
-        connection: ConnectionConfig {
-            ping_interval: Duration::from_secs(args.ping_interval.max(1)),
-            ..ConnectionConfig::default()
-        },
-        backend: CryptoBackend::default(),
+    let mut config = NodeConfig::new(listen, HandshakeConfig::new(version));
+    config.peers = args.peers;
+    config.connection = ConnectionConfig {
+        ping_interval: Duration::from_secs(args.ping_interval.max(1)),
+        ..ConnectionConfig::default()
     };
     tracing::info!(data_dir = %data_dir.display(), node.id = %identity.node_id(), "starting timed");
     let node = Node::start(&identity, config)

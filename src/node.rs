@@ -1,36 +1,74 @@
-//! The node: a listener, dialers for configured peers, and one task per
-//! connection.
+//! The node: the listener with its pre-handshake gate, dialers for
+//! configured peers, one task per connection, the peer set and the
+//! middleware stack.
+//!
+//! # Inbound connections
+//! 1. Pre-handshake gate, before a single byte is read: the ban list (IPs,
+//!    IPv6 /64s and subnets), the accept rate per IP, the inbound limit and
+//!    the per-IP limit. A refused socket is closed at once.
+//! 2. Noise and version exchange under one deadline (`peer::handshake`).
+//! 3. One connection per node id (see [`crate::peer::set`]).
+//! 4. The connection task runs the peer's messages through a middleware
+//!    stack built for it from the config.
+//!
+//! Misbehaviour during setup (garbage, forged identity, stalling, broken
+//! frames) and on the wire counts as a violation of the peer's IP in the
+//! ban list, whose escalation bans repeat offenders.
+//!
+//! # Outbound connections
+//! Each configured peer has a dialer that keeps it connected: after a
+//! failure or a disconnect it waits 5 s, doubling to at most 300 s, each
+//! delay multiplied by a random factor in [0.75, 1.25) so that restarts do
+//! not synchronise; a session that lasted at least 60 s resets the delay.
 //!
 //! Every connection runs inside a tracing span `conn` with the fields
 //! `conn.id`, `peer.addr`, `direction` and (once authenticated) `node.id`.
-//! Observers (tests, and later metrics and RPC) subscribe to [`NodeEvent`]s.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use governor::{DefaultKeyedRateLimiter, Quota};
+use rand::Rng;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneService;
 use tracing::{field, Instrument};
 
 use crate::crypto::{NodeId, NodeIdentity};
-use crate::peer::connection::{self, ConnectionConfig, ConnectionError, ConnectionEvent};
+use crate::handlers::{Handlers, Router};
+use crate::layers::blacklist::ip_key;
+use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
+use crate::layers::{Inbound, PeerContext, ScoreHandle};
+use crate::peer::client::Client;
+use crate::peer::connection::{self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts};
 use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig, PeerInfo};
-use crate::protocol::DisconnectReason;
+use crate::peer::queue::{SendQueue, DEFAULT_QUEUE_BYTES};
+use crate::peer::set::{Admission, PeerSet};
+use crate::protocol::{DisconnectReason, Envelope, GossipKind, Message, MessageId};
 use crate::transport::noise::{CryptoBackend, HandshakeError, LocalKeys};
 
 /// Capacity of the event channel; slow observers miss events rather than
 /// slowing the node.
-const EVENT_CHANNEL_CAPACITY: usize = 1024;
+const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
 /// First delay before redialling a configured peer.
-const REDIAL_INITIAL_DELAY: Duration = Duration::from_secs(1);
+pub const REDIAL_INITIAL_DELAY: Duration = Duration::from_secs(5);
 /// Largest delay between redials.
-const REDIAL_MAX_DELAY: Duration = Duration::from_secs(60);
+pub const REDIAL_MAX_DELAY: Duration = Duration::from_secs(300);
+/// A session at least this long resets the redial delay.
+pub const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+/// Jitter: each delay is multiplied by a factor in this range.
+pub const REDIAL_JITTER: (f64, f64) = (0.75, 1.25);
+/// How often the housekeeping task prunes limiter and ban state.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A peer to dial: an address and, optionally, the node id it must prove.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +109,34 @@ impl FromStr for PeerTarget {
     }
 }
 
+/// Connection limits of the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most inbound connections (including those still in the handshake).
+    pub max_inbound: usize,
+    /// Most outbound connections.
+    pub max_outbound: usize,
+    /// Most inbound connections from one IP (IPv6: one /64).
+    pub max_per_ip: usize,
+    /// Accepted connections per IP per minute, before the handshake.
+    pub accepts_per_ip_per_minute: u32,
+}
+
+impl Default for ConnectionLimits {
+    /// Zebra targets 25 peers (×5 inbound), CometBFT 40 inbound / 10
+    /// outbound, Bitcoin ~114 inbound / 10 outbound. 64 inbound and 16
+    /// outbound keep a small network well meshed on modest hardware; 4 per
+    /// IP lets a few nodes share a NAT while one host cannot fill the slots.
+    fn default() -> Self {
+        ConnectionLimits {
+            max_inbound: 64,
+            max_outbound: 16,
+            max_per_ip: 4,
+            accepts_per_ip_per_minute: 30,
+        }
+    }
+}
+
 /// Node configuration (the full TOML config arrives with step 3).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -84,12 +150,41 @@ pub struct NodeConfig {
     pub connection: ConnectionConfig,
     /// snow's crypto backend.
     pub backend: CryptoBackend,
+    /// Connection limits.
+    pub limits: ConnectionLimits,
+    /// The middleware stack, outermost first.
+    pub middleware: Vec<MiddlewareConfig>,
+    /// Byte budget of each peer's send queue.
+    pub send_queue_bytes: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node listening on `listen` with `handshake`.
+    pub fn new(listen: SocketAddr, handshake: HandshakeConfig) -> Self {
+        NodeConfig {
+            listen,
+            peers: Vec::new(),
+            handshake,
+            connection: ConnectionConfig::default(),
+            backend: CryptoBackend::default(),
+            limits: ConnectionLimits::default(),
+            middleware: MiddlewareConfig::default_stack(),
+            send_queue_bytes: DEFAULT_QUEUE_BYTES,
+        }
+    }
 }
 
 /// Something the node did, for observers.
 #[derive(Clone, Debug)]
 pub enum NodeEvent {
-    /// A connection completed Noise and the version exchange.
+    /// An inbound socket was closed by the pre-handshake gate.
+    Refused {
+        /// The remote address.
+        addr: SocketAddr,
+        /// `banned`, `accept_rate`, `max_inbound` or `max_per_ip`.
+        reason: &'static str,
+    },
+    /// A connection completed Noise, the version exchange and admission.
     Connected(Arc<PeerInfo>),
     /// Connection setup failed.
     HandshakeFailed {
@@ -106,6 +201,27 @@ pub enum NodeEvent {
         peer: Arc<PeerInfo>,
         /// Why.
         error: Arc<ConnectionError>,
+    },
+    /// A dialer is about to dial.
+    DialAttempt {
+        /// The target.
+        target: PeerTarget,
+    },
+    /// A dialer's connection failed or ended; it retries after `retry_in`.
+    DialRetry {
+        /// The target.
+        target: PeerTarget,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// A handler accepted a new envelope (before it was relayed).
+    Delivered {
+        /// The envelope's id.
+        id: MessageId,
+        /// Its kind.
+        kind: GossipKind,
+        /// The peer that delivered it.
+        from: NodeId,
     },
     /// Something happened on an established connection.
     Connection(ConnectionEvent),
@@ -128,15 +244,47 @@ pub enum NodeError {
     Keys(#[from] HandshakeError),
 }
 
+/// Counts a connection slot and frees it on drop.
+struct Slot {
+    counter: Arc<AtomicUsize>,
+    per_ip: Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some((map, ip)) = &self.per_ip {
+            let mut map = match map.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(n) = map.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(ip);
+                }
+            }
+        }
+    }
+}
+
 struct Inner {
+    identity: NodeIdentity,
     keys: LocalKeys,
     config: NodeConfig,
+    stack: MiddlewareStack,
+    peers: Arc<PeerSet>,
+    router: Router,
     events: broadcast::Sender<NodeEvent>,
     shutdown: CancellationToken,
     next_conn_id: AtomicU64,
+    inbound: Arc<AtomicUsize>,
+    outbound: Arc<AtomicUsize>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    accept_limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
-/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+/// A running node. Clones share it; call [`Node::shutdown`] to stop it.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -159,25 +307,51 @@ impl Node {
     /// [`NodeError::Bind`] if the listen address is unavailable.
     pub async fn start(identity: &NodeIdentity, config: NodeConfig) -> Result<Node, NodeError> {
         let keys = LocalKeys::new(identity, config.backend)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| NodeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: config.listen,
             source,
         })?;
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let stack = MiddlewareStack::build(&config.middleware, config.handshake.version.network.magic());
+        let peers = Arc::new(PeerSet::new(identity.node_id()));
+        let hook_events = events.clone();
+        let router = Router::new(
+            Handlers::minimal(peers.clone()),
+            Some(peers.clone()),
+            Some(Arc::new(move |request: &Inbound| {
+                if let Message::Gossip(envelope) = &*request.message {
+                    let _ = hook_events.send(NodeEvent::Delivered {
+                        id: envelope.id(),
+                        kind: envelope.kind,
+                        from: request.peer.node_id,
+                    });
+                }
+            })),
+        );
+        let accept_quota = Quota::per_minute(
+            NonZeroU32::new(config.limits.accepts_per_ip_per_minute).unwrap_or(NonZeroU32::MIN),
+        );
         let node = Node {
             inner: Arc::new(Inner {
+                identity: identity.clone(),
                 keys,
-                config,
+                stack,
+                peers,
+                router,
                 events,
                 shutdown: CancellationToken::new(),
                 next_conn_id: AtomicU64::new(1),
+                inbound: Arc::new(AtomicUsize::new(0)),
+                outbound: Arc::new(AtomicUsize::new(0)),
+                per_ip: Arc::new(Mutex::new(HashMap::new())),
+                accept_limiter: DefaultKeyedRateLimiter::keyed(accept_quota),
+                config,
             }),
             local_addr,
         };
@@ -185,9 +359,11 @@ impl Node {
             node.id = %node.node_id(),
             listen = %local_addr,
             network = %node.inner.config.handshake.version.network,
+            middleware = %node.inner.stack.describe(),
             "listening for peers"
         );
         tokio::spawn(node.clone().accept_loop(listener));
+        tokio::spawn(node.clone().housekeeping());
         for target in node.inner.config.peers.clone() {
             tokio::spawn(node.clone().dial_loop(target));
         }
@@ -209,10 +385,39 @@ impl Node {
         self.inner.events.subscribe()
     }
 
+    /// The connected peers.
+    pub fn peers(&self) -> &Arc<PeerSet> {
+        &self.inner.peers
+    }
+
+    /// The middleware stack new connections get.
+    pub fn middleware(&self) -> &MiddlewareStack {
+        &self.inner.stack
+    }
+
     /// Stops accepting, closes every connection (with a `Disconnect`
     /// message) and stops redialling.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// Signs `payload` as this node and gossips it to every peer. The id is
+    /// marked as seen so the echo from the network is dropped.
+    pub fn publish(&self, kind: GossipKind, payload: Vec<u8>) -> MessageId {
+        let timestamp_ms = crate::protocol::version::unix_now().as_millis() as u64;
+        let magic = self.inner.config.handshake.version.network.magic();
+        let envelope = Envelope::sign(&self.inner.identity, magic, kind, timestamp_ms, payload);
+        let id = envelope.id();
+        for layer in self.inner.stack.layers() {
+            if let BuiltLayer::Dedup(dedup) = layer {
+                if dedup.cache().reserve(id) {
+                    dedup.cache().commit(id);
+                }
+            }
+        }
+        let sent = self.inner.peers.broadcast(&Message::Gossip(envelope), None);
+        tracing::debug!(%id, kind = kind.name(), peers = sent, "published");
+        id
     }
 
     /// Dials `target` once; on success the connection runs in its own task.
@@ -235,15 +440,46 @@ impl Node {
         let _ = self.inner.events.send(event);
     }
 
-    fn span(&self, addr: SocketAddr, direction: Direction) -> tracing::Span {
+    fn span(&self, addr: SocketAddr, direction: Direction) -> (u64, tracing::Span) {
         let id = self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "conn",
             conn.id = id,
             peer.addr = %addr,
             direction = direction.as_str(),
             node.id = field::Empty,
-        )
+        );
+        (id, span)
+    }
+
+    /// The pre-handshake gate; returns the inbound slot or why not.
+    fn admit_inbound(&self, addr: SocketAddr) -> Result<Slot, &'static str> {
+        let inner = &self.inner;
+        let ip = addr.ip();
+        if inner.stack.blacklist().is_banned(ip) {
+            return Err("banned");
+        }
+        let key = ip_key(ip);
+        if inner.accept_limiter.check_key(&key).is_err() {
+            return Err("accept_rate");
+        }
+        if inner.inbound.load(Ordering::Relaxed) >= inner.config.limits.max_inbound {
+            return Err("max_inbound");
+        }
+        let mut per_ip = match inner.per_ip.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let count = per_ip.entry(key).or_insert(0);
+        if *count >= inner.config.limits.max_per_ip {
+            return Err("max_per_ip");
+        }
+        *count += 1;
+        inner.inbound.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
+            counter: inner.inbound.clone(),
+            per_ip: Some((inner.per_ip.clone(), key)),
+        })
     }
 
     async fn accept_loop(self, listener: TcpListener) {
@@ -253,17 +489,28 @@ impl Node {
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, addr)) => {
-                    let span = self.span(addr, Direction::Inbound);
-                    let node = self.clone();
-                    tokio::spawn(
-                        async move {
-                            node.handle(stream, addr, Direction::Inbound, None, None)
-                                .await
-                        }
-                        .instrument(span),
-                    );
-                }
+                Ok((stream, addr)) => match self.admit_inbound(addr) {
+                    Ok(slot) => {
+                        let (conn_id, span) = self.span(addr, Direction::Inbound);
+                        let node = self.clone();
+                        tokio::spawn(
+                            async move {
+                                let _slot = slot;
+                                node.handle(stream, addr, Direction::Inbound, None, None, conn_id)
+                                    .await
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    Err(reason) => {
+                        // Dropping the stream closes it before any byte is read.
+                        drop(stream);
+                        tracing::info!(peer.addr = %addr, reason, "connection refused before the handshake");
+                        metrics::counter!("timed_connections_refused_total", "reason" => reason)
+                            .increment(1);
+                        self.emit(NodeEvent::Refused { addr, reason });
+                    }
+                },
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -273,69 +520,72 @@ impl Node {
         }
     }
 
+    async fn housekeeping(self) {
+        let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            self.inner.stack.blacklist().prune();
+            for layer in self.inner.stack.layers() {
+                if let BuiltLayer::RateLimit(l) = layer {
+                    l.prune();
+                }
+            }
+            self.inner.accept_limiter.retain_recent();
+            metrics::gauge!("timed_peers", "direction" => "inbound")
+                .set(self.inner.peers.count(Direction::Inbound) as f64);
+            metrics::gauge!("timed_peers", "direction" => "outbound")
+                .set(self.inner.peers.count(Direction::Outbound) as f64);
+        }
+    }
+
+    /// True when already connected to the target (by node id or address).
+    fn connected_to(&self, target: &PeerTarget) -> bool {
+        match target.node_id {
+            Some(id) => self.inner.peers.contains(&id),
+            None => self.inner.peers.snapshot().iter().any(|h| {
+                h.info.addr == target.addr
+                    || h.info.version.listen_addr.map(SocketAddr::from) == Some(target.addr)
+            }),
+        }
+    }
+
     async fn dial_loop(self, target: PeerTarget) {
-        let mut delay = REDIAL_INITIAL_DELAY;
+        let mut backoff = Backoff::new();
         while !self.inner.shutdown.is_cancelled() {
-            let healthy = self.outbound(&target, None).await;
-            if healthy {
-                delay = REDIAL_INITIAL_DELAY;
+            if self.connected_to(&target) {
+                // Connected the other way round: check again later.
+                backoff.reset();
+                tokio::select! {
+                    _ = self.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(REDIAL_INITIAL_DELAY) => {}
+                }
+                continue;
+            }
+            self.emit(NodeEvent::DialAttempt {
+                target: target.clone(),
+            });
+            let started = Instant::now();
+            let established = self.outbound(&target, None).await;
+            if established && started.elapsed() >= HEALTHY_SESSION {
+                backoff.reset();
             }
             if self.inner.shutdown.is_cancelled() {
                 return;
             }
+            let delay = backoff.next_delay();
             tracing::info!(peer = %target, delay_ms = delay.as_millis() as u64, "redialling later");
+            self.emit(NodeEvent::DialRetry {
+                target: target.clone(),
+                retry_in: delay,
+            });
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(REDIAL_MAX_DELAY);
         }
-    }
-
-    /// Dials and runs one outbound connection; true if it was established.
-    async fn outbound(
-        &self,
-        target: &PeerTarget,
-        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
-    ) -> bool {
-        let span = self.span(target.addr, Direction::Outbound);
-        async {
-            let stream = match tokio::time::timeout(
-                self.inner.config.handshake.timeout,
-                self.dial(target.addr),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    let error = Arc::new(ConnectError::Io(e));
-                    tracing::info!(error = %error, error.kind = error.kind(), "dial failed");
-                    if let Some(report) = report {
-                        let _ = report.send(Err(error));
-                    }
-                    return false;
-                }
-                Err(_) => {
-                    let error =
-                        Arc::new(ConnectError::Timeout(self.inner.config.handshake.timeout));
-                    tracing::info!(error = %error, error.kind = error.kind(), "dial failed");
-                    if let Some(report) = report {
-                        let _ = report.send(Err(error));
-                    }
-                    return false;
-                }
-            };
-            self.handle(
-                stream,
-                target.addr,
-                Direction::Outbound,
-                target.node_id,
-                report,
-            )
-            .await
-        }
-        .instrument(span)
-        .await
     }
 
     /// Opens a TCP connection to `addr`. When the node listens on a specific
@@ -355,62 +605,146 @@ impl Node {
         socket.connect(addr).await
     }
 
-    /// Runs setup and then the connection; true if setup succeeded.
+    /// Dials and runs one outbound connection; true if it was established.
+    async fn outbound(
+        &self,
+        target: &PeerTarget,
+        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
+    ) -> bool {
+        let (conn_id, span) = self.span(target.addr, Direction::Outbound);
+        async {
+            let fail = |error: ConnectError,
+                        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>| {
+                let error = Arc::new(error);
+                tracing::info!(error = %error, error.kind = error.kind(), "dial failed");
+                if let Some(report) = report {
+                    let _ = report.send(Err(error));
+                }
+                false
+            };
+            let inner = &self.inner;
+            if inner.outbound.load(Ordering::Relaxed) >= inner.config.limits.max_outbound {
+                return fail(ConnectError::Limit("max_outbound"), report);
+            }
+            inner.outbound.fetch_add(1, Ordering::Relaxed);
+            let _slot = Slot {
+                counter: inner.outbound.clone(),
+                per_ip: None,
+            };
+            let stream = match tokio::time::timeout(inner.config.handshake.timeout, self.dial(target.addr))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return fail(ConnectError::Io(e), report),
+                Err(_) => return fail(ConnectError::Timeout(inner.config.handshake.timeout), report),
+            };
+            self.handle(stream, target.addr, Direction::Outbound, target.node_id, report, conn_id)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs setup and then the connection; true if it was established.
     async fn handle(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
         direction: Direction,
         expected: Option<NodeId>,
-        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
+        mut report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
+        conn_id: u64,
     ) -> bool {
-        let config = &self.inner.config;
-        let conn = tokio::select! {
-            _ = self.inner.shutdown.cancelled() => return false,
-            r = establish(stream, direction, expected, &self.inner.keys, &config.handshake, 0) => r,
+        let inner = &self.inner;
+        let config = &inner.config;
+        let setup = tokio::select! {
+            _ = inner.shutdown.cancelled() => return false,
+            r = establish(stream, direction, expected, &inner.keys, &config.handshake, 0) => r,
         };
-        let conn = match conn {
+        let conn = match setup {
             Ok(conn) => conn,
             Err(error) => {
-                let error = Arc::new(error);
-                tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
-                self.emit(NodeEvent::HandshakeFailed {
-                    addr,
-                    direction,
-                    error: error.clone(),
-                });
-                if let Some(report) = report {
-                    let _ = report.send(Err(error));
-                }
+                self.setup_failed(error, addr, direction, report);
                 return false;
             }
         };
         let info = Arc::new(conn.info.clone());
         tracing::Span::current().record("node.id", field::display(info.node_id));
+
+        // The peer's context, stack, queue and client.
+        let scoring = inner.stack.layers().iter().find_map(|l| match l {
+            BuiltLayer::Scoring(s) => Some(s.clone()),
+            _ => None,
+        });
+        let score = scoring
+            .as_ref()
+            .map(|s| s.book().handle(info.node_id))
+            .unwrap_or_else(ScoreHandle::default);
+        let context = Arc::new(PeerContext::new(info.node_id, addr, direction, conn_id, score));
+        let queue = Arc::new(SendQueue::new(config.send_queue_bytes));
+        let (request_tx, request_rx) = mpsc::channel(1);
+        let client = Client::new(request_tx, context.clone());
+        let handle = Arc::new(crate::peer::set::PeerHandle {
+            info: info.clone(),
+            context: context.clone(),
+            client,
+            queue: queue.clone(),
+        });
+        match inner.peers.admit(handle) {
+            Admission::Admitted => {}
+            Admission::Replaced(old) => {
+                tracing::info!(old.conn_id = old.context.conn_id, "replacing a duplicate connection");
+                old.context.close(DisconnectReason::Duplicate);
+            }
+            Admission::Refused => {
+                tracing::info!("already connected to this node: closing the duplicate");
+                context.close(DisconnectReason::Duplicate);
+                if let Some(report) = report.take() {
+                    let _ = report.send(Err(Arc::new(ConnectError::Duplicate(info.node_id))));
+                }
+                // Run the connection anyway so it says goodbye properly.
+            }
+        }
         tracing::info!(
             user_agent = %info.version.user_agent,
             best_height = info.version.best_height,
             "peer connected"
         );
         self.emit(NodeEvent::Connected(info.clone()));
+        let stack = inner
+            .stack
+            .wrap(BoxCloneService::new(inner.router.clone()));
+        let parts = ConnectionParts {
+            conn,
+            context: context.clone(),
+            stack,
+            queue,
+            requests: request_rx,
+            scoring,
+        };
         if let Some(report) = report {
             let _ = report.send(Ok(info.clone()));
         }
-        let events = self.inner.events.clone();
+        let events = inner.events.clone();
         let error = connection::run(
-            conn,
+            parts,
             config.connection.clone(),
             move |e| {
                 let _ = events.send(NodeEvent::Connection(e));
             },
-            self.inner.shutdown.clone(),
+            inner.shutdown.clone(),
         )
         .await;
+        inner.peers.remove(info.node_id, conn_id);
+        if direction == Direction::Inbound && error.is_misbehaviour() {
+            inner.stack.blacklist().record_violation(addr.ip(), error.kind());
+        }
         match &error {
             ConnectionError::Shutdown
             | ConnectionError::Closed
+            | ConnectionError::Policy(DisconnectReason::Duplicate)
             | ConnectionError::PeerDisconnected {
-                reason: DisconnectReason::Shutdown,
+                reason: DisconnectReason::Shutdown | DisconnectReason::Duplicate,
                 ..
             } => {
                 tracing::info!(reason = %error, reason.kind = error.kind(), "peer disconnected")
@@ -422,6 +756,67 @@ impl Node {
             error: Arc::new(error),
         });
         true
+    }
+
+    fn setup_failed(
+        &self,
+        error: ConnectError,
+        addr: SocketAddr,
+        direction: Direction,
+        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
+    ) {
+        let error = Arc::new(error);
+        tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
+        metrics::counter!("timed_handshakes_total", "result" => error.kind()).increment(1);
+        if direction == Direction::Inbound && error.is_misbehaviour() {
+            self.inner
+                .stack
+                .blacklist()
+                .record_violation(addr.ip(), error.kind());
+        }
+        self.emit(NodeEvent::HandshakeFailed {
+            addr,
+            direction,
+            error: error.clone(),
+        });
+        if let Some(report) = report {
+            let _ = report.send(Err(error));
+        }
+    }
+}
+
+/// The redial schedule: 5 s doubling to 300 s, times a random factor in
+/// [0.75, 1.25); [`Backoff::reset`] after a healthy session.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backoff {
+    /// A fresh schedule.
+    pub fn new() -> Self {
+        Backoff {
+            base: REDIAL_INITIAL_DELAY,
+        }
+    }
+
+    /// The next delay (with jitter); the base doubles up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = rand::thread_rng().gen_range(REDIAL_JITTER.0..REDIAL_JITTER.1);
+        let delay = self.base.mul_f64(factor);
+        self.base = (self.base * 2).min(REDIAL_MAX_DELAY);
+        delay
+    }
+
+    /// Back to the initial delay.
+    pub fn reset(&mut self) {
+        self.base = REDIAL_INITIAL_DELAY;
     }
 }
 
@@ -439,5 +834,18 @@ mod tests {
         assert_eq!(t.to_string().parse::<PeerTarget>().unwrap(), t);
         assert!("nope".parse::<PeerTarget>().is_err());
         assert!("zz@127.0.0.1:1".parse::<PeerTarget>().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let mut base = 5.0f64;
+        for _ in 0..12 {
+            let d = b.next_delay().as_secs_f64();
+            assert!(d >= base * 0.75 - 1e-9 && d < base * 1.25, "{d} vs {base}");
+            base = (base * 2.0).min(300.0);
+        }
+        b.reset();
+        assert!(b.next_delay() < Duration::from_secs(7));
     }
 }

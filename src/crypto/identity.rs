@@ -103,7 +103,8 @@ pub enum KeyFileError {
 /// # Security
 /// The secret key is zeroized when the identity is dropped (ed25519-dalek's
 /// `SigningKey` implements `ZeroizeOnDrop`); it is never logged: `Debug` prints
-/// the node id only.
+/// the node id only. A clone is a second zeroize-on-drop copy.
+#[derive(Clone)]
 pub struct NodeIdentity {
     signing: SigningKey,
     node_id: NodeId,

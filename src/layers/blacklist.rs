@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
 use super::{Inbound, LayerCounters, Outcome, Rejection};
+use crate::protocol::DisconnectReason;
 
 /// The layer's name in the config and in metrics.
 pub const NAME: &str = "blacklist";
@@ -507,7 +508,7 @@ where
     fn call(&mut self, request: Inbound) -> Self::Future {
         if self.layer.blacklist.is_banned(request.peer.ip()) {
             self.layer.counters.reject(NAME, "banned");
-            request.peer.disconnect.cancel();
+            request.peer.close(DisconnectReason::Banned);
             return Box::pin(std::future::ready(Err(Rejection::benign(NAME, "banned").into())));
         }
         self.layer.counters.accept(NAME);

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crypto::NodeId;
 use crate::peer::Direction;
-use crate::protocol::{Message, MessageId};
+use crate::protocol::{DisconnectReason, Message, MessageId};
 
 pub mod auth;
 pub mod blacklist;
@@ -54,13 +54,43 @@ pub struct PeerContext {
     pub conn_id: u64,
     /// The peer's score.
     pub score: ScoreHandle,
-    /// Cancelled to close the connection (by scoring or the blacklist).
+    /// Cancelled to close the connection (by scoring, the blacklist or the
+    /// node); use [`PeerContext::close`] to say why.
     pub disconnect: CancellationToken,
+    /// Why the connection was closed by our side, if it was.
+    pub close_reason: std::sync::OnceLock<DisconnectReason>,
     /// Per-connection counters, for `getpeerinfo`.
     pub stats: PeerStats,
 }
 
 impl PeerContext {
+    /// Creates the context of a new connection.
+    pub fn new(
+        node_id: NodeId,
+        addr: SocketAddr,
+        direction: Direction,
+        conn_id: u64,
+        score: ScoreHandle,
+    ) -> Self {
+        PeerContext {
+            node_id,
+            addr,
+            direction,
+            conn_id,
+            score,
+            disconnect: CancellationToken::new(),
+            close_reason: std::sync::OnceLock::new(),
+            stats: PeerStats::default(),
+        }
+    }
+
+    /// Closes the connection (with a `Disconnect(reason)` message); the
+    /// first reason given wins.
+    pub fn close(&self, reason: DisconnectReason) {
+        let _ = self.close_reason.set(reason);
+        self.disconnect.cancel();
+    }
+
     /// The remote IP.
     pub fn ip(&self) -> IpAddr {
         self.addr.ip()
@@ -76,6 +106,22 @@ pub struct PeerStats {
     pub messages_out: AtomicU64,
     /// Requests refused by a layer.
     pub rejected: AtomicU64,
+    /// Smoothed round-trip time in microseconds (0 until measured).
+    pub rtt_us: AtomicU64,
+}
+
+impl PeerStats {
+    /// Folds a new RTT sample into the smoothed value (EWMA, weight 1/4).
+    pub fn record_rtt(&self, rtt: Duration) {
+        let sample = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.rtt_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            (old * 3 + sample) / 4
+        };
+        self.rtt_us.store(new.max(1), Ordering::Relaxed);
+    }
 }
 
 /// An inbound message and where it came from.
@@ -301,15 +347,13 @@ pub(crate) mod test_support {
 
     /// A peer context for `ip`.
     pub fn peer(ip: [u8; 4]) -> Arc<PeerContext> {
-        Arc::new(PeerContext {
-            node_id: NodeId(blake3::hash(&ip).into()),
-            addr: SocketAddr::from((ip, 24_200)),
-            direction: Direction::Inbound,
-            conn_id: 1,
-            score: ScoreHandle::default(),
-            disconnect: CancellationToken::new(),
-            stats: PeerStats::default(),
-        })
+        Arc::new(PeerContext::new(
+            NodeId(blake3::hash(&ip).into()),
+            SocketAddr::from((ip, 24_200)),
+            Direction::Inbound,
+            1,
+            ScoreHandle::default(),
+        ))
     }
 
     /// An inbound request.

@@ -37,6 +37,7 @@ use tower::{BoxError, Layer, Service};
 use super::blacklist::Blacklist;
 use super::{Inbound, LayerCounters, Offence, Outcome, PeerContext, Rejection, ScoreHandle};
 use crate::crypto::NodeId;
+use crate::protocol::DisconnectReason;
 
 /// The layer's name in the config and in metrics.
 pub const NAME: &str = "scoring";
@@ -265,7 +266,7 @@ impl ScoringLayer {
                 "score below the disconnect threshold"
             );
             self.blacklist.record_violation(peer.ip(), "score");
-            peer.disconnect.cancel();
+            peer.close(DisconnectReason::ProtocolViolation);
         }
         score
     }

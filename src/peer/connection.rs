@@ -1,28 +1,75 @@
 //! The task that owns one established connection.
 //!
-//! It answers pings, pings the peer on an interval and measures the round
-//! trip, and reports every message it receives. Step 2 of the roadmap puts
-//! the tower middleware stack between this task and the handlers.
+//! ```text
+//!             ┌──────────── connection task ────────────┐
+//! socket ──►  │ read (only when the stack is ready) ─►  │ ─► middleware stack ─► handlers
+//!             │ match pongs and responses to requests   │
+//! socket ◄──  │ writer ◄── send queue (4 priority lanes)│ ◄─ Client, replies, broadcasts, pings
+//!             └─────────────────────────────────────────┘
+//! ```
+//!
+//! # Correctness
+//! * Backpressure: while a message is inside the middleware stack, or the
+//!   stack is not ready, the task does not read; TCP flow control then slows
+//!   the peer down. Nothing inbound is queued.
+//! * At most one request of ours is in flight; its response is matched by
+//!   kind (`Peers` for `GetPeers`, `Pong` by nonce). A response that does not
+//!   arrive within `request_timeout` fails the request and costs the peer
+//!   score; a keepalive pong that does not arrive within `pong_timeout`
+//!   closes the connection.
+//! * The task ends on the first wire error, when the peer leaves, when
+//!   policy (scoring, blacklist, dedup of connections) closes it, or at
+//!   shutdown; in the last two cases it first sends `Disconnect` with the
+//!   reason.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use rand_core::RngCore;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
+use tower::{BoxError, Service};
 
+use super::client::{ClientError, ClientRequest, Request, Response};
 use super::handshake::{Connection, PeerInfo};
+use super::queue::{Priority, SendQueue};
 use crate::constants::{DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT};
+use crate::layers::scoring::ScoringLayer;
+use crate::layers::stack::InboundService;
+use crate::layers::{Inbound, Offence, Outcome, PeerContext, Rejection};
+use crate::protocol::codec::encode_message;
 use crate::protocol::version::unix_now;
-use crate::protocol::{Disconnect, DisconnectReason, Message, Ping, Pong, WireError};
+use crate::protocol::{
+    Disconnect, DisconnectReason, GossipKind, Message, MessageCodec, Ping, Pong, WireError,
+};
+
+/// Default time a request may take.
+///
+/// Zebra's request timeout is 20 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a closing connection waits for its last messages (the
+/// `Disconnect`) to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Parameters of an established connection.
 #[derive(Clone, Debug)]
 pub struct ConnectionConfig {
     /// How often we ping.
     pub ping_interval: Duration,
-    /// How long a pong may take.
+    /// How long a keepalive pong may take before the connection is closed.
     pub pong_timeout: Duration,
+    /// How long a request may take.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -30,6 +77,7 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             pong_timeout: DEFAULT_PONG_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -40,7 +88,7 @@ pub enum ConnectionError {
     /// A frame or message was bad, or the socket failed.
     #[error(transparent)]
     Wire(#[from] WireError),
-    /// The peer did not answer a ping in time.
+    /// The peer did not answer a keepalive ping in time.
     #[error("no pong within {0:?}")]
     PongTimeout(Duration),
     /// The peer closed the connection.
@@ -54,9 +102,15 @@ pub enum ConnectionError {
         /// Its text.
         detail: String,
     },
-    /// The peer sent a message that is not allowed now.
+    /// We closed the connection (scoring, ban, duplicate, slow reader).
+    #[error("closed by policy: {0:?}")]
+    Policy(DisconnectReason),
+    /// The peer sent a message that is never allowed now.
     #[error("protocol violation: unexpected {0} message")]
     Unexpected(&'static str),
+    /// The inbound middleware failed (not a rejection: a broken service).
+    #[error("middleware failed: {0}")]
+    Middleware(String),
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
@@ -70,8 +124,20 @@ impl ConnectionError {
             ConnectionError::PongTimeout(_) => "pong_timeout",
             ConnectionError::Closed => "closed",
             ConnectionError::PeerDisconnected { .. } => "peer_disconnected",
+            ConnectionError::Policy(_) => "policy",
             ConnectionError::Unexpected(_) => "unexpected_message",
+            ConnectionError::Middleware(_) => "middleware",
             ConnectionError::Shutdown => "shutdown",
+        }
+    }
+
+    /// True when the peer misbehaved on the wire (the node then records a
+    /// violation against its IP).
+    pub fn is_misbehaviour(&self) -> bool {
+        match self {
+            ConnectionError::Wire(WireError::Frame(crate::transport::FrameError::Io(_))) => false,
+            ConnectionError::Wire(_) | ConnectionError::Unexpected(_) => true,
+            _ => false,
         }
     }
 }
@@ -79,108 +145,370 @@ impl ConnectionError {
 /// Something that happened on a connection, for the node's observers.
 #[derive(Clone, Debug)]
 pub enum ConnectionEvent {
-    /// A pong answered our ping.
+    /// A keepalive pong answered our ping.
     Pong {
         /// The peer.
         peer: Arc<PeerInfo>,
         /// The measured round trip.
         rtt: Duration,
     },
-    /// A message other than ping/pong arrived.
-    Received {
-        /// The peer.
-        peer: Arc<PeerInfo>,
-        /// The message.
-        message: Arc<Message>,
-    },
 }
 
-/// Runs the connection until it fails, the peer leaves or `shutdown` fires.
-///
-/// Returns why it ended; the socket is closed when this returns.
+/// The codec of a running connection: messages in, pre-encoded messages out.
+#[derive(Debug)]
+pub struct PeerCodec(pub MessageCodec);
+
+impl Decoder for PeerCodec {
+    type Item = Message;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        self.0.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        self.0.decode_eof(src)
+    }
+}
+
+impl Encoder<Bytes> for PeerCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), WireError> {
+        Encoder::<&[u8]>::encode(self.0.frames_mut(), &frame, dst)?;
+        Ok(())
+    }
+}
+
+/// The lane a message is sent in.
+pub fn priority_of(message: &Message) -> Priority {
+    match message {
+        Message::Gossip(e) => match e.kind {
+            GossipKind::Block => Priority::Block,
+            GossipKind::Vote => Priority::Vote,
+            GossipKind::Transaction | GossipKind::Address => Priority::Transaction,
+        },
+        _ => Priority::Control,
+    }
+}
+
+/// Encodes and queues `message` for `peer`; closes the peer if its queue is
+/// full. Returns false if the message could not be queued.
+pub fn enqueue(queue: &SendQueue, peer: &PeerContext, message: &Message) -> bool {
+    match encode_message(message) {
+        Ok(bytes) => enqueue_encoded(queue, peer, Bytes::from(bytes), priority_of(message)),
+        Err(error) => {
+            tracing::warn!(%error, kind = message.kind(), "cannot encode message");
+            false
+        }
+    }
+}
+
+/// Queues an already encoded message; closes the peer if its queue is full.
+pub fn enqueue_encoded(
+    queue: &SendQueue,
+    peer: &PeerContext,
+    frame: Bytes,
+    priority: Priority,
+) -> bool {
+    match queue.push(frame, priority) {
+        Ok(()) => true,
+        Err(full) => {
+            if !peer.disconnect.is_cancelled() {
+                tracing::warn!(peer.addr = %peer.addr, lane = full.lane, "send queue full: disconnecting slow peer");
+                metrics::counter!("timed_send_queue_overflows_total").increment(1);
+            }
+            peer.close(DisconnectReason::SendQueueFull);
+            false
+        }
+    }
+}
+
+/// Everything a connection task needs.
+pub struct ConnectionParts {
+    /// The established connection.
+    pub conn: Connection,
+    /// The peer's context (shared with the stack and the node).
+    pub context: Arc<PeerContext>,
+    /// The connection's middleware stack, with the handlers inside.
+    pub stack: InboundService,
+    /// The send queue.
+    pub queue: Arc<SendQueue>,
+    /// Requests from the [`super::client::Client`].
+    pub(crate) requests: mpsc::Receiver<ClientRequest>,
+    /// The scoring layer, for offences outside the stack.
+    pub scoring: Option<ScoringLayer>,
+}
+
+impl std::fmt::Debug for ConnectionParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionParts")
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+type Sink = SplitSink<Framed<TcpStream, PeerCodec>, Bytes>;
+type Stream = SplitStream<Framed<TcpStream, PeerCodec>>;
+type StackFuture = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+
+async fn write_loop(mut sink: Sink, queue: Arc<SendQueue>, peer: Arc<PeerContext>) -> ConnectionError {
+    while let Some(frame) = queue.pop().await {
+        let len = frame.len();
+        if let Err(e) = sink.feed(frame).await {
+            return e.into();
+        }
+        peer.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("timed_bytes_total", "direction" => "out").increment(len as u64);
+        if queue.is_empty() {
+            if let Err(e) = sink.flush().await {
+                return e.into();
+            }
+        }
+    }
+    let _ = sink.close().await;
+    ConnectionError::Shutdown
+}
+
+enum Read {
+    Message(Message),
+    Error(ConnectionError),
+}
+
+async fn read_next(stack: &mut InboundService, stream: &mut Stream) -> Read {
+    if let Err(e) = futures::future::poll_fn(|cx| stack.poll_ready(cx)).await {
+        return Read::Error(ConnectionError::Middleware(e.to_string()));
+    }
+    match stream.next().await {
+        Some(Ok(message)) => Read::Message(message),
+        Some(Err(e)) => Read::Error(e.into()),
+        None => Read::Error(ConnectionError::Closed),
+    }
+}
+
+async fn next_inflight(inflight: &mut Option<StackFuture>) -> Result<Outcome, BoxError> {
+    match inflight.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Pending {
+    request: Request,
+    nonce: u64,
+    sent: Instant,
+    reply: oneshot::Sender<Result<Response, ClientError>>,
+}
+
+fn now_ms() -> u64 {
+    unix_now().as_millis() as u64
+}
+
+/// Runs the connection until it fails, the peer leaves, policy closes it or
+/// `shutdown` fires; returns why it ended.
 pub async fn run(
-    conn: Connection,
+    parts: ConnectionParts,
     config: ConnectionConfig,
     on_event: impl Fn(ConnectionEvent) + Send,
     shutdown: CancellationToken,
 ) -> ConnectionError {
-    let Connection { mut framed, info } = conn;
-    let peer = Arc::new(info);
+    let ConnectionParts {
+        conn,
+        context,
+        mut stack,
+        queue,
+        mut requests,
+        scoring,
+    } = parts;
+    let Connection { framed, info } = conn;
+    let info = Arc::new(info);
+    let (sink, mut stream) = framed.map_codec(PeerCodec).split();
+    let writer = write_loop(sink, queue.clone(), context.clone());
+    tokio::pin!(writer);
     let mut ticker = tokio::time::interval(config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut outstanding: Option<(u64, Instant)> = None;
-    loop {
+    let mut keepalive: Option<(u64, Instant)> = None;
+    let mut pending: Option<Pending> = None;
+    let mut inflight: Option<StackFuture> = None;
+
+    let result = loop {
+        let keepalive_deadline = keepalive.map(|(_, sent)| sent + config.pong_timeout);
+        let request_deadline = pending.as_ref().map(|p| p.sent + config.request_timeout);
+        let deadline = match (keepalive_deadline, request_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                let bye = Message::Disconnect(Disconnect {
-                    reason: DisconnectReason::Shutdown,
-                    detail: String::new(),
-                });
-                let _ = framed.send(&bye).await;
-                return ConnectionError::Shutdown;
+            biased;
+            _ = shutdown.cancelled() => break ConnectionError::Shutdown,
+            _ = context.disconnect.cancelled() => {
+                let reason = context
+                    .close_reason
+                    .get()
+                    .copied()
+                    .unwrap_or(DisconnectReason::ProtocolViolation);
+                break ConnectionError::Policy(reason);
+            }
+            error = &mut writer => break error,
+            _ = sleep_until_opt(deadline) => {
+                let now = Instant::now();
+                if keepalive_deadline.is_some_and(|d| d <= now) {
+                    break ConnectionError::PongTimeout(config.pong_timeout);
+                }
+                if let Some(p) = pending.take_if(|p| p.sent + config.request_timeout <= now) {
+                    let _ = p.reply.send(Err(ClientError::Timeout(config.request_timeout)));
+                    if let Some(scoring) = &scoring {
+                        scoring.penalize(&context, Offence::Timeout);
+                    }
+                }
             }
             _ = ticker.tick() => {
-                if let Some((_, sent)) = outstanding {
-                    if sent.elapsed() >= config.pong_timeout {
-                        return ConnectionError::PongTimeout(config.pong_timeout);
+                if keepalive.is_none() {
+                    let nonce = rand::thread_rng().gen();
+                    let ping = Message::Ping(Ping { nonce, timestamp_ms: now_ms() });
+                    if enqueue(&queue, &context, &ping) {
+                        keepalive = Some((nonce, Instant::now()));
                     }
-                    continue;
                 }
-                let nonce = rand_core::OsRng.next_u64();
-                let ping = Message::Ping(Ping {
-                    nonce,
-                    timestamp_ms: unix_now().as_millis() as u64,
-                });
-                if let Err(e) = framed.send(&ping).await {
-                    return e.into();
-                }
-                outstanding = Some((nonce, Instant::now()));
             }
-            next = framed.next() => {
-                let message = match next {
-                    None => return ConnectionError::Closed,
-                    Some(Err(e)) => return e.into(),
-                    Some(Ok(m)) => m,
+            request = requests.recv(), if pending.is_none() => {
+                let Some(ClientRequest { request, reply }) = request else { continue };
+                let nonce: u64 = rand::thread_rng().gen();
+                let message = match request {
+                    Request::Ping => Message::Ping(Ping { nonce, timestamp_ms: now_ms() }),
+                    Request::GetPeers => Message::GetPeers,
                 };
+                if enqueue(&queue, &context, &message) {
+                    pending = Some(Pending { request, nonce, sent: Instant::now(), reply });
+                } else {
+                    let _ = reply.send(Err(ClientError::QueueFull));
+                }
+            }
+            outcome = next_inflight(&mut inflight) => {
+                inflight = None;
+                match outcome {
+                    Ok(Outcome::Reply(reply)) => {
+                        enqueue(&queue, &context, &reply);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        context.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        match Rejection::find(&error) {
+                            Some(r) => tracing::debug!(
+                                layer = r.layer,
+                                reason = r.reason,
+                                offence = r.offence.map(|o| o.as_str()),
+                                "message rejected"
+                            ),
+                            None => tracing::debug!(%error, "message failed in a handler"),
+                        }
+                    }
+                }
+            }
+            read = read_next(&mut stack, &mut stream), if inflight.is_none() => {
+                let message = match read {
+                    Read::Message(m) => m,
+                    Read::Error(e) => break e,
+                };
+                context.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("timed_messages_total", "kind" => message.kind(), "direction" => "in").increment(1);
                 match message {
-                    Message::Ping(p) => {
-                        let pong = Message::Pong(Pong {
-                            nonce: p.nonce,
-                            timestamp_ms: unix_now().as_millis() as u64,
-                        });
-                        if let Err(e) = framed.send(&pong).await {
-                            return e.into();
+                    Message::Pong(pong) => {
+                        if let Some((nonce, sent)) = keepalive {
+                            if nonce == pong.nonce {
+                                let rtt = sent.elapsed();
+                                keepalive = None;
+                                context.stats.record_rtt(rtt);
+                                metrics::histogram!("timed_ping_rtt_seconds").record(rtt.as_secs_f64());
+                                tracing::info!(rtt_us = rtt.as_micros() as u64, nonce = pong.nonce, "pong received");
+                                on_event(ConnectionEvent::Pong { peer: info.clone(), rtt });
+                                continue;
+                            }
+                        }
+                        match pending.take_if(|p| p.request == Request::Ping && p.nonce == pong.nonce) {
+                            Some(p) => {
+                                let rtt = p.sent.elapsed();
+                                context.stats.record_rtt(rtt);
+                                if let Some(scoring) = &scoring {
+                                    scoring.response_time(&context, rtt);
+                                }
+                                let _ = p.reply.send(Ok(Response::Pong(rtt)));
+                            }
+                            None => {
+                                if let Some(scoring) = &scoring {
+                                    scoring.penalize(&context, Offence::ProtocolViolation);
+                                }
+                            }
                         }
                     }
-                    Message::Pong(p) => match outstanding {
-                        Some((nonce, sent)) if nonce == p.nonce => {
-                            let rtt = sent.elapsed();
-                            outstanding = None;
-                            tracing::info!(
-                                rtt_us = rtt.as_micros() as u64,
-                                nonce = p.nonce,
-                                "pong received"
-                            );
-                            on_event(ConnectionEvent::Pong { peer: peer.clone(), rtt });
+                    Message::Peers(addresses) if pending.as_ref().is_some_and(|p| p.request == Request::GetPeers) => {
+                        if let Some(p) = pending.take() {
+                            let elapsed = p.sent.elapsed();
+                            metrics::histogram!("timed_request_duration_seconds", "kind" => "get_peers").record(elapsed.as_secs_f64());
+                            if let Some(scoring) = &scoring {
+                                scoring.response_time(&context, elapsed);
+                            }
+                            let _ = p.reply.send(Ok(Response::Peers(addresses)));
                         }
-                        _ => return ConnectionError::Unexpected("unsolicited pong"),
-                    },
+                    }
+                    Message::Ping(ping) => {
+                        // Answered here, but counted against the rate limit
+                        // by the stack first.
+                        let request = Inbound { peer: context.clone(), message: Arc::new(Message::Ping(ping)) };
+                        let pong = Message::Pong(Pong { nonce: ping.nonce, timestamp_ms: now_ms() });
+                        let future = stack.call(request);
+                        inflight = Some(Box::pin(async move {
+                            future.await.map(|_| Outcome::Reply(pong))
+                        }));
+                    }
                     Message::Disconnect(d) => {
-                        return ConnectionError::PeerDisconnected {
-                            reason: d.reason,
-                            detail: d.detail,
-                        }
+                        break ConnectionError::PeerDisconnected { reason: d.reason, detail: d.detail };
                     }
-                    Message::Version(_) => return ConnectionError::Unexpected("version"),
+                    Message::Version(_) => break ConnectionError::Unexpected("version"),
                     other => {
-                        tracing::debug!(kind = other.kind(), "message received");
-                        on_event(ConnectionEvent::Received {
-                            peer: peer.clone(),
-                            message: Arc::new(other),
-                        });
+                        let request = Inbound { peer: context.clone(), message: Arc::new(other) };
+                        inflight = Some(Box::pin(stack.call(request)));
                     }
                 }
             }
         }
+    };
+
+    // Say goodbye when we are the ones closing, then let the writer drain.
+    let goodbye = match &result {
+        ConnectionError::Shutdown => Some(DisconnectReason::Shutdown),
+        ConnectionError::Policy(reason) => Some(*reason),
+        ConnectionError::PongTimeout(_) | ConnectionError::Unexpected(_) => {
+            Some(DisconnectReason::ProtocolViolation)
+        }
+        _ => None,
+    };
+    if let Some(p) = pending.take() {
+        let _ = p.reply.send(Err(ClientError::Closed));
+    }
+    requests.close();
+    if let Some(reason) = goodbye {
+        if reason != DisconnectReason::SendQueueFull {
+            let bye = Message::Disconnect(Disconnect {
+                reason,
+                detail: String::new(),
+            });
+            if let Ok(bytes) = encode_message(&bye) {
+                let _ = queue.push(Bytes::from(bytes), Priority::Control);
+            }
+        }
+        queue.close();
+        let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+    } else {
+        queue.close();
+    }
+    context.disconnect.cancel();
+    result
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

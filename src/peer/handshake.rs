@@ -141,9 +141,37 @@ pub enum ConnectError {
     /// The socket could not be set up.
     #[error("socket error: {0}")]
     Io(#[source] std::io::Error),
+    /// Already connected to this node id by a preferred connection.
+    #[error("already connected to node {0}")]
+    Duplicate(NodeId),
+    /// A connection limit is reached.
+    #[error("connection limit reached: {0}")]
+    Limit(&'static str),
 }
 
 impl ConnectError {
+    /// True when the remote side misbehaved during setup (the node then
+    /// records a violation against its IP): garbage, forged identities,
+    /// broken frames, stalling. Honest misconfiguration (other network,
+    /// version or genesis) and plain disconnects are not.
+    pub fn is_misbehaviour(&self) -> bool {
+        use crate::transport::FrameError;
+        match self {
+            ConnectError::Timeout(_) | ConnectError::UnexpectedMessage(_) => true,
+            ConnectError::Noise(e) => matches!(
+                e,
+                HandshakeError::MessageTooLarge { .. }
+                    | HandshakeError::Noise(_)
+                    | HandshakeError::BadPayload(_)
+                    | HandshakeError::InvalidIdentityKey
+                    | HandshakeError::ForgedIdentity
+            ),
+            ConnectError::Wire(WireError::Frame(FrameError::Io(_) | FrameError::Truncated)) => false,
+            ConnectError::Wire(_) => true,
+            _ => false,
+        }
+    }
+
     /// A short stable name of the error kind, for logs and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -155,6 +183,8 @@ impl ConnectError {
             ConnectError::Closed => "closed",
             ConnectError::Refused { .. } => "refused",
             ConnectError::Io(_) => "io",
+            ConnectError::Duplicate(_) => "duplicate",
+            ConnectError::Limit(_) => "limit",
         }
     }
 }

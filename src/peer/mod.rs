@@ -1,8 +1,14 @@
-//! Peers: connection setup (Noise + version exchange) and the task that owns
-//! an established connection.
+//! Peers: connection setup (Noise + version exchange), the task that owns
+//! an established connection, its send queue and request client, and the
+//! set of all connected peers.
 
+pub mod client;
 pub mod connection;
 pub mod handshake;
+pub mod queue;
+pub mod set;
 
+pub use client::{Client, ClientError, Request, Response};
 pub use connection::{ConnectionConfig, ConnectionError, ConnectionEvent};
 pub use handshake::{establish, ConnectError, Connection, Direction, HandshakeConfig, PeerInfo};
+pub use set::{PeerSet, PeerSetService};

@@ -128,6 +128,8 @@ pub enum DisconnectReason {
     ProtocolViolation,
     /// 5: the peer is banned.
     Banned,
+    /// 6: the peer did not drain its send queue.
+    SendQueueFull,
 }
 
 /// A peer address on the wire: 16 IP bytes (IPv4 as `::ffff:a.b.c.d`) and a

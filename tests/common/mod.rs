@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use timed::crypto::NodeIdentity;
 use timed::network::Network;
 use timed::node::{Node, NodeConfig, NodeEvent, PeerTarget};
-use timed::peer::{ConnectionConfig, ConnectionEvent, HandshakeConfig};
+use timed::peer::{ConnectionEvent, HandshakeConfig};
 use timed::protocol::{MessageCodec, VersionParams};
 use timed::transport::noise::{self, LocalKeys};
 use timed::transport::{CryptoBackend, FrameCodec, RekeyPolicy};
@@ -24,13 +24,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A node config listening on `ip:0` for the devnet.
 pub fn config(ip: [u8; 4]) -> NodeConfig {
-    NodeConfig {
-        listen: SocketAddr::from((ip, 0)),
-        peers: Vec::new(),
-        handshake: HandshakeConfig::new(VersionParams::new(Network::Devnet)),
-        connection: ConnectionConfig::default(),
-        backend: CryptoBackend::default(),
-    }
+    NodeConfig::new(
+        SocketAddr::from((ip, 0)),
+        HandshakeConfig::new(VersionParams::new(Network::Devnet)),
+    )
 }
 
 /// Starts a node with a fresh identity.

@@ -1,0 +1,224 @@
+//! The handlers: tower services shared by all connections, behind a router.
+//!
+//! The [`Router`] is the innermost service of every connection's stack. It
+//! dispatches by message kind to the block, transaction, vote, address and
+//! peer handlers, and relays every envelope a handler accepts as new
+//! ([`Outcome::Accepted`]) to all other peers.
+//!
+//! In this step the block, transaction and vote handlers accept and count
+//! (step 4 gives them the chain state); the peer handler answers `GetPeers`
+//! from the connected peers' listen addresses.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::constants::MAX_PEER_ADDRESSES;
+use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::peer::set::PeerSet;
+use crate::protocol::{GossipKind, Message};
+
+/// The router's name in rejections and metrics.
+pub const NAME: &str = "router";
+
+/// A callback told about every envelope a handler accepted as new.
+pub type DeliveryHook = Arc<dyn Fn(&Inbound) + Send + Sync>;
+
+/// A handler that accepts every envelope of its kind and counts it.
+#[derive(Clone, Debug)]
+pub struct CountingHandler {
+    name: &'static str,
+    count: Arc<AtomicU64>,
+}
+
+impl CountingHandler {
+    /// A handler labelled `name` in metrics.
+    pub fn new(name: &'static str) -> Self {
+        CountingHandler {
+            name,
+            count: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Messages handled.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Service<Inbound> for CountingHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Outcome, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Inbound) -> Self::Future {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("timed_handler_messages_total", "handler" => self.name).increment(1);
+        std::future::ready(Ok(Outcome::Accepted))
+    }
+}
+
+/// Answers `GetPeers` and takes `Peers` announcements.
+#[derive(Clone, Debug)]
+pub struct PeersHandler {
+    peers: Arc<PeerSet>,
+}
+
+impl PeersHandler {
+    /// A handler answering from `peers`.
+    pub fn new(peers: Arc<PeerSet>) -> Self {
+        PeersHandler { peers }
+    }
+}
+
+impl Service<Inbound> for PeersHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Outcome, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Inbound) -> Self::Future {
+        metrics::counter!("timed_handler_messages_total", "handler" => "peers").increment(1);
+        let outcome = match &*request.message {
+            Message::GetPeers => {
+                let mut addresses = self.peers.listen_addresses(MAX_PEER_ADDRESSES);
+                // Never tell a peer about itself.
+                let own = request.peer.node_id;
+                if let Some(h) = self.peers.get(&own) {
+                    addresses.retain(|a| Some(*a) != h.info.version.listen_addr);
+                }
+                Outcome::Reply(Message::Peers(addresses))
+            }
+            _ => Outcome::Handled,
+        };
+        std::future::ready(Ok(outcome))
+    }
+}
+
+/// A handler: shared by every connection, so `Sync` too.
+pub type HandlerService = BoxCloneSyncService<Inbound, Outcome, BoxError>;
+
+/// The handlers of a node, one service per kind.
+#[derive(Clone)]
+pub struct Handlers {
+    /// Block envelopes.
+    pub blocks: HandlerService,
+    /// Transaction envelopes.
+    pub transactions: HandlerService,
+    /// Vote envelopes.
+    pub votes: HandlerService,
+    /// Address announcement envelopes.
+    pub addresses: HandlerService,
+    /// `GetPeers` and `Peers`.
+    pub peers: HandlerService,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handlers").finish_non_exhaustive()
+    }
+}
+
+impl Handlers {
+    /// The step-2 handlers: counting gossip handlers and the peer handler.
+    pub fn minimal(peers: Arc<PeerSet>) -> Self {
+        Handlers {
+            blocks: BoxCloneSyncService::new(CountingHandler::new("blocks")),
+            transactions: BoxCloneSyncService::new(CountingHandler::new("transactions")),
+            votes: BoxCloneSyncService::new(CountingHandler::new("votes")),
+            addresses: BoxCloneSyncService::new(CountingHandler::new("addresses")),
+            peers: BoxCloneSyncService::new(PeersHandler::new(peers)),
+        }
+    }
+}
+
+/// Dispatches inbound messages to the handlers and relays accepted gossip.
+#[derive(Clone)]
+pub struct Router {
+    handlers: Handlers,
+    relay: Option<Arc<PeerSet>>,
+    on_delivered: Option<DeliveryHook>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("relay", &self.relay.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router over `handlers`; accepted envelopes are relayed through
+    /// `relay` (if any) to every peer but their sender.
+    pub fn new(handlers: Handlers, relay: Option<Arc<PeerSet>>, on_delivered: Option<DeliveryHook>) -> Self {
+        Router {
+            handlers,
+            relay,
+            on_delivered,
+        }
+    }
+}
+
+impl Service<Inbound> for Router {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each handler is readied in `call`, on a clone.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Inbound) -> Self::Future {
+        let handler = match &*request.message {
+            Message::Gossip(envelope) => match envelope.kind {
+                GossipKind::Block => self.handlers.blocks.clone(),
+                GossipKind::Transaction => self.handlers.transactions.clone(),
+                GossipKind::Vote => self.handlers.votes.clone(),
+                GossipKind::Address => self.handlers.addresses.clone(),
+            },
+            Message::GetPeers | Message::Peers(_) => self.handlers.peers.clone(),
+            // The connection answers pings once the stack let them through.
+            Message::Ping(_) => return Box::pin(std::future::ready(Ok(Outcome::Handled))),
+            other => {
+                let kind = other.kind();
+                tracing::debug!(kind, "message not allowed here");
+                return Box::pin(std::future::ready(Err(Rejection::offence(
+                    NAME,
+                    "unexpected_message",
+                    Offence::ProtocolViolation,
+                )
+                .into())));
+            }
+        };
+        let relay = self.relay.clone();
+        let hook = self.on_delivered.clone();
+        Box::pin(async move {
+            let outcome = handler.oneshot(request.clone()).await?;
+            if outcome == Outcome::Accepted {
+                if let Message::Gossip(_) = &*request.message {
+                    if let Some(hook) = &hook {
+                        hook(&request);
+                    }
+                    if let Some(peers) = &relay {
+                        peers.broadcast(&request.message, Some(request.peer.node_id));
+                    }
+                }
+            }
+            Ok(outcome)
+        })
+    }
+}
