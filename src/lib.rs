@@ -43,6 +43,7 @@
 //!   and after it (4 MiB by default).
 //! * Every limit lives in [`constants`] with its justification.
 
+pub mod config;
 pub mod constants;
 pub mod crypto;
 pub mod handlers;

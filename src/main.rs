@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use timed::config::Config;
 use timed::crypto::NodeIdentity;
 use timed::network::Network;
 use timed::node::{Node, NodeConfig, PeerTarget};
@@ -33,6 +34,9 @@ struct RunArgs {
     /// Network to join.
     #[arg(long, default_value = "devnet")]
     network: Network,
+    /// Config file (TOML); without it the embedded defaults apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Data directory (default: ~/.timecoin/<network>).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -55,6 +59,10 @@ fn default_data_dir(network: Network) -> PathBuf {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
+    let file = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| default_data_dir(args.network));
@@ -68,6 +76,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut version = VersionParams::new(args.network);
     version.listen_addr = Some(listen.into());
     let mut config = NodeConfig::new(listen, HandshakeConfig::new(version));
+    config.middleware = file.middleware;
     config.peers = args.peers;
     config.connection = ConnectionConfig {
         ping_interval: Duration::from_secs(args.ping_interval.max(1)),

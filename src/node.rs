@@ -48,7 +48,9 @@ use crate::layers::blacklist::ip_key;
 use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
 use crate::layers::{Inbound, PeerContext, ScoreHandle};
 use crate::peer::client::Client;
-use crate::peer::connection::{self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts};
+use crate::peer::connection::{
+    self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts,
+};
 use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig, PeerInfo};
 use crate::peer::queue::{SendQueue, DEFAULT_QUEUE_BYTES};
 use crate::peer::set::{Admission, PeerSet};
@@ -244,10 +246,16 @@ pub enum NodeError {
     Keys(#[from] HandshakeError),
 }
 
+/// Inbound connections per IP key.
+type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// Where `connect` learns how its dial ended.
+type Report = tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>;
+
 /// Counts a connection slot and frees it on drop.
 struct Slot {
     counter: Arc<AtomicUsize>,
-    per_ip: Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>,
+    per_ip: Option<(IpCounts, IpAddr)>,
 }
 
 impl Drop for Slot {
@@ -280,7 +288,7 @@ struct Inner {
     next_conn_id: AtomicU64,
     inbound: Arc<AtomicUsize>,
     outbound: Arc<AtomicUsize>,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip: IpCounts,
     accept_limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -307,18 +315,20 @@ impl Node {
     /// [`NodeError::Bind`] if the listen address is unavailable.
     pub async fn start(identity: &NodeIdentity, config: NodeConfig) -> Result<Node, NodeError> {
         let keys = LocalKeys::new(identity, config.backend)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: config.listen,
             source,
         })?;
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let stack = MiddlewareStack::build(&config.middleware, config.handshake.version.network.magic());
+        let stack =
+            MiddlewareStack::build(&config.middleware, config.handshake.version.network.magic());
         let peers = Arc::new(PeerSet::new(identity.node_id()));
         let hook_events = events.clone();
         let router = Router::new(
@@ -606,15 +616,10 @@ impl Node {
     }
 
     /// Dials and runs one outbound connection; true if it was established.
-    async fn outbound(
-        &self,
-        target: &PeerTarget,
-        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
-    ) -> bool {
+    async fn outbound(&self, target: &PeerTarget, report: Option<Report>) -> bool {
         let (conn_id, span) = self.span(target.addr, Direction::Outbound);
         async {
-            let fail = |error: ConnectError,
-                        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>| {
+            let fail = |error: ConnectError, report: Option<Report>| {
                 let error = Arc::new(error);
                 tracing::info!(error = %error, error.kind = error.kind(), "dial failed");
                 if let Some(report) = report {
@@ -631,15 +636,28 @@ impl Node {
                 counter: inner.outbound.clone(),
                 per_ip: None,
             };
-            let stream = match tokio::time::timeout(inner.config.handshake.timeout, self.dial(target.addr))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return fail(ConnectError::Io(e), report),
-                Err(_) => return fail(ConnectError::Timeout(inner.config.handshake.timeout), report),
-            };
-            self.handle(stream, target.addr, Direction::Outbound, target.node_id, report, conn_id)
-                .await
+            let stream =
+                match tokio::time::timeout(inner.config.handshake.timeout, self.dial(target.addr))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return fail(ConnectError::Io(e), report),
+                    Err(_) => {
+                        return fail(
+                            ConnectError::Timeout(inner.config.handshake.timeout),
+                            report,
+                        )
+                    }
+                };
+            self.handle(
+                stream,
+                target.addr,
+                Direction::Outbound,
+                target.node_id,
+                report,
+                conn_id,
+            )
+            .await
         }
         .instrument(span)
         .await
@@ -652,7 +670,7 @@ impl Node {
         addr: SocketAddr,
         direction: Direction,
         expected: Option<NodeId>,
-        mut report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
+        mut report: Option<Report>,
         conn_id: u64,
     ) -> bool {
         let inner = &self.inner;
@@ -680,7 +698,13 @@ impl Node {
             .as_ref()
             .map(|s| s.book().handle(info.node_id))
             .unwrap_or_else(ScoreHandle::default);
-        let context = Arc::new(PeerContext::new(info.node_id, addr, direction, conn_id, score));
+        let context = Arc::new(PeerContext::new(
+            info.node_id,
+            addr,
+            direction,
+            conn_id,
+            score,
+        ));
         let queue = Arc::new(SendQueue::new(config.send_queue_bytes));
         let (request_tx, request_rx) = mpsc::channel(1);
         let client = Client::new(request_tx, context.clone());
@@ -693,7 +717,10 @@ impl Node {
         match inner.peers.admit(handle) {
             Admission::Admitted => {}
             Admission::Replaced(old) => {
-                tracing::info!(old.conn_id = old.context.conn_id, "replacing a duplicate connection");
+                tracing::info!(
+                    old.conn_id = old.context.conn_id,
+                    "replacing a duplicate connection"
+                );
                 old.context.close(DisconnectReason::Duplicate);
             }
             Admission::Refused => {
@@ -711,9 +738,7 @@ impl Node {
             "peer connected"
         );
         self.emit(NodeEvent::Connected(info.clone()));
-        let stack = inner
-            .stack
-            .wrap(BoxCloneService::new(inner.router.clone()));
+        let stack = inner.stack.wrap(BoxCloneService::new(inner.router.clone()));
         let parts = ConnectionParts {
             conn,
             context: context.clone(),
@@ -737,7 +762,10 @@ impl Node {
         .await;
         inner.peers.remove(info.node_id, conn_id);
         if direction == Direction::Inbound && error.is_misbehaviour() {
-            inner.stack.blacklist().record_violation(addr.ip(), error.kind());
+            inner
+                .stack
+                .blacklist()
+                .record_violation(addr.ip(), error.kind());
         }
         match &error {
             ConnectionError::Shutdown
@@ -763,7 +791,7 @@ impl Node {
         error: ConnectError,
         addr: SocketAddr,
         direction: Direction,
-        report: Option<tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>>,
+        report: Option<Report>,
     ) {
         let error = Arc::new(error);
         tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");

@@ -163,7 +163,11 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// A router over `handlers`; accepted envelopes are relayed through
     /// `relay` (if any) to every peer but their sender.
-    pub fn new(handlers: Handlers, relay: Option<Arc<PeerSet>>, on_delivered: Option<DeliveryHook>) -> Self {
+    pub fn new(
+        handlers: Handlers,
+        relay: Option<Arc<PeerSet>>,
+        on_delivered: Option<DeliveryHook>,
+    ) -> Self {
         Router {
             handlers,
             relay,

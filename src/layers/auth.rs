@@ -184,7 +184,11 @@ impl AuthLayer {
     /// Checks what is cheap to check: signature present, timestamp window.
     fn precheck(&self, envelope: &Envelope) -> Result<(), Rejection> {
         if envelope.signature == [0u8; 64] {
-            return Err(Rejection::offence(NAME, "unsigned", Offence::InvalidSignature));
+            return Err(Rejection::offence(
+                NAME,
+                "unsigned",
+                Offence::InvalidSignature,
+            ));
         }
         let now_ms = unix_now().as_millis() as u64;
         let max_age_ms = self.config.max_age_secs.saturating_mul(1000);
@@ -318,13 +322,19 @@ mod tests {
             match expected {
                 None => assert!(result.is_ok()),
                 Some(reason) => {
-                    assert_eq!(Rejection::find(&result.unwrap_err()).unwrap().reason, reason)
+                    assert_eq!(
+                        Rejection::find(&result.unwrap_err()).unwrap().reason,
+                        reason
+                    )
                 }
             }
         }
         assert_eq!(handler.0.load(Ordering::Relaxed), 1);
         // Non-gossip passes untouched.
-        svc.clone().call(inbound(&p, Message::GetPeers)).await.unwrap();
+        svc.clone()
+            .call(inbound(&p, Message::GetPeers))
+            .await
+            .unwrap();
         assert_eq!(handler.0.load(Ordering::Relaxed), 2);
         assert_eq!(layer.counters().rejected("bad_signature"), 1);
     }

@@ -111,7 +111,9 @@ impl BlacklistConfig {
         let mut last = 0;
         for step in &self.escalation {
             if step.violations <= last {
-                return Err("escalation steps must have strictly increasing `violations` (≥ 1)".into());
+                return Err(
+                    "escalation steps must have strictly increasing `violations` (≥ 1)".into(),
+                );
             }
             last = step.violations;
         }
@@ -390,7 +392,13 @@ impl Blacklist {
                 _ => None,
             })
             .collect();
-        out.extend(state.subnets.iter().filter(|b| b.until.active(now)).cloned());
+        out.extend(
+            state
+                .subnets
+                .iter()
+                .filter(|b| b.until.active(now))
+                .cloned(),
+        );
         out
     }
 
@@ -509,7 +517,9 @@ where
         if self.layer.blacklist.is_banned(request.peer.ip()) {
             self.layer.counters.reject(NAME, "banned");
             request.peer.close(DisconnectReason::Banned);
-            return Box::pin(std::future::ready(Err(Rejection::benign(NAME, "banned").into())));
+            return Box::pin(std::future::ready(Err(
+                Rejection::benign(NAME, "banned").into()
+            )));
         }
         self.layer.counters.accept(NAME);
         Box::pin(self.inner.call(request))
@@ -534,7 +544,10 @@ mod tests {
         assert_eq!(b.record_violation(a, "test"), None);
         assert_eq!(b.record_violation(a, "test"), None);
         assert!(!b.is_banned(a));
-        assert!(matches!(b.record_violation(a, "test"), Some(BanUntil::Until(_))));
+        assert!(matches!(
+            b.record_violation(a, "test"),
+            Some(BanUntil::Until(_))
+        ));
         assert!(b.is_banned(a));
         tokio::time::advance(Duration::from_secs(301)).await;
         assert!(!b.is_banned(a), "5 minute ban expired");
@@ -610,7 +623,10 @@ mod tests {
         let bad = peer([127, 0, 0, 66]);
         list.ban_ip(bad.ip(), Some(Duration::from_secs(60)), "manual");
         svc.call(inbound(&good, Message::GetPeers)).await.unwrap();
-        let err = svc.call(inbound(&bad, Message::GetPeers)).await.unwrap_err();
+        let err = svc
+            .call(inbound(&bad, Message::GetPeers))
+            .await
+            .unwrap_err();
         assert_eq!(Rejection::find(&err).unwrap().reason, "banned");
         assert!(bad.disconnect.is_cancelled());
         assert!(!good.disconnect.is_cancelled());

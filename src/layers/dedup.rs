@@ -263,9 +263,11 @@ where
         if !self.layer.cache.reserve(id) {
             self.layer.counters.reject(NAME, "duplicate");
             metrics::counter!("timed_dedup_hits_total").increment(1);
-            return Box::pin(std::future::ready(Err(
-                Rejection::benign(NAME, "duplicate").into()
-            )));
+            return Box::pin(std::future::ready(Err(Rejection::benign(
+                NAME,
+                "duplicate",
+            )
+            .into())));
         }
         self.layer.counters.accept(NAME);
         let cache = self.layer.cache.clone();
@@ -292,7 +294,13 @@ mod tests {
 
     fn envelope(n: u8) -> Message {
         let id = NodeIdentity::from_secret_bytes(&[n; 32]);
-        Message::Gossip(Envelope::sign(&id, *b"TDEV", GossipKind::Transaction, 1, vec![n; 10]))
+        Message::Gossip(Envelope::sign(
+            &id,
+            *b"TDEV",
+            GossipKind::Transaction,
+            1,
+            vec![n; 10],
+        ))
     }
 
     #[tokio::test]
@@ -302,7 +310,12 @@ mod tests {
         let mut svc = layer.layer(handler.clone());
         let p = peer([127, 0, 0, 1]);
         for _ in 0..3 {
-            let _ = svc.ready().await.unwrap().call(inbound(&p, envelope(1))).await;
+            let _ = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(inbound(&p, envelope(1)))
+                .await;
         }
         let err = svc
             .ready()
@@ -316,7 +329,12 @@ mod tests {
         assert_eq!(layer.counters().rejected("duplicate"), 3);
         // Pings are not deduplicated; repeated GetPeers are.
         for _ in 0..2 {
-            let _ = svc.ready().await.unwrap().call(inbound(&p, Message::GetPeers)).await;
+            let _ = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(inbound(&p, Message::GetPeers))
+                .await;
         }
         assert_eq!(handler.0.load(Ordering::Relaxed), 2);
     }

@@ -262,8 +262,8 @@ impl ScoreHandle {
             Err(poisoned) => poisoned.into_inner(),
         };
         let now = Instant::now();
-        let value = (decayed(guard.0, guard.1, now, half_life) + delta)
-            .clamp(SCORE_RANGE.0, SCORE_RANGE.1);
+        let value =
+            (decayed(guard.0, guard.1, now, half_life) + delta).clamp(SCORE_RANGE.0, SCORE_RANGE.1);
         *guard = (value, now);
         value
     }
@@ -322,7 +322,10 @@ impl LayerCounters {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        guard.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+        guard
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Every rejection reason with its count.

@@ -110,7 +110,16 @@ impl Default for RateLimitConfig {
 }
 
 /// The message kinds with their own bucket.
-const KINDS: [&str; 8] = ["tx", "vote", "block", "addr", "get_peers", "peers", "ping", "other"];
+const KINDS: [&str; 8] = [
+    "tx",
+    "vote",
+    "block",
+    "addr",
+    "get_peers",
+    "peers",
+    "ping",
+    "other",
+];
 
 impl RateLimitConfig {
     fn limit(&self, kind: &str) -> KindLimit {
@@ -252,7 +261,11 @@ impl<S> std::fmt::Debug for RateLimit<S> {
 
 impl<S> RateLimit<S> {
     fn refuse(&self, kind: &'static str, scope: &'static str) -> Rejection {
-        let reason = if scope == "ip" { "ip_limit" } else { "peer_limit" };
+        let reason = if scope == "ip" {
+            "ip_limit"
+        } else {
+            "peer_limit"
+        };
         self.layer.counters.reject(NAME, reason);
         metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => scope)
             .increment(1);
@@ -318,7 +331,10 @@ mod tests {
         for _ in 0..10 {
             if let Err(e) = svc.call(inbound(&p, ping())).await {
                 let r = Rejection::find(&e).unwrap();
-                assert_eq!((r.reason, r.offence), ("peer_limit", Some(Offence::RateLimitExceeded)));
+                assert_eq!(
+                    (r.reason, r.offence),
+                    ("peer_limit", Some(Offence::RateLimitExceeded))
+                );
                 refused += 1;
             }
         }
@@ -328,7 +344,10 @@ mod tests {
         svc.call(inbound(&p, Message::GetPeers)).await.unwrap();
         // A second connection from another IP has fresh buckets.
         let mut other = layer.layer(handler.clone());
-        other.call(inbound(&peer([127, 0, 0, 2]), ping())).await.unwrap();
+        other
+            .call(inbound(&peer([127, 0, 0, 2]), ping()))
+            .await
+            .unwrap();
         assert_eq!(layer.counters().rejected("peer_limit"), 4);
     }
 

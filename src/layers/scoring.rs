@@ -186,7 +186,11 @@ impl ScoreBook {
                 // Still full of live scores: forget the mildest one.
                 if let Some(k) = scores
                     .iter()
-                    .min_by(|a, b| a.1.value(half_life).abs().total_cmp(&b.1.value(half_life).abs()))
+                    .min_by(|a, b| {
+                        a.1.value(half_life)
+                            .abs()
+                            .total_cmp(&b.1.value(half_life).abs())
+                    })
                     .map(|(k, _)| *k)
                 {
                     scores.remove(&k);
@@ -240,7 +244,8 @@ impl ScoringLayer {
         let score = peer
             .score
             .add(self.config.penalty(offence), self.config.half_life());
-        metrics::counter!("timed_score_penalties_total", "offence" => offence.as_str()).increment(1);
+        metrics::counter!("timed_score_penalties_total", "offence" => offence.as_str())
+            .increment(1);
         if score <= self.config.ban_threshold {
             self.counters.reject(NAME, "banned");
             tracing::warn!(
@@ -366,7 +371,10 @@ mod tests {
 
     fn layer() -> (ScoringLayer, Arc<Blacklist>) {
         let list = Arc::new(Blacklist::new(&BlacklistConfig::default()));
-        (ScoringLayer::new(&ScoringConfig::default(), list.clone()), list)
+        (
+            ScoringLayer::new(&ScoringConfig::default(), list.clone()),
+            list,
+        )
     }
 
     #[tokio::test(start_paused = true)]

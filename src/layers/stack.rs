@@ -162,11 +162,13 @@ pub fn parse_entries(entries: &[toml::Value]) -> Result<Vec<MiddlewareConfig>, S
                     name: name.to_owned(),
                     message: e.message().trim().to_owned(),
                 })?;
-        config.validate().map_err(|message| StackError::BadParameter {
-            index,
-            name: name.to_owned(),
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|message| StackError::BadParameter {
+                index,
+                name: name.to_owned(),
+                message,
+            })?;
         if out.iter().any(|c| c.name() == config.name()) {
             return Err(StackError::Duplicate {
                 index,
@@ -341,7 +343,10 @@ mod tests {
         .unwrap();
         assert_eq!(parse_entries(&entries(&text)).unwrap(), defaults);
         let stack = MiddlewareStack::build(&defaults, *b"TDEV");
-        assert_eq!(stack.describe(), "blacklist -> scoring -> rate_limit -> dedup -> auth");
+        assert_eq!(
+            stack.describe(),
+            "blacklist -> scoring -> rate_limit -> dedup -> auth"
+        );
     }
 
     #[test]
@@ -358,15 +363,19 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("firewall"));
-        let err = parse_entries(&entries("[[middleware]]\nname = \"dedup\"\nttl = 5\n")).unwrap_err();
+        let err =
+            parse_entries(&entries("[[middleware]]\nname = \"dedup\"\nttl = 5\n")).unwrap_err();
         assert!(
             matches!(&err, StackError::BadParameter { index: 0, message, .. } if message.contains("ttl")),
             "{err}"
         );
-        let err =
-            parse_entries(&entries("[[middleware]]\nname = \"dedup\"\nttl_secs = \"x\"\n")).unwrap_err();
+        let err = parse_entries(&entries(
+            "[[middleware]]\nname = \"dedup\"\nttl_secs = \"x\"\n",
+        ))
+        .unwrap_err();
         assert!(matches!(err, StackError::BadParameter { .. }), "{err}");
-        let err = parse_entries(&entries("[[middleware]]\nname = \"dedup\"\nttl_secs = 0\n")).unwrap_err();
+        let err = parse_entries(&entries("[[middleware]]\nname = \"dedup\"\nttl_secs = 0\n"))
+            .unwrap_err();
         assert!(err.to_string().contains("ttl_secs"), "{err}");
         let err = parse_entries(&entries("[[middleware]]\nttl_secs = 1\n")).unwrap_err();
         assert_eq!(err, StackError::MissingName { index: 0 });

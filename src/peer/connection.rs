@@ -252,7 +252,11 @@ type Sink = SplitSink<Framed<TcpStream, PeerCodec>, Bytes>;
 type Stream = SplitStream<Framed<TcpStream, PeerCodec>>;
 type StackFuture = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
 
-async fn write_loop(mut sink: Sink, queue: Arc<SendQueue>, peer: Arc<PeerContext>) -> ConnectionError {
+async fn write_loop(
+    mut sink: Sink,
+    queue: Arc<SendQueue>,
+    peer: Arc<PeerContext>,
+) -> ConnectionError {
     while let Some(frame) = queue.pop().await {
         let len = frame.len();
         if let Err(e) = sink.feed(frame).await {

@@ -166,7 +166,9 @@ impl ConnectError {
                     | HandshakeError::InvalidIdentityKey
                     | HandshakeError::ForgedIdentity
             ),
-            ConnectError::Wire(WireError::Frame(FrameError::Io(_) | FrameError::Truncated)) => false,
+            ConnectError::Wire(WireError::Frame(FrameError::Io(_) | FrameError::Truncated)) => {
+                false
+            }
             ConnectError::Wire(_) => true,
             _ => false,
         }

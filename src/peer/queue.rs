@@ -163,15 +163,21 @@ mod tests {
     #[tokio::test]
     async fn control_drains_before_blocks_votes_and_transactions() {
         let q = SendQueue::new(1 << 20);
-        q.push(Bytes::from_static(b"tx"), Priority::Transaction).unwrap();
+        q.push(Bytes::from_static(b"tx"), Priority::Transaction)
+            .unwrap();
         q.push(Bytes::from_static(b"vote"), Priority::Vote).unwrap();
-        q.push(Bytes::from_static(b"block"), Priority::Block).unwrap();
-        q.push(Bytes::from_static(b"ping"), Priority::Control).unwrap();
+        q.push(Bytes::from_static(b"block"), Priority::Block)
+            .unwrap();
+        q.push(Bytes::from_static(b"ping"), Priority::Control)
+            .unwrap();
         let mut order = Vec::new();
         for _ in 0..4 {
             order.push(q.pop().await.unwrap());
         }
-        assert_eq!(order, ["ping", "block", "vote", "tx"].map(|s| Bytes::from(s.as_bytes())));
+        assert_eq!(
+            order,
+            ["ping", "block", "vote", "tx"].map(|s| Bytes::from(s.as_bytes()))
+        );
         q.close();
         assert!(q.pop().await.is_none());
         assert!(q.push(Bytes::from_static(b"x"), Priority::Control).is_err());
@@ -189,8 +195,11 @@ mod tests {
         );
         q.push(Bytes::from_static(b"v"), Priority::Vote).unwrap();
         let q = SendQueue::new(10);
-        q.push(Bytes::from(vec![0u8; 8]), Priority::Transaction).unwrap();
-        assert!(q.push(Bytes::from(vec![0u8; 3]), Priority::Control).is_err());
+        q.push(Bytes::from(vec![0u8; 8]), Priority::Transaction)
+            .unwrap();
+        assert!(q
+            .push(Bytes::from(vec![0u8; 3]), Priority::Control)
+            .is_err());
         assert_eq!(q.bytes(), 8);
     }
 }

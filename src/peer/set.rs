@@ -208,7 +208,8 @@ impl PeerSet {
                 sent += 1;
             }
         }
-        metrics::counter!("timed_gossip_relayed_total", "kind" => message.kind()).increment(sent as u64);
+        metrics::counter!("timed_gossip_relayed_total", "kind" => message.kind())
+            .increment(sent as u64);
         sent
     }
 
