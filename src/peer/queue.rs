@@ -102,7 +102,9 @@ impl SendQueue {
             let mut lanes = self.lock();
             if lanes.closed
                 || lanes.lanes[lane].len() >= LANE_CAPACITY[lane]
-                || lanes.bytes + frame.len() > self.max_bytes
+                // An empty queue takes any one frame, so a budget below
+                // the frame limit cannot make a message unsendable.
+                || (lanes.bytes > 0 && lanes.bytes + frame.len() > self.max_bytes)
             {
                 return Err(full);
             }

@@ -282,3 +282,141 @@ impl Service<Request> for PeerSetService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::NodeIdentity;
+    use crate::layers::ScoreHandle;
+    use crate::network::Network;
+    use crate::peer::client::ClientRequest;
+    use crate::protocol::VersionParams;
+    use std::net::SocketAddr;
+    use tokio::sync::mpsc;
+
+    fn handle(
+        local: NodeId,
+        remote: NodeId,
+        direction: Direction,
+        conn_id: u64,
+        rtt_us: u64,
+    ) -> (Arc<PeerHandle>, mpsc::Receiver<ClientRequest>) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + conn_id as u16));
+        let context = Arc::new(PeerContext::new(
+            remote,
+            addr,
+            direction,
+            conn_id,
+            ScoreHandle::default(),
+        ));
+        context
+            .stats
+            .rtt_us
+            .store(rtt_us, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(1);
+        let identity = NodeIdentity::generate();
+        let info = Arc::new(PeerInfo {
+            node_id: remote,
+            public_key: identity.public_key(),
+            addr,
+            direction,
+            version: VersionParams::new(Network::Devnet).build(remote, 0),
+        });
+        let _ = local;
+        (
+            Arc::new(PeerHandle {
+                info,
+                client: Client::new(tx, context.clone()),
+                context,
+                queue: Arc::new(SendQueue::new(1 << 20)),
+            }),
+            rx,
+        )
+    }
+
+    fn ids() -> (NodeId, NodeId) {
+        let a = NodeIdentity::generate().node_id();
+        let b = NodeIdentity::generate().node_id();
+        if a < b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
+    #[test]
+    fn simultaneous_dials_converge_on_the_smaller_ids_connection() {
+        let (small, large) = ids();
+        // Seen from the smaller node: its outbound connection wins, in
+        // either arrival order.
+        for outbound_first in [true, false] {
+            let set = PeerSet::new(small);
+            let (out, _r1) = handle(small, large, Direction::Outbound, 1, 0);
+            let (inb, _r2) = handle(small, large, Direction::Inbound, 2, 0);
+            let (first, second) = if outbound_first {
+                (out, inb)
+            } else {
+                (inb, out)
+            };
+            assert!(matches!(set.admit(first), Admission::Admitted));
+            let decision = set.admit(second);
+            assert_eq!(set.get(&large).unwrap().context.conn_id, 1);
+            assert!(matches!(
+                (outbound_first, decision),
+                (true, Admission::Refused) | (false, Admission::Replaced(_))
+            ));
+        }
+        // Seen from the larger node: the inbound connection (dialed by the
+        // smaller node) wins.
+        let set = PeerSet::new(large);
+        let (out, _r1) = handle(large, small, Direction::Outbound, 3, 0);
+        let (inb, _r2) = handle(large, small, Direction::Inbound, 4, 0);
+        set.admit(out);
+        assert!(matches!(set.admit(inb), Admission::Replaced(_)));
+        assert_eq!(set.get(&small).unwrap().context.conn_id, 4);
+        // Same dialer twice (a reconnect): the newer one wins.
+        let (again, _r3) = handle(large, small, Direction::Inbound, 5, 0);
+        assert!(matches!(set.admit(again), Admission::Replaced(_)));
+        set.remove(small, 4);
+        assert!(
+            set.contains(&small),
+            "removing a replaced connection keeps the new one"
+        );
+        set.remove(small, 5);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn p2c_prefers_the_faster_of_two_and_spreads_over_three() {
+        let (local, _) = ids();
+        let set = Arc::new(PeerSet::new(local));
+        let mut receivers = Vec::new();
+        let fast_id = NodeIdentity::generate().node_id();
+        let slow_id = NodeIdentity::generate().node_id();
+        for (id, rtt, conn) in [(fast_id, 200, 1), (slow_id, 90_000, 2)] {
+            let (h, rx) = handle(local, id, Direction::Outbound, conn, rtt);
+            set.admit(h);
+            receivers.push(rx);
+        }
+        let svc = set.service();
+        for _ in 0..50 {
+            assert_eq!(svc.pick().unwrap().info.node_id, fast_id);
+        }
+        let third = NodeIdentity::generate().node_id();
+        let (h, rx) = handle(local, third, Direction::Outbound, 3, 5_000);
+        set.admit(h);
+        receivers.push(rx);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..3000 {
+            *counts.entry(svc.pick().unwrap().info.node_id).or_insert(0) += 1;
+        }
+        // Fast wins whenever drawn (2/3), middle when drawn with slow (1/3),
+        // slow never.
+        assert!(
+            counts[&fast_id] > 1800 && counts[&fast_id] < 2200,
+            "{counts:?}"
+        );
+        assert!(counts[&third] > 800 && counts[&third] < 1200, "{counts:?}");
+        assert!(!counts.contains_key(&slow_id));
+    }
+}
