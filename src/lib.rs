@@ -9,13 +9,20 @@
 //!
 //! ```text
 //! TCP accept / dial                                   node
+//!   └─ pre-handshake gate: bans, accept rate,        node, layers::blacklist
+//!      connection limits per node and per IP
 //!   └─ Noise XX handshake, ed25519 identity bound     transport::noise
 //!      to the Noise static key
 //!   └─ encrypted length-delimited frames, rekeying    transport::frame
 //!   └─ bincode messages (one codec module)            protocol::codec
 //!   └─ version exchange under one deadline            peer::handshake
-//!   └─ connection task: ping/pong, RTT, dispatch      peer::connection
-//!        └─ (step 2) tower middleware layers and handlers
+//!   └─ one connection per node id                     peer::set
+//!   └─ connection task: send queue, pings, requests   peer::connection, peer::queue
+//!        inbound ─► middleware stack from the config  layers::stack
+//!                   blacklist ─► scoring ─► rate_limit ─► dedup ─► auth
+//!                   ─► router ─► handlers             handlers
+//!        outbound ◄─ Client (tower Service)           peer::client
+//!                    PeerSet: p2c on RTT, broadcast   peer::set
 //! ```
 //!
 //! * [`crypto`]: the node identity (ed25519, key file with mode 0600,
@@ -28,8 +35,16 @@
 //! * [`protocol`]: the versioned [`protocol::Message`] enum, its bincode
 //!   codec, the `Version` rules and signed gossip envelopes with
 //!   batch verification.
-//! * [`peer`]: connection setup and the per-connection task.
-//! * [`node`]: the listener, dialers and node events.
+//! * [`peer`]: connection setup, the per-connection task with its
+//!   prioritised bounded send queue, the request [`peer::Client`] and the
+//!   [`peer::PeerSet`].
+//! * [`layers`]: the tower middleware (one module per layer with its config,
+//!   metrics and tests) and the stack built from the config's ordered
+//!   `[[middleware]]` list.
+//! * [`handlers`]: the router and the block, transaction, vote, address and
+//!   peer handlers, shared by all connections.
+//! * [`config`]: the TOML config file. [`node`]: the listener, dialers and
+//!   node events.
 //!
 //! `docs/PROTOCOL.md` specifies every byte on the wire.
 //!
@@ -41,7 +56,11 @@
 //! * Everything that grows from the network is bounded before allocation:
 //!   handshake messages (1 KiB), frames before the version exchange (4 KiB)
 //!   and after it (4 MiB by default).
-//! * Every limit lives in [`constants`] with its justification.
+//! * Every limit lives in [`constants`] (or next to the layer that owns it)
+//!   with its justification.
+//! * Backpressure instead of buffering: a connection stops reading while its
+//!   middleware stack is busy; a peer that does not drain its send queue is
+//!   disconnected.
 
 pub mod config;
 pub mod constants;
