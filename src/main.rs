@@ -46,8 +46,8 @@ struct RunArgs {
     /// Peer to connect to, HOST:PORT or NODE_ID@HOST:PORT (repeatable).
     #[arg(long = "peer")]
     peers: Vec<PeerTarget>,
-    /// Seconds between pings.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds between pings (at least 2: peers allow 6 pings per 10 s).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..))]
     ping_interval: u64,
 }
 

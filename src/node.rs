@@ -714,7 +714,22 @@ impl Node {
             client,
             queue: queue.clone(),
         });
-        match inner.peers.admit(handle) {
+        let refused_by_score = scoring.as_ref().is_some_and(|s| !s.readmit(&context));
+        if refused_by_score {
+            // The context is closed: the connection task says goodbye and
+            // ends at once; the peer never enters the set.
+            if let Some(report) = report.take() {
+                let _ = report.send(Err(Arc::new(ConnectError::Limit(
+                    "score below the disconnect threshold",
+                ))));
+            }
+        }
+        let admission = if refused_by_score {
+            Admission::Refused
+        } else {
+            inner.peers.admit(handle)
+        };
+        match admission {
             Admission::Admitted => {}
             Admission::Replaced(old) => {
                 tracing::info!(
@@ -723,6 +738,7 @@ impl Node {
                 );
                 old.context.close(DisconnectReason::Duplicate);
             }
+            Admission::Refused if refused_by_score => {}
             Admission::Refused => {
                 tracing::info!("already connected to this node: closing the duplicate");
                 context.close(DisconnectReason::Duplicate);

@@ -96,7 +96,7 @@ fn two_processes_handshake_and_ping() {
             "--listen".to_owned(),
             listen.to_string(),
             "--ping-interval".to_owned(),
-            "1".to_owned(),
+            "2".to_owned(),
         ]
     };
     let mut a = Proc::spawn(&args("a", a_addr));
@@ -115,7 +115,7 @@ fn two_processes_handshake_and_ping() {
     assert!(b_line.contains(&a_id), "{b_line}");
     let a_line = a.wait_line(&["peer connected", "direction=\"inbound\""]);
     assert!(a_line.contains("127.0.0.2"), "{a_line}");
-    // Each side pings every second and logs the round trip.
+    // Each side pings every 2 s and logs the round trip.
     b.wait_line(&["pong received", "rtt_us="]);
     a.wait_line(&["pong received", "rtt_us="]);
     // Keys persist: the data dirs hold one 0600 node key each.

@@ -18,11 +18,18 @@
 //! | fast response (< 500 ms) | +0.5 |
 //!
 //! At or below −20 the peer is disconnected and its IP gets a violation in
-//! the ban list (whose escalation bans repeat offenders); at or below −50 it
-//! is banned for an hour. Non-fatal offences reach the ban threshold too: a
-//! peer that keeps flooding after reconnecting, with the same identity,
-//! falls from −20 to −50 after 15 more excess messages; with fresh
-//! identities, the IP escalation bans it at its 3rd disconnect.
+//! the ban list (whose escalation bans repeat offenders); at or below −50 its
+//! IP is banned for an hour.
+//!
+//! # Security
+//! Non-fatal offences reach the ban threshold too. A peer that comes back
+//! while its score is still at or below the disconnect threshold (about 40 s
+//! after a −20 disconnect, with the 10-minute half-life) is refused right
+//! after the handshake and charged a protocol violation (−10): a flooder
+//! that keeps reconnecting with the same identity goes −20, −30, −40, −50
+//! and is banned by score at its fourth attempt. A flooder that rotates
+//! identities starts each at 0, but every disconnect is a violation of its
+//! IP, and the ban list's escalation bans the IP at the third.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -276,6 +283,46 @@ impl ScoringLayer {
         score
     }
 
+    /// Decides whether a newly connected peer may stay: a peer whose
+    /// carried-over score is at or below the disconnect threshold is charged
+    /// a protocol violation (banned at the ban threshold) and must be
+    /// refused (returns false). No IP violation is recorded for it: its
+    /// disconnect recorded one already.
+    pub fn readmit(&self, peer: &PeerContext) -> bool {
+        let half_life = self.config.half_life();
+        if peer.score.value(half_life) > self.config.disconnect_threshold {
+            return true;
+        }
+        let score = peer.score.add(self.config.protocol_violation, half_life);
+        metrics::counter!("timed_score_penalties_total", "offence" => "reconnect_below_threshold")
+            .increment(1);
+        if score <= self.config.ban_threshold {
+            self.counters.reject(NAME, "banned");
+            tracing::warn!(
+                peer.addr = %peer.addr,
+                node.id = %peer.node_id,
+                score,
+                "reconnected below the disconnect threshold: banning"
+            );
+            self.blacklist.ban_ip(
+                peer.ip(),
+                Some(Duration::from_secs(self.config.ban_secs)),
+                "score",
+            );
+            peer.close(DisconnectReason::Banned);
+        } else {
+            self.counters.reject(NAME, "refused");
+            tracing::info!(
+                peer.addr = %peer.addr,
+                node.id = %peer.node_id,
+                score,
+                "reconnected below the disconnect threshold: refused"
+            );
+            peer.close(DisconnectReason::ProtocolViolation);
+        }
+        false
+    }
+
     /// Rewards `peer` by `amount`, up to `max_score`.
     pub fn reward(&self, peer: &PeerContext, amount: f64) {
         let half_life = self.config.half_life();
@@ -418,6 +465,42 @@ mod tests {
         assert_eq!(p.score.value(Duration::from_secs(600)), 20.0);
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!((p.score.value(Duration::from_secs(600)) - 10.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_reconnecting_below_the_threshold_is_refused_until_banned() {
+        let (layer, list) = layer();
+        let id = peer([127, 0, 0, 10]).node_id;
+        let reconnect = || {
+            Arc::new(PeerContext::new(
+                id,
+                std::net::SocketAddr::from(([127, 0, 0, 10], 1)),
+                crate::peer::Direction::Inbound,
+                1,
+                layer.book().handle(id),
+            ))
+        };
+        let first = reconnect();
+        assert!(layer.readmit(&first));
+        first.score.add(-20.0, Duration::from_secs(600));
+        let mut refused = 0;
+        loop {
+            let p = reconnect();
+            if layer.readmit(&p) {
+                break;
+            }
+            refused += 1;
+            assert!(p.disconnect.is_cancelled());
+            if list.is_banned(p.ip()) {
+                assert_eq!(p.close_reason.get(), Some(&DisconnectReason::Banned));
+                break;
+            }
+        }
+        assert_eq!(refused, 3, "-30, -40, -50: banned at the third refusal");
+        assert_eq!(list.banned(first.ip()).unwrap().reason, "score");
+        // Once the score recovers above the threshold, the peer is welcome.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(layer.readmit(&reconnect()));
     }
 
     #[test]

@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use timed::crypto::NodeIdentity;
+use timed::crypto::{NodeId, NodeIdentity};
+use timed::layers::stack::BuiltLayer;
+use timed::layers::LayerCounters;
 use timed::network::Network;
 use timed::node::{Node, NodeConfig, NodeEvent, PeerTarget};
 use timed::peer::{ConnectionEvent, HandshakeConfig};
-use timed::protocol::{MessageCodec, VersionParams};
+use timed::protocol::codec::encode_message;
+use timed::protocol::{Message, MessageCodec, VersionParams};
 use timed::transport::noise::{self, LocalKeys};
 use timed::transport::{CryptoBackend, FrameCodec, RekeyPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,12 +133,24 @@ pub struct RawSession {
     pub stream: TcpStream,
     pub codec: MessageCodec,
     pub identity: NodeIdentity,
+    /// Bytes read from the server and not decoded yet (see [`RawSession::recv`]).
+    pub read_buf: BytesMut,
 }
 
 impl RawSession {
     /// Dials `to` from `src_ip` and completes the Noise handshake only.
     pub async fn open(src_ip: [u8; 4], to: SocketAddr, magic: [u8; 4]) -> Self {
-        let identity = NodeIdentity::generate();
+        Self::open_with(NodeIdentity::generate(), src_ip, to, magic).await
+    }
+
+    /// Like [`RawSession::open`], as a fixed `identity` (to reconnect as the
+    /// same node id).
+    pub async fn open_with(
+        identity: NodeIdentity,
+        src_ip: [u8; 4],
+        to: SocketAddr,
+        magic: [u8; 4],
+    ) -> Self {
         let keys = LocalKeys::new(&identity, CryptoBackend::default()).unwrap();
         let mut stream = dial_from(src_ip, to).await;
         let (session, _) = noise::handshake(&mut stream, &keys, magic, true, None)
@@ -146,7 +161,58 @@ impl RawSession {
             stream,
             codec,
             identity,
+            read_buf: BytesMut::new(),
         }
+    }
+
+    /// Opens a session as `identity` and completes the devnet version
+    /// exchange: sends our `Version`, reads the server's.
+    pub async fn established_with(identity: NodeIdentity, src_ip: [u8; 4], to: SocketAddr) -> Self {
+        let mut raw = Self::open_with(identity, src_ip, to, Network::Devnet.magic()).await;
+        let version = VersionParams::new(Network::Devnet).build(raw.identity.node_id(), 0);
+        raw.send(&Message::Version(version)).await;
+        match raw.recv().await {
+            Some(Message::Version(_)) => {}
+            other => panic!("expected the server's Version, got {other:?}"),
+        }
+        raw
+    }
+
+    /// Encodes `message` as one frame and writes it.
+    pub async fn send(&mut self, message: &Message) {
+        let frame = encode_message(message).unwrap();
+        self.send_frame(&frame).await;
+    }
+
+    /// The next message from the server; `None` once the connection ended
+    /// (EOF, reset, or bytes that do not decode). Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Option<Message> {
+        use tokio_util::codec::Decoder;
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.codec.decode(&mut self.read_buf) {
+                    Ok(Some(message)) => return Some(message),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                match self.stream.read_buf(&mut self.read_buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a message from the server")
+    }
+
+    /// Reads until the server closes the connection; returns every message
+    /// it sent first.
+    pub async fn drain_until_closed(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(message) = self.recv().await {
+            out.push(message);
+        }
+        out
     }
 
     /// Encodes `frame` as one encrypted frame and writes it.
@@ -172,6 +238,68 @@ impl RawSession {
             .unwrap();
         out
     }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`WAIT`] with
+/// `what` in the message.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The decision counters of `node`'s layer called `name`.
+pub fn layer_counters(node: &Node, name: &str) -> Arc<LayerCounters> {
+    node.middleware()
+        .layers()
+        .iter()
+        .find(|l| l.name() == name)
+        .unwrap_or_else(|| panic!("no {name} layer in the stack"))
+        .counters()
+        .clone()
+}
+
+/// The current score `node`'s scoring layer holds for `peer`.
+pub fn score_of(node: &Node, peer: NodeId) -> f64 {
+    node.middleware()
+        .layers()
+        .iter()
+        .find_map(|l| match l {
+            BuiltLayer::Scoring(s) => Some(s.book().handle(peer).value(s.config().half_life())),
+            _ => None,
+        })
+        .expect("no scoring layer in the stack")
+}
+
+/// Asserts the server closes a fresh socket without sending a byte, even
+/// after we send a Noise message 1: the pre-handshake gate refused it.
+pub async fn assert_refused_silently(stream: &mut TcpStream) {
+    // A well-formed-looking Noise message 1 (length 32, an ephemeral key);
+    // the write may already fail if the server closed the socket.
+    let mut msg1 = vec![0u8, 32];
+    msg1.extend_from_slice(&[7u8; 32]);
+    let _ = stream.write_all(&msg1).await;
+    let received = tokio::time::timeout(WAIT, async {
+        let mut total = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await
+    .expect("server did not close the refused connection");
+    assert_eq!(
+        received, 0,
+        "a refused connection must not get a single byte"
+    );
 }
 
 /// A `tracing` writer that appends to a shared buffer, so a test can assert
