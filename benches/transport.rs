@@ -6,8 +6,17 @@
 //! - `bulk_1mib`: encrypted / plain throughput >= 0.5 for each backend;
 //! - `connection_setup`: full setup time / crypto-only time <= 1.5.
 //!
-//! Both sides of a connection run on a 2-worker multi-thread runtime so the
-//! sender and the receiver work in parallel, as on a real node.
+//! The target figures run both sides of a connection on a 2-worker
+//! multi-thread runtime so that the sender and the receiver can work in
+//! parallel, as on a real node. Diagnostics next to them:
+//! - `bulk_1mib/*_two_threads`: sender and receiver each on its own OS thread
+//!   (own current-thread runtime), so they are always in parallel; tokio's
+//!   multi-thread scheduler often runs both on one worker (a woken task goes
+//!   to the waking worker's LIFO slot, which is not stolen);
+//! - `frame_codec_1mib`: single-thread ceilings: the AEAD alone, and the frame
+//!   codec's encode + decode of 1 MiB in memory;
+//! - `connection_setup/full_tcp_noise_version/one_task`: both sides in one
+//!   task of a current-thread runtime; `snow_xx_only`: bare snow XX.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +41,8 @@ use timed::transport::{FrameCodec, RekeyPolicy};
 /// One bulk message: 1 MiB.
 const MSG_LEN: usize = 1 << 20;
 const MAGIC: [u8; 4] = *b"TDEV";
+/// Not the protocol's suite: a reference for the cost of the cipher.
+const AESGCM_REFERENCE: &str = "Noise_XX_25519_AESGCM_SHA256";
 
 fn multi_thread_runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +87,19 @@ async fn noise_pair(backend: CryptoBackend) -> (FramedNoise, FramedNoise) {
     (
         Framed::new(dialed, codec(ra.unwrap().0)),
         Framed::new(accepted, codec(rb.unwrap().0)),
+    )
+}
+
+/// As [`noise_pair`] with ring's AES-256-GCM instead of ChaCha20-Poly1305
+/// (a reference, not the protocol): the sessions come from an in-memory XX
+/// handshake.
+async fn aesgcm_reference_pair() -> (FramedNoise, FramedNoise) {
+    let (ti, tr) = snow_transport_pair(AESGCM_REFERENCE);
+    let (dialed, accepted) = tcp_pair().await;
+    let codec = |session| FrameCodec::new(session, DEFAULT_MAX_FRAME_LEN, RekeyPolicy::default());
+    (
+        Framed::new(dialed, codec(ti)),
+        Framed::new(accepted, codec(tr)),
     )
 }
 
@@ -151,13 +175,19 @@ where
     let wb = Arc::clone(&barrier);
     let w = std::thread::spawn(move || {
         let rt = current_thread_runtime();
-        let fut = rt.block_on(async { writer() });
+        let fut = {
+            let _context = rt.enter();
+            writer()
+        };
         wb.wait();
         rt.block_on(fut)
     });
     let r = std::thread::spawn(move || {
         let rt = current_thread_runtime();
-        let fut = rt.block_on(async { reader() });
+        let fut = {
+            let _context = rt.enter();
+            reader()
+        };
         barrier.wait();
         let start = Instant::now();
         let out = rt.block_on(fut);
@@ -208,6 +238,18 @@ fn bulk_1mib(c: &mut Criterion) {
         });
     }
 
+    // Reference: the same frames with ring's AES-256-GCM instead of
+    // ChaCha20-Poly1305 (sessions keyed by an in-memory XX handshake).
+    let mut pair = Some(rt.block_on(aesgcm_reference_pair()));
+    group.bench_function("noise_aesgcm_ring_reference", |b| {
+        b.iter_custom(|iters| {
+            let (tx, rx) = pair.take().unwrap();
+            let (tx, rx, elapsed) = rt.block_on(noise_round(tx, rx, noise_payload.clone(), iters));
+            pair = Some((tx, rx));
+            elapsed
+        });
+    });
+
     // Diagnostic: sender and receiver pinned to their own threads.
     let (tx, rx) = rt.block_on(tcp_pair());
     let mut pair = Some((tx.into_std().unwrap(), rx.into_std().unwrap()));
@@ -242,10 +284,17 @@ fn bulk_1mib(c: &mut Criterion) {
         });
     });
     for (name, backend) in [
-        ("noise_ring_two_threads", CryptoBackend::Ring),
-        ("noise_rustcrypto_two_threads", CryptoBackend::RustCrypto),
+        ("noise_ring_two_threads", Some(CryptoBackend::Ring)),
+        (
+            "noise_rustcrypto_two_threads",
+            Some(CryptoBackend::RustCrypto),
+        ),
+        ("noise_aesgcm_ring_reference_two_threads", None),
     ] {
-        let (tx, rx) = rt.block_on(noise_pair(backend));
+        let (tx, rx) = match backend {
+            Some(backend) => rt.block_on(noise_pair(backend)),
+            None => rt.block_on(aesgcm_reference_pair()),
+        };
         let (tx, rx) = (tx.into_parts(), rx.into_parts());
         let mut pair = Some((
             (tx.io.into_std().unwrap(), tx.codec),
@@ -344,7 +393,7 @@ fn frame_codec_1mib(c: &mut Criterion) {
 
     // Reference for the choice of cipher: ring's AES-256-GCM (AES-NI) in the
     // same Noise pattern. Not what the protocol uses.
-    let mut seal = snow_initiator_transport("Noise_XX_25519_AESGCM_SHA256");
+    let (mut seal, _) = snow_transport_pair(AESGCM_REFERENCE);
     let mut out = vec![0u8; MAX_NOISE_MESSAGE_LEN];
     group.bench_function("aead_seal_only_aesgcm_ring_reference", |b| {
         b.iter(|| {
@@ -369,9 +418,9 @@ fn ring_builder(name: &str) -> snow::Builder<'static> {
     )
 }
 
-/// Runs an XX handshake for `name` in memory; returns the initiator's
-/// transport state.
-fn snow_initiator_transport(name: &str) -> snow::TransportState {
+/// Runs an XX handshake for `name` in memory; returns the transport states
+/// (initiator, responder).
+fn snow_transport_pair(name: &str) -> (snow::TransportState, snow::TransportState) {
     let ki = ring_builder(name).generate_keypair().unwrap();
     let kr = ring_builder(name).generate_keypair().unwrap();
     let mut i = ring_builder(name)
@@ -391,7 +440,10 @@ fn snow_initiator_transport(name: &str) -> snow::TransportState {
     i.read_message(&msg[..len], &mut out).unwrap();
     let len = i.write_message(&[], &mut msg).unwrap();
     r.read_message(&msg[..len], &mut out).unwrap();
-    i.into_transport_mode().unwrap()
+    (
+        i.into_transport_mode().unwrap(),
+        r.into_transport_mode().unwrap(),
+    )
 }
 
 struct SetupFixture {

@@ -1,14 +1,19 @@
 //! Property tests: every message round-trips through the codec, arbitrary
-//! bytes never panic the decoders, and frames of any size survive splitting
-//! into Noise messages.
+//! bytes never panic the decoders, the encoder refuses exactly what the
+//! decoder refuses, batch and single envelope verification agree, and frames
+//! of any size survive splitting into Noise messages.
 #![allow(clippy::unwrap_used)]
 
 use bytes::BytesMut;
 use proptest::prelude::*;
+use timed::constants::{
+    MAX_ENVELOPE_PAYLOAD_LEN, MAX_NETWORK_NAME_LEN, MAX_PEER_ADDRESSES, MAX_USER_AGENT_LEN,
+};
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::protocol::codec::{decode_message, encode_message};
 use timed::protocol::{
-    Disconnect, DisconnectReason, Envelope, GossipKind, Message, PeerAddress, Ping, Pong, Version,
+    verify_batch, CodecError, Disconnect, DisconnectReason, Envelope, GossipKind, Message,
+    PeerAddress, Ping, Pong, Version,
 };
 use timed::transport::noise::{handshake, CryptoBackend, LocalKeys};
 use timed::transport::{FrameCodec, RekeyPolicy};
@@ -151,6 +156,151 @@ proptest! {
         prop_assert!(a.verify(*b"TDEV").is_ok());
         let b = Envelope::sign(&id, *b"TDEV", GossipKind::Vote, ts.wrapping_add(1), payload);
         prop_assert_ne!(a.id(), b.id());
+    }
+}
+
+/// Messages whose variable-length fields are just below, at or just above
+/// their protocol limits.
+fn message_near_the_limits() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            version(),
+            MAX_USER_AGENT_LEN - 2..=MAX_USER_AGENT_LEN + 2,
+            MAX_NETWORK_NAME_LEN - 2..=MAX_NETWORK_NAME_LEN + 2,
+        )
+            .prop_map(|(mut v, user_agent, network)| {
+                v.user_agent = "u".repeat(user_agent);
+                v.network = "n".repeat(network);
+                Message::Version(v)
+            }),
+        (disconnect_reason(), 254usize..=258).prop_map(|(reason, n)| {
+            Message::Disconnect(Disconnect {
+                reason,
+                detail: "d".repeat(n),
+            })
+        }),
+        (
+            MAX_PEER_ADDRESSES - 2..=MAX_PEER_ADDRESSES + 2,
+            peer_address()
+        )
+            .prop_map(|(n, a)| Message::Peers(vec![a; n])),
+        (
+            envelope(),
+            MAX_ENVELOPE_PAYLOAD_LEN - 2..=MAX_ENVELOPE_PAYLOAD_LEN + 2
+        )
+            .prop_map(|(mut e, n)| {
+                e.payload = vec![0x5a; n];
+                Message::Gossip(e)
+            }),
+    ]
+}
+
+/// The encoding of docs/PROTOCOL.md section 8.1, without any limit check.
+fn encode_unchecked(m: &Message) -> Vec<u8> {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
+    bincode::serde::encode_to_vec(m, config).unwrap()
+}
+
+/// A mutation of a signed envelope.
+#[derive(Clone, Debug)]
+enum Mutation {
+    None,
+    FlipSignature(usize, u8),
+    FlipOriginator(usize, u8),
+    FlipPayload(u8),
+    SmallOrderR,
+    SmallOrderKey,
+    /// `S + ℓ`: the same scalar, not canonical.
+    NonCanonicalS,
+    RandomR([u8; 32]),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => Just(Mutation::None),
+        1 => (0usize..64, 1u8..).prop_map(|(i, x)| Mutation::FlipSignature(i, x)),
+        1 => (0usize..32, 1u8..).prop_map(|(i, x)| Mutation::FlipOriginator(i, x)),
+        1 => (1u8..).prop_map(Mutation::FlipPayload),
+        1 => Just(Mutation::SmallOrderR),
+        1 => Just(Mutation::SmallOrderKey),
+        1 => Just(Mutation::NonCanonicalS),
+        1 => any::<[u8; 32]>().prop_map(Mutation::RandomR),
+    ]
+}
+
+fn mutate(e: &mut Envelope, m: &Mutation) {
+    // The identity point: small order.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // ℓ, little-endian.
+    let ell =
+        hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010").unwrap();
+    match m {
+        Mutation::None => {}
+        Mutation::FlipSignature(i, x) => e.signature[*i] ^= x,
+        Mutation::FlipOriginator(i, x) => e.originator[*i] ^= x,
+        Mutation::FlipPayload(x) => e.payload[0] ^= x,
+        Mutation::SmallOrderR => e.signature[..32].copy_from_slice(&identity),
+        Mutation::SmallOrderKey => e.originator = identity,
+        Mutation::NonCanonicalS => {
+            let mut carry = 0u16;
+            for (b, l) in e.signature[32..].iter_mut().zip(&ell) {
+                let sum = u16::from(*b) + u16::from(*l) + carry;
+                *b = sum as u8;
+                carry = sum >> 8;
+            }
+        }
+        Mutation::RandomR(r) => e.signature[..32].copy_from_slice(r),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A node never sends what its peer must refuse: `encode_message`
+    /// refuses a message exactly when `decode_message` refuses its bytes, and
+    /// with the same error.
+    #[test]
+    fn encoder_and_decoder_enforce_the_same_limits(m in message_near_the_limits()) {
+        let unchecked = encode_unchecked(&m);
+        match encode_message(&m) {
+            Ok(bytes) => {
+                prop_assert_eq!(&bytes, &unchecked);
+                prop_assert_eq!(decode_message(&bytes).unwrap(), m);
+            }
+            Err(e) => {
+                prop_assert!(matches!(e, CodecError::LimitExceeded { .. }), "{}", e);
+                prop_assert_eq!(decode_message(&unchecked), Err(e));
+            }
+        }
+    }
+
+    /// Batch verification gives every envelope the verdict it gets alone,
+    /// whatever else is in the batch.
+    #[test]
+    fn batch_and_single_envelope_verification_agree(
+        mutations in proptest::collection::vec(mutation(), 1..6),
+    ) {
+        let envelopes: Vec<Envelope> = mutations
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let id = NodeIdentity::from_secret_bytes(&[i as u8 + 10; 32]);
+                let mut e = Envelope::sign(&id, *b"TDEV", GossipKind::Block, 7, vec![i as u8; 40]);
+                mutate(&mut e, m);
+                e
+            })
+            .collect();
+        let refs: Vec<&Envelope> = envelopes.iter().collect();
+        let single: Vec<_> = envelopes.iter().map(|e| e.verify(*b"TDEV")).collect();
+        prop_assert_eq!(verify_batch(&refs, *b"TDEV"), single.clone());
+        for (m, r) in mutations.iter().zip(&single) {
+            if matches!(m, Mutation::None) {
+                prop_assert!(r.is_ok());
+            }
+        }
     }
 }
 

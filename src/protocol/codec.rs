@@ -12,6 +12,13 @@
 //! - `Option<T>`: one byte 0 (None) or 1 followed by `T`.
 //!
 //! One frame holds exactly one message: trailing bytes are an error.
+//!
+//! # Limits
+//! The same limits apply in both directions: [`decode_message`] refuses a
+//! message whose fields exceed their protocol limits or that is larger than
+//! [`DEFAULT_MAX_FRAME_LEN`], and [`encode_message`] refuses to encode one, so
+//! this node never sends a message its peer must reject. (bincode's
+//! `with_limit` is only enforced when decoding, hence the explicit checks.)
 
 use bytes::BytesMut;
 use serde::{Deserializer, Serializer};
@@ -63,7 +70,8 @@ pub enum CodecError {
         /// The limit.
         max: usize,
     },
-    /// A message could not be encoded (larger than the frame limit).
+    /// A message could not be encoded (its encoding is larger than
+    /// [`DEFAULT_MAX_FRAME_LEN`]).
     #[error("message cannot be encoded: {0}")]
     Encode(String),
 }
@@ -81,15 +89,39 @@ impl CodecError {
     }
 }
 
-/// Encodes `message` into `out` (cleared first).
+/// Encodes `message` into `out` (cleared first), refusing what a peer's
+/// [`decode_message`] would refuse.
 ///
 /// # Errors
-/// [`CodecError::Encode`] if the message is larger than the size limit.
+/// [`CodecError::LimitExceeded`] if a field is longer than its protocol
+/// limit (checked before encoding); [`CodecError::Encode`] if the encoded
+/// message is larger than [`DEFAULT_MAX_FRAME_LEN`] or cannot be encoded.
+/// On error `out` is left empty.
 pub fn encode_message_into(message: &Message, out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.clear();
-    bincode::serde::encode_into_std_write(message, out, config())
-        .map(|_| ())
-        .map_err(|e| CodecError::Encode(e.to_string()))
+    check_limits(message)?;
+    encode_bounded(message, out, DEFAULT_MAX_FRAME_LEN)
+}
+
+/// Encodes `value` into `out` (empty) and refuses an encoding longer than
+/// `max` bytes, leaving `out` empty on error.
+fn encode_bounded<T: serde::Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), CodecError> {
+    if let Err(e) = bincode::serde::encode_into_std_write(value, out, config()) {
+        out.clear();
+        return Err(CodecError::Encode(e.to_string()));
+    }
+    if out.len() > max {
+        let len = out.len();
+        out.clear();
+        return Err(CodecError::Encode(format!(
+            "message of {len} bytes exceeds the limit of {max} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Encodes `message` into a new buffer.
@@ -288,5 +320,136 @@ impl Encoder<Message> for MessageCodec {
 
     fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), WireError> {
         Encoder::<&Message>::encode(self, &message, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::envelope::GossipKind;
+    use crate::protocol::message::{Disconnect, DisconnectReason, PeerAddress, Ping};
+    use crate::protocol::VersionParams;
+
+    fn peers(n: usize) -> Message {
+        Message::Peers(vec![
+            PeerAddress {
+                ip: [7; 16],
+                port: 1
+            };
+            n
+        ])
+    }
+
+    fn disconnect(detail_len: usize) -> Message {
+        Message::Disconnect(Disconnect {
+            reason: DisconnectReason::Shutdown,
+            detail: "x".repeat(detail_len),
+        })
+    }
+
+    fn gossip(payload_len: usize) -> Message {
+        Message::Gossip(Envelope {
+            kind: GossipKind::Block,
+            originator: [1; 32],
+            timestamp_ms: 1,
+            payload: vec![0xab; payload_len],
+            signature: [2; 64],
+        })
+    }
+
+    fn version(user_agent_len: usize, network_len: usize) -> Message {
+        let mut v = VersionParams::new(crate::network::Network::Devnet)
+            .build(crate::crypto::NodeId([3; 32]), 0);
+        v.user_agent = "u".repeat(user_agent_len);
+        v.network = "n".repeat(network_len);
+        Message::Version(v)
+    }
+
+    /// Messages exactly at a limit and one past it, with the field named.
+    fn at_and_past_the_limits() -> Vec<(Message, Message, &'static str, usize)> {
+        vec![
+            (peers(1_000), peers(1_001), "peers", MAX_PEER_ADDRESSES),
+            (
+                disconnect(256),
+                disconnect(257),
+                "disconnect.detail",
+                MAX_DISCONNECT_DETAIL_LEN,
+            ),
+            (
+                gossip(MAX_ENVELOPE_PAYLOAD_LEN),
+                gossip(MAX_ENVELOPE_PAYLOAD_LEN + 1),
+                "gossip.payload",
+                MAX_ENVELOPE_PAYLOAD_LEN,
+            ),
+            (
+                version(MAX_USER_AGENT_LEN, 6),
+                version(MAX_USER_AGENT_LEN + 1, 6),
+                "version.user_agent",
+                MAX_USER_AGENT_LEN,
+            ),
+            (
+                version(13, MAX_NETWORK_NAME_LEN),
+                version(13, MAX_NETWORK_NAME_LEN + 1),
+                "version.network",
+                MAX_NETWORK_NAME_LEN,
+            ),
+        ]
+    }
+
+    #[test]
+    fn field_limits_are_enforced_when_encoding() {
+        for (at, past, field, max) in at_and_past_the_limits() {
+            let bytes = encode_message(&at).unwrap();
+            assert_eq!(decode_message(&bytes).unwrap(), at, "{field}");
+            let mut out = vec![1, 2, 3];
+            assert_eq!(
+                encode_message_into(&past, &mut out),
+                Err(CodecError::LimitExceeded {
+                    field,
+                    len: max + 1,
+                    max
+                })
+            );
+            assert!(out.is_empty(), "{field}");
+        }
+    }
+
+    #[test]
+    fn encoded_size_is_bounded() {
+        let message = Message::Ping(Ping {
+            nonce: 1,
+            timestamp_ms: 2,
+        });
+        let mut out = Vec::new();
+        encode_bounded(&message, &mut out, 20).unwrap();
+        assert_eq!(out.len(), 20);
+        out.clear();
+        let err = encode_bounded(&message, &mut out, 19).unwrap_err();
+        assert_eq!(err.kind(), "encode");
+        assert!(
+            err.to_string().contains("20 bytes exceeds the limit of 19"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+        // Within the field limits every message fits the frame limit, so the
+        // largest legal messages encode.
+        let largest = gossip(MAX_ENVELOPE_PAYLOAD_LEN);
+        assert!(encode_message(&largest).unwrap().len() <= DEFAULT_MAX_FRAME_LEN);
+    }
+
+    #[tokio::test]
+    async fn message_codec_sends_nothing_over_the_limits() {
+        let (a, _) = crate::transport::frame::tests::session_pair().await;
+        let mut codec = MessageCodec::new(FrameCodec::new(
+            a,
+            DEFAULT_MAX_FRAME_LEN,
+            crate::transport::RekeyPolicy::default(),
+        ));
+        let mut dst = BytesMut::new();
+        let err = Encoder::<&Message>::encode(&mut codec, &peers(1_001), &mut dst).unwrap_err();
+        assert_eq!(err.kind(), "limit_exceeded");
+        assert!(dst.is_empty());
+        Encoder::<&Message>::encode(&mut codec, &peers(1_000), &mut dst).unwrap();
+        assert!(!dst.is_empty());
     }
 }

@@ -3,7 +3,9 @@
 //! # Wire layout
 //! After the handshake the byte stream is a sequence of Noise transport
 //! messages, each `len:u16 (big-endian) || ciphertext[len]` with
-//! `16 <= len <= 65535`. Each decrypts to one *record*:
+//! `17 <= len <= 65535` (the 16-byte tag and at least the record's type byte;
+//! a shorter `len` is refused as soon as it is read). Each decrypts to one
+//! *record* of `len - 16` bytes:
 //!
 //! ```text
 //! 0x01 FRAME_START  frame_len:u32 (big-endian) || chunk
@@ -40,6 +42,9 @@ pub const RECORD_FRAME_CONT: u8 = 0x02;
 /// Record type: the sender rotates its sending key after this record.
 pub const RECORD_REKEY: u8 = 0x03;
 
+/// Shortest valid Noise transport message: the tag and a record type byte.
+pub const MIN_NOISE_MESSAGE_LEN: usize = NOISE_TAG_LEN + 1;
+
 /// Largest chunk in a `FRAME_START` record.
 const MAX_START_CHUNK: usize = MAX_NOISE_PLAINTEXT_LEN - 5;
 /// Largest chunk in a `FRAME_CONT` record.
@@ -73,8 +78,11 @@ pub enum FrameError {
     /// reordered ciphertext, or a key mismatch.
     #[error("ciphertext failed authentication (tampered, replayed or reordered)")]
     Decrypt,
-    /// A Noise message shorter than its tag.
-    #[error("noise message of {len} bytes is shorter than the 16-byte tag")]
+    /// A Noise message shorter than its tag plus the record type byte
+    /// (17 bytes), so it cannot hold a record.
+    #[error(
+        "noise message of {len} bytes is shorter than the 16-byte tag plus the 1-byte record type"
+    )]
     ShortMessage {
         /// The announced length.
         len: usize,
@@ -324,7 +332,7 @@ impl Decoder for FrameCodec {
                 return Ok(None);
             }
             let len = usize::from(u16::from_be_bytes([src[0], src[1]]));
-            if len < NOISE_TAG_LEN + 1 {
+            if len < MIN_NOISE_MESSAGE_LEN {
                 return Err(FrameError::ShortMessage { len });
             }
             if src.len() < 2 + len {
@@ -542,6 +550,15 @@ pub(crate) mod tests {
             b.decode(&mut wire),
             Err(FrameError::ShortMessage { len: 3 })
         ));
+        // A bare tag (16 bytes) cannot hold a record: refused from its length
+        // prefix alone. 17 is the shortest length that waits for its bytes.
+        let (_, mut b) = codecs(RekeyPolicy::default(), 1000).await;
+        let mut wire = BytesMut::from(&[0u8, 16][..]);
+        let err = b.decode(&mut wire).unwrap_err();
+        assert!(matches!(err, FrameError::ShortMessage { len: 16 }));
+        assert!(err.to_string().contains("tag plus the 1-byte record type"));
+        let mut wire = BytesMut::from(&[0u8, 17][..]);
+        assert!(b.decode(&mut wire).unwrap().is_none());
     }
 
     #[tokio::test]
