@@ -97,6 +97,7 @@ fn disconnect_reason() -> impl Strategy<Value = DisconnectReason> {
         Just(DisconnectReason::TooManyPeers),
         Just(DisconnectReason::ProtocolViolation),
         Just(DisconnectReason::Banned),
+        Just(DisconnectReason::SendQueueFull),
     ]
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Refuses unsigned gossip (an all-zero signature), envelopes older than
 //! `max_age_secs` or more than `max_future_secs` ahead of our clock, and
-//! envelopes whose signature does not verify strictly. Other messages pass.
+//! envelopes whose signature does not verify (the ZIP 215 rule with explicit
+//! weak-key, small-order and canonical-encoding checks, see
+//! [`crate::protocol::envelope`]). Other messages pass.
 //!
 //! # Batching
 //! With `batch = true` (the default), envelopes from every connection go to
