@@ -10,9 +10,9 @@
 //! multi-thread runtime so that the sender and the receiver can work in
 //! parallel, as on a real node. Diagnostics next to them:
 //! - `bulk_1mib/*_two_threads`: sender and receiver each on its own OS thread
-//!   (own current-thread runtime), so they are always in parallel; tokio's
-//!   multi-thread scheduler often runs both on one worker (a woken task goes
-//!   to the waking worker's LIFO slot, which is not stolen);
+//!   (own current-thread runtime), so they are always in parallel; the
+//!   multi-thread runtime does not guarantee that the two tasks sit on
+//!   different workers, and its figures vary more from run to run;
 //! - `frame_codec_1mib`: single-thread ceilings: the AEAD alone, and the frame
 //!   codec's encode + decode of 1 MiB in memory;
 //! - `connection_setup/full_tcp_noise_version/one_task`: both sides in one
