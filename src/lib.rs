@@ -62,13 +62,16 @@
 //!   middleware stack is busy; a peer that does not drain its send queue is
 //!   disconnected.
 
+pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod crypto;
 pub mod handlers;
 pub mod layers;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peer;
 pub mod protocol;
+pub mod rpc;
 pub mod transport;

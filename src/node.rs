@@ -30,7 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -44,7 +44,7 @@ use tracing::{field, Instrument};
 
 use crate::crypto::{NodeId, NodeIdentity};
 use crate::handlers::{Handlers, Router};
-use crate::layers::blacklist::ip_key;
+use crate::layers::blacklist::{ip_key, Blacklist};
 use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
 use crate::layers::{Inbound, PeerContext, ScoreHandle};
 use crate::peer::client::Client;
@@ -280,7 +280,10 @@ struct Inner {
     identity: NodeIdentity,
     keys: LocalKeys,
     config: NodeConfig,
-    stack: MiddlewareStack,
+    stack: RwLock<Arc<MiddlewareStack>>,
+    blacklist: Arc<Blacklist>,
+    dialers: Mutex<HashMap<SocketAddr, CancellationToken>>,
+    started: Instant,
     peers: Arc<PeerSet>,
     router: Router,
     events: broadcast::Sender<NodeEvent>,
@@ -329,6 +332,7 @@ impl Node {
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let stack =
             MiddlewareStack::build(&config.middleware, config.handshake.version.network.magic());
+        let blacklist = stack.blacklist().clone();
         let peers = Arc::new(PeerSet::new(identity.node_id()));
         let hook_events = events.clone();
         let router = Router::new(
@@ -351,7 +355,10 @@ impl Node {
             inner: Arc::new(Inner {
                 identity: identity.clone(),
                 keys,
-                stack,
+                stack: RwLock::new(Arc::new(stack)),
+                blacklist,
+                dialers: Mutex::new(HashMap::new()),
+                started: Instant::now(),
                 peers,
                 router,
                 events,
@@ -369,13 +376,13 @@ impl Node {
             node.id = %node.node_id(),
             listen = %local_addr,
             network = %node.inner.config.handshake.version.network,
-            middleware = %node.inner.stack.describe(),
+            middleware = %node.middleware().describe(),
             "listening for peers"
         );
         tokio::spawn(node.clone().accept_loop(listener));
         tokio::spawn(node.clone().housekeeping());
         for target in node.inner.config.peers.clone() {
-            tokio::spawn(node.clone().dial_loop(target));
+            node.add_peer(target);
         }
         Ok(node)
     }
@@ -401,8 +408,107 @@ impl Node {
     }
 
     /// The middleware stack new connections get.
-    pub fn middleware(&self) -> &MiddlewareStack {
-        &self.inner.stack
+    pub fn middleware(&self) -> Arc<MiddlewareStack> {
+        match self.inner.stack.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The node-wide ban list.
+    pub fn blacklist(&self) -> &Arc<Blacklist> {
+        &self.inner.blacklist
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The half-life of peer scores (the scoring layer's, or its default).
+    pub fn score_half_life(&self) -> Duration {
+        self.middleware()
+            .layers()
+            .iter()
+            .find_map(|l| match l {
+                BuiltLayer::Scoring(s) => Some(s.config().half_life()),
+                _ => None,
+            })
+            .unwrap_or_else(|| crate::layers::scoring::ScoringConfig::default().half_life())
+    }
+
+    /// How long the node has been running.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Rebuilds the middleware stack from `configs` for connections made
+    /// from now on; established connections keep the stack they started
+    /// with. Bans survive (the ban list is shared); scores, rate-limit and
+    /// dedup state start afresh with the new layers.
+    pub fn reload_middleware(&self, configs: &[MiddlewareConfig]) -> String {
+        let magic = self.inner.config.handshake.version.network.magic();
+        let stack = Arc::new(MiddlewareStack::build_with_blacklist(
+            configs,
+            magic,
+            self.inner.blacklist.clone(),
+        ));
+        let described = stack.describe();
+        match self.inner.stack.write() {
+            Ok(mut g) => *g = stack,
+            Err(poisoned) => *poisoned.into_inner() = stack,
+        }
+        tracing::info!(middleware = %described, "middleware reloaded for new connections");
+        described
+    }
+
+    /// Keeps `target` connected (redialling with backoff) until
+    /// [`Node::remove_peer`]; false if it is already kept.
+    pub fn add_peer(&self, target: PeerTarget) -> bool {
+        let token = self.inner.shutdown.child_token();
+        {
+            let mut dialers = match self.inner.dialers.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if dialers.contains_key(&target.addr) {
+                return false;
+            }
+            dialers.insert(target.addr, token.clone());
+        }
+        tokio::spawn(self.clone().dial_loop(target, token));
+        true
+    }
+
+    /// Stops redialling the peer at `addr` (an established connection
+    /// stays); false if it was not kept.
+    pub fn remove_peer(&self, addr: SocketAddr) -> bool {
+        let token = match self.inner.dialers.lock() {
+            Ok(mut g) => g.remove(&addr),
+            Err(poisoned) => poisoned.into_inner().remove(&addr),
+        };
+        token.map(|t| t.cancel()).is_some()
+    }
+
+    /// The addresses whose peers are kept connected.
+    pub fn kept_peers(&self) -> Vec<SocketAddr> {
+        match self.inner.dialers.lock() {
+            Ok(g) => g.keys().copied().collect(),
+            Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
+        }
+    }
+
+    /// Closes the connections to peers whose node id or address matches;
+    /// returns how many.
+    pub fn disconnect(&self, matches: impl Fn(&PeerInfo) -> bool) -> usize {
+        let mut n = 0;
+        for handle in self.inner.peers.snapshot() {
+            if matches(&handle.info) {
+                handle.context.close(DisconnectReason::Shutdown);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Stops accepting, closes every connection (with a `Disconnect`
@@ -418,7 +524,7 @@ impl Node {
         let magic = self.inner.config.handshake.version.network.magic();
         let envelope = Envelope::sign(&self.inner.identity, magic, kind, timestamp_ms, payload);
         let id = envelope.id();
-        for layer in self.inner.stack.layers() {
+        for layer in self.middleware().layers() {
             if let BuiltLayer::Dedup(dedup) = layer {
                 if dedup.cache().reserve(id) {
                     dedup.cache().commit(id);
@@ -466,7 +572,7 @@ impl Node {
     fn admit_inbound(&self, addr: SocketAddr) -> Result<Slot, &'static str> {
         let inner = &self.inner;
         let ip = addr.ip();
-        if inner.stack.blacklist().is_banned(ip) {
+        if inner.blacklist.is_banned(ip) {
             return Err("banned");
         }
         let key = ip_key(ip);
@@ -537,8 +643,8 @@ impl Node {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            self.inner.stack.blacklist().prune();
-            for layer in self.inner.stack.layers() {
+            self.inner.blacklist.prune();
+            for layer in self.middleware().layers() {
                 if let BuiltLayer::RateLimit(l) = layer {
                     l.prune();
                 }
@@ -562,14 +668,14 @@ impl Node {
         }
     }
 
-    async fn dial_loop(self, target: PeerTarget) {
+    async fn dial_loop(self, target: PeerTarget, stop: CancellationToken) {
         let mut backoff = Backoff::new();
-        while !self.inner.shutdown.is_cancelled() {
+        while !stop.is_cancelled() {
             if self.connected_to(&target) {
                 // Connected the other way round: check again later.
                 backoff.reset();
                 tokio::select! {
-                    _ = self.inner.shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(REDIAL_INITIAL_DELAY) => {}
                 }
                 continue;
@@ -582,7 +688,7 @@ impl Node {
             if established && started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
             }
-            if self.inner.shutdown.is_cancelled() {
+            if stop.is_cancelled() {
                 return;
             }
             let delay = backoff.next_delay();
@@ -592,7 +698,7 @@ impl Node {
                 retry_in: delay,
             });
             tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -687,10 +793,12 @@ impl Node {
             }
         };
         let info = Arc::new(conn.info.clone());
+        metrics::counter!("timed_handshakes_total", "result" => "ok").increment(1);
         tracing::Span::current().record("node.id", field::display(info.node_id));
 
         // The peer's context, stack, queue and client.
-        let scoring = inner.stack.layers().iter().find_map(|l| match l {
+        let stack = self.middleware();
+        let scoring = stack.layers().iter().find_map(|l| match l {
             BuiltLayer::Scoring(s) => Some(s.clone()),
             _ => None,
         });
@@ -754,7 +862,7 @@ impl Node {
             "peer connected"
         );
         self.emit(NodeEvent::Connected(info.clone()));
-        let stack = inner.stack.wrap(BoxCloneService::new(inner.router.clone()));
+        let stack = stack.wrap(BoxCloneService::new(inner.router.clone()));
         let parts = ConnectionParts {
             conn,
             context: context.clone(),
@@ -778,10 +886,7 @@ impl Node {
         .await;
         inner.peers.remove(info.node_id, conn_id);
         if direction == Direction::Inbound && error.is_misbehaviour() {
-            inner
-                .stack
-                .blacklist()
-                .record_violation(addr.ip(), error.kind());
+            inner.blacklist.record_violation(addr.ip(), error.kind());
         }
         match &error {
             ConnectionError::Shutdown
@@ -814,8 +919,7 @@ impl Node {
         metrics::counter!("timed_handshakes_total", "result" => error.kind()).increment(1);
         if direction == Direction::Inbound && error.is_misbehaviour() {
             self.inner
-                .stack
-                .blacklist()
+                .blacklist
                 .record_violation(addr.ip(), error.kind());
         }
         self.emit(NodeEvent::HandshakeFailed {

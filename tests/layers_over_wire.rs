@@ -83,7 +83,7 @@ async fn deliveries_after_quiet(rx: &mut broadcast::Receiver<NodeEvent>) -> Vec<
 /// with the default escalation (3rd violation bans), one more violation
 /// bans nothing and the one after that bans. Mutates the ban list.
 fn assert_one_violation(server: &Node, addr: IpAddr) {
-    let list = server.middleware().blacklist();
+    let list = server.blacklist();
     assert!(!list.is_banned(addr), "one violation must not ban");
     assert!(
         list.record_violation(addr, "test").is_none(),
@@ -100,7 +100,7 @@ async fn an_envelope_altered_after_signing_is_refused_and_its_sender_disconnecte
     let (server, _) = start(config([127, 0, 21, 1])).await;
     let mut events = server.subscribe();
     let attacker_ip = [127, 0, 21, 101];
-    let blacklist = server.middleware().blacklist().clone();
+    let blacklist = server.blacklist().clone();
     assert_eq!(blacklist.tracked(), 0);
 
     let mut raw =
@@ -301,7 +301,7 @@ async fn a_ping_flood_is_rate_limited_then_disconnected_then_banned_while_honest
     let mut events = server.subscribe();
     let rate_limit = layer_counters(&server, "rate_limit");
     let scoring = layer_counters(&server, "scoring");
-    let blacklist = server.middleware().blacklist().clone();
+    let blacklist = server.blacklist().clone();
 
     // An honest node on another IP pinging every 800 ms: within the ping
     // limit (a burst of 6, then one per 10/6 s) for longer than this test.
@@ -418,7 +418,7 @@ async fn a_flooder_reconnecting_with_the_same_identity_is_banned_by_its_score() 
     // (-50) and its IP is banned by score.
     let (server, _) = start(config([127, 0, 26, 1])).await;
     let mut events = server.subscribe();
-    let blacklist = server.middleware().blacklist().clone();
+    let blacklist = server.blacklist().clone();
     let attacker_ip = [127, 0, 26, 101];
     let identity = NodeIdentity::generate();
 

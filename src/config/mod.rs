@@ -1,14 +1,25 @@
-//! The TOML config file.
+//! The TOML config file: `[node]`, `[p2p]`, `[rpc]`, `[metrics]`,
+//! `[logging]`, `[chain]` and the ordered `[[middleware]]` list.
 //!
-//! This step reads the ordered `[[middleware]]` list; the node, p2p, rpc,
-//! metrics, logging and chain sections join it in the next step. Unknown
-//! keys are errors, and every error names the key or entry it is about.
+//! Every section and key is optional; defaults depend on the network (TIME
+//! Coin's ports: mainnet P2P 24000 / RPC 24001, testnet 24100 / 24101; timed
+//! adds devnet 24200 / 24201 and metrics on P2P + 2). Unknown keys are
+//! errors, and every error names the file and the key or entry.
+//! `docs/CONFIG.md` documents each key; [`TEMPLATE`] is the commented file
+//! `timed init` writes.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::layers::stack::{parse_entries, MiddlewareConfig, StackError};
+use crate::network::Network;
+use crate::node::{ConnectionLimits, NodeConfig, PeerTarget};
+use crate::peer::{ConnectionConfig, HandshakeConfig};
+use crate::protocol::VersionParams;
+use crate::transport::{CryptoBackend, RekeyPolicy};
 
 /// Largest config file read, in bytes.
 pub const MAX_CONFIG_FILE_LEN: u64 = 1024 * 1024;
@@ -50,17 +61,233 @@ pub enum ConfigError {
         #[source]
         source: StackError,
     },
+    /// A value is out of range.
+    #[error("config file {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `p2p.max_inbound`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
-#[derive(Debug, Deserialize)]
+/// `[node]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// `mainnet`, `testnet` or `devnet`.
+    pub network: Network,
+    /// Data directory (default `~/.timecoin/<network>`).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            network: Network::Devnet,
+            data_dir: None,
+        }
+    }
+}
+
+/// `[p2p]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pSection {
+    /// Listen address (default: 0.0.0.0 on mainnet and testnet, 127.0.0.1 on
+    /// devnet, at the network's P2P port).
+    pub listen: Option<SocketAddr>,
+    /// The address announced to peers (default: the listen address).
+    pub external_addr: Option<SocketAddr>,
+    /// Peers to keep connected, `HOST:PORT` or `NODE_ID@HOST:PORT`.
+    #[serde(deserialize_with = "peer_targets", serialize_with = "peer_targets_out")]
+    pub peers: Vec<PeerTarget>,
+    /// Most inbound connections.
+    pub max_inbound: usize,
+    /// Most outbound connections.
+    pub max_outbound: usize,
+    /// Most inbound connections per IP (IPv6: per /64).
+    pub max_per_ip: usize,
+    /// Accepted connections per IP per minute.
+    pub accepts_per_ip_per_minute: u32,
+    /// Deadline of Noise plus version exchange, seconds.
+    pub handshake_timeout_secs: u64,
+    /// Seconds between keepalive pings (at least 2).
+    pub ping_interval_secs: u64,
+    /// Seconds a keepalive pong may take.
+    pub pong_timeout_secs: u64,
+    /// Seconds a request may take.
+    pub request_timeout_secs: u64,
+    /// Largest frame accepted after the version exchange, bytes.
+    pub max_frame_bytes: usize,
+    /// Rotate the sending key after this many messages.
+    pub rekey_after_messages: u64,
+    /// Rotate the sending key after this many bytes.
+    pub rekey_after_bytes: u64,
+    /// Byte budget of each peer's send queue.
+    pub send_queue_bytes: usize,
+    /// snow backend: `ring` or `rustcrypto`.
+    pub crypto_backend: CryptoBackend,
+}
+
+fn peer_targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerTarget>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn peer_targets_out<S: serde::Serializer>(peers: &[PeerTarget], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(peers.iter().map(ToString::to_string))
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        let limits = ConnectionLimits::default();
+        let connection = ConnectionConfig::default();
+        let rekey = RekeyPolicy::default();
+        P2pSection {
+            listen: None,
+            external_addr: None,
+            peers: Vec::new(),
+            max_inbound: limits.max_inbound,
+            max_outbound: limits.max_outbound,
+            max_per_ip: limits.max_per_ip,
+            accepts_per_ip_per_minute: limits.accepts_per_ip_per_minute,
+            handshake_timeout_secs: crate::constants::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+            ping_interval_secs: connection.ping_interval.as_secs(),
+            pong_timeout_secs: connection.pong_timeout.as_secs(),
+            request_timeout_secs: connection.request_timeout.as_secs(),
+            max_frame_bytes: crate::constants::DEFAULT_MAX_FRAME_LEN,
+            rekey_after_messages: rekey.after_messages,
+            rekey_after_bytes: rekey.after_bytes,
+            send_queue_bytes: crate::peer::queue::DEFAULT_QUEUE_BYTES,
+            crypto_backend: CryptoBackend::default(),
+        }
+    }
+}
+
+/// `[rpc]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcSection {
+    /// Serve JSON-RPC.
+    pub enabled: bool,
+    /// Listen address (default 127.0.0.1 at the network's RPC port).
+    pub listen: Option<SocketAddr>,
+    /// If set, requests must carry `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more wait.
+    pub max_concurrent: usize,
+}
+
+impl Default for RpcSection {
+    fn default() -> Self {
+        RpcSection {
+            enabled: true,
+            listen: None,
+            bearer_token: None,
+            max_body_bytes: 1024 * 1024,
+            max_concurrent: 64,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Listen address (default 127.0.0.1 at the P2P port + 2).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `[logging]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// `RUST_LOG`-style filter (the `RUST_LOG` variable overrides it).
+    pub filter: String,
+    /// `human` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            filter: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// `[chain]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainSection {
+    /// Genesis hash (64 hex digits) this node follows; default: the
+    /// network's.
+    pub genesis_hash: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
+    p2p: P2pSection,
+    #[serde(default)]
+    rpc: RpcSection,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    logging: LoggingSection,
+    #[serde(default)]
+    chain: ChainSection,
     middleware: Option<Vec<toml::Value>>,
 }
 
-/// A loaded config.
+/// A loaded, validated config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[p2p]`.
+    pub p2p: P2pSection,
+    /// `[rpc]`.
+    pub rpc: RpcSection,
+    /// `[metrics]`.
+    pub metrics: MetricsSection,
+    /// `[logging]`.
+    pub logging: LoggingSection,
+    /// `[chain]`.
+    pub chain: ChainSection,
     /// The middleware stack, outermost first (the default stack when the
     /// file has no `[[middleware]]` entry).
     pub middleware: Vec<MiddlewareConfig>,
@@ -69,12 +296,25 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            node: NodeSection::default(),
+            p2p: P2pSection::default(),
+            rpc: RpcSection::default(),
+            metrics: MetricsSection::default(),
+            logging: LoggingSection::default(),
+            chain: ChainSection::default(),
             middleware: MiddlewareConfig::default_stack(),
         }
     }
 }
 
 impl Config {
+    /// The defaults for `network`.
+    pub fn for_network(network: Network) -> Self {
+        let mut c = Config::default();
+        c.node.network = network;
+        c
+    }
+
     /// Parses config text; `path` is only used in error messages.
     ///
     /// # Errors
@@ -91,7 +331,17 @@ impl Config {
             })?,
             None => MiddlewareConfig::default_stack(),
         };
-        Ok(Config { middleware })
+        let config = Config {
+            node: raw.node,
+            p2p: raw.p2p,
+            rpc: raw.rpc,
+            metrics: raw.metrics,
+            logging: raw.logging,
+            chain: raw.chain,
+            middleware,
+        };
+        config.validate(path)?;
+        Ok(config)
     }
 
     /// Reads and parses a config file.
@@ -113,6 +363,250 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(io)?;
         Self::parse(&text, path)
     }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        let p = &self.p2p;
+        if p.max_outbound == 0 && !p.peers.is_empty() {
+            return Err(invalid(
+                "p2p.max_outbound",
+                "must be at least 1 when peers are configured",
+            ));
+        }
+        if p.max_per_ip == 0 {
+            return Err(invalid("p2p.max_per_ip", "must be at least 1"));
+        }
+        if p.handshake_timeout_secs == 0 {
+            return Err(invalid("p2p.handshake_timeout_secs", "must be at least 1"));
+        }
+        if p.ping_interval_secs < 2 {
+            return Err(invalid(
+                "p2p.ping_interval_secs",
+                "must be at least 2 (peers allow 6 pings per 10 s)",
+            ));
+        }
+        if p.pong_timeout_secs == 0 || p.request_timeout_secs == 0 {
+            return Err(invalid(
+                "p2p.pong_timeout_secs",
+                "timeouts must be at least 1",
+            ));
+        }
+        if !(crate::constants::PRE_VERSION_MAX_FRAME_LEN..=crate::constants::DEFAULT_MAX_FRAME_LEN)
+            .contains(&p.max_frame_bytes)
+        {
+            return Err(invalid(
+                "p2p.max_frame_bytes",
+                "must be between 4096 and 4194304 (the protocol's message limit)",
+            ));
+        }
+        if p.rekey_after_messages == 0 || p.rekey_after_bytes == 0 {
+            return Err(invalid(
+                "p2p.rekey_after_messages",
+                "rekey thresholds must be at least 1",
+            ));
+        }
+        if p.send_queue_bytes == 0 {
+            return Err(invalid("p2p.send_queue_bytes", "must be at least 1"));
+        }
+        if self.rpc.max_body_bytes == 0 || self.rpc.max_concurrent == 0 {
+            return Err(invalid("rpc.max_body_bytes", "limits must be at least 1"));
+        }
+        if let Some(token) = &self.rpc.bearer_token {
+            if token.len() < 16 {
+                return Err(invalid(
+                    "rpc.bearer_token",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if self.genesis_hash().is_none() {
+            return Err(invalid("chain.genesis_hash", "must be 64 hex digits"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.filter).is_err() {
+            return Err(invalid(
+                "logging.filter",
+                "is not a valid RUST_LOG-style filter",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The network.
+    pub fn network(&self) -> Network {
+        self.node.network
+    }
+
+    /// The genesis hash (`None` only if `chain.genesis_hash` is malformed,
+    /// which [`Config::parse`] refuses).
+    pub fn genesis_hash(&self) -> Option<[u8; 32]> {
+        match &self.chain.genesis_hash {
+            None => Some(self.network().default_genesis_hash()),
+            Some(text) => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(text, &mut out).ok().map(|_| out)
+            }
+        }
+    }
+
+    /// The data directory: `[node] data_dir`, or `~/.timecoin/<network>`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.node.data_dir.clone().unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            home.join(".timecoin").join(self.network().name())
+        })
+    }
+
+    /// The P2P listen address.
+    pub fn p2p_listen(&self) -> SocketAddr {
+        self.p2p.listen.unwrap_or_else(|| {
+            let ip = match self.network() {
+                Network::Devnet => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            SocketAddr::new(ip, self.network().default_p2p_port())
+        })
+    }
+
+    /// The RPC listen address (loopback by default).
+    pub fn rpc_listen(&self) -> SocketAddr {
+        self.rpc.listen.unwrap_or_else(|| {
+            SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                self.network().default_rpc_port(),
+            )
+        })
+    }
+
+    /// The metrics listen address (loopback by default).
+    pub fn metrics_listen(&self) -> SocketAddr {
+        self.metrics.listen.unwrap_or_else(|| {
+            SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                self.network().default_p2p_port() + 2,
+            )
+        })
+    }
+
+    /// The node configuration this file describes.
+    pub fn node_config(&self) -> NodeConfig {
+        let p = &self.p2p;
+        let listen = self.p2p_listen();
+        let mut version = VersionParams::new(self.network());
+        if let Some(genesis) = self.genesis_hash() {
+            version.genesis_hash = genesis;
+        }
+        let announced = p.external_addr.unwrap_or(listen);
+        if !announced.ip().is_unspecified() {
+            version.listen_addr = Some(announced.into());
+        }
+        let mut handshake = HandshakeConfig::new(version);
+        handshake.timeout = Duration::from_secs(p.handshake_timeout_secs);
+        handshake.max_frame_len = p.max_frame_bytes;
+        handshake.rekey = RekeyPolicy {
+            after_messages: p.rekey_after_messages,
+            after_bytes: p.rekey_after_bytes,
+        };
+        let mut node = NodeConfig::new(listen, handshake);
+        node.peers = p.peers.clone();
+        node.connection = ConnectionConfig {
+            ping_interval: Duration::from_secs(p.ping_interval_secs),
+            pong_timeout: Duration::from_secs(p.pong_timeout_secs),
+            request_timeout: Duration::from_secs(p.request_timeout_secs),
+        };
+        node.backend = p.crypto_backend;
+        node.limits = ConnectionLimits {
+            max_inbound: p.max_inbound,
+            max_outbound: p.max_outbound,
+            max_per_ip: p.max_per_ip,
+            accepts_per_ip_per_minute: p.accepts_per_ip_per_minute,
+        };
+        node.middleware = self.middleware.clone();
+        node.send_queue_bytes = p.send_queue_bytes;
+        node
+    }
+}
+
+/// The commented config `timed init` writes; `{network}`, `{listen}`,
+/// `{rpc}`, `{metrics}` and `{data_dir}` are filled in.
+pub const TEMPLATE: &str = r#"# timed configuration. Every key is optional; docs/CONFIG.md explains each.
+# Unknown keys are errors.
+
+[node]
+network = "{network}"              # mainnet | testnet | devnet
+data_dir = "{data_dir}"
+
+[p2p]
+listen = "{listen}"
+# external_addr = "203.0.113.7:24000"  # address announced to peers
+peers = []                          # "HOST:PORT" or "NODE_ID@HOST:PORT"
+max_inbound = 64
+max_outbound = 16
+max_per_ip = 4
+accepts_per_ip_per_minute = 30
+handshake_timeout_secs = 5
+ping_interval_secs = 30
+pong_timeout_secs = 20
+request_timeout_secs = 20
+max_frame_bytes = 4194304
+rekey_after_messages = 4096
+rekey_after_bytes = 67108864
+send_queue_bytes = 16777216
+crypto_backend = "ring"             # ring | rustcrypto
+
+[rpc]
+enabled = true
+listen = "{rpc}"                    # loopback: the RPC has no TLS
+# bearer_token = "a long random secret"  # require Authorization: Bearer <token>
+max_body_bytes = 1048576
+max_concurrent = 64
+
+[metrics]
+enabled = true
+listen = "{metrics}"                # GET /metrics (Prometheus text format)
+
+[logging]
+filter = "info"                     # RUST_LOG syntax; RUST_LOG overrides it
+format = "human"                    # human | json
+
+[chain]
+# genesis_hash = "..."              # default: the network's
+
+# The inbound middleware, outermost first. Remove, reorder or tune layers
+# here; docs/CONFIG.md lists every parameter and why this is the default order.
+[[middleware]]
+name = "blacklist"
+
+[[middleware]]
+name = "scoring"
+
+[[middleware]]
+name = "rate_limit"
+
+[[middleware]]
+name = "dedup"
+
+[[middleware]]
+name = "auth"
+"#;
+
+/// The template filled in for `network` and `data_dir`.
+pub fn render_template(network: Network, data_dir: &Path) -> String {
+    let c = Config::for_network(network);
+    TEMPLATE
+        .replace("{network}", network.name())
+        .replace(
+            "{data_dir}",
+            &data_dir.display().to_string().replace('\\', "\\\\"),
+        )
+        .replace("{listen}", &c.p2p_listen().to_string())
+        .replace("{rpc}", &c.rpc_listen().to_string())
+        .replace("{metrics}", &c.metrics_listen().to_string())
 }
 
 #[cfg(test)]
@@ -120,17 +614,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_file_gives_the_default_stack() {
+    fn empty_file_gives_the_defaults() {
+        let c = Config::parse("", Path::new("x")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.p2p_listen(), "127.0.0.1:24200".parse().unwrap());
+        assert_eq!(c.rpc_listen(), "127.0.0.1:24201".parse().unwrap());
+        assert_eq!(c.metrics_listen(), "127.0.0.1:24202".parse().unwrap());
+        let m = Config::for_network(Network::Mainnet);
+        assert_eq!(m.p2p_listen(), "0.0.0.0:24000".parse().unwrap());
+        assert_eq!(m.rpc_listen(), "127.0.0.1:24001".parse().unwrap());
         assert_eq!(
-            Config::parse("", Path::new("x")).unwrap(),
-            Config::default()
+            Config::for_network(Network::Testnet).rpc_listen().port(),
+            24101
         );
+    }
+
+    #[test]
+    fn the_template_parses_to_the_defaults() {
+        for network in [Network::Mainnet, Network::Testnet, Network::Devnet] {
+            let text = render_template(network, Path::new("/var/lib/timed"));
+            let c = Config::parse(&text, Path::new("t")).unwrap();
+            let mut expected = Config::for_network(network);
+            expected.node.data_dir = Some("/var/lib/timed".into());
+            expected.p2p.listen = Some(expected.p2p_listen());
+            expected.rpc.listen = Some(expected.rpc_listen());
+            expected.metrics.listen = Some(expected.metrics_listen());
+            assert_eq!(c, expected);
+        }
     }
 
     #[test]
     fn errors_name_the_key_or_layer() {
         let e = Config::parse("colour = 1\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+        let e = Config::parse("[p2p]\nmax_inbund = 3\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_inbund"), "{e}");
+        let e = Config::parse("[p2p]\nmax_inbound = \"many\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_inbound"), "{e}");
+        let e = Config::parse("[p2p]\nlisten = \"nowhere\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = Config::parse("[p2p]\npeers = [\"bad peer\"]\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("bad peer"), "{e}");
+        let e = Config::parse("[p2p]\nping_interval_secs = 1\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("p2p.ping_interval_secs"), "{e}");
+        let e = Config::parse("[node]\nnetwork = \"moon\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("moon"), "{e}");
+        let e = Config::parse("[chain]\ngenesis_hash = \"ab\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("chain.genesis_hash"), "{e}");
         let e = Config::parse("[[middleware]]\nname = \"firewall\"\n", Path::new("c.toml"))
             .unwrap_err();
         assert!(
@@ -143,5 +673,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("max_batch"), "{e}");
+    }
+
+    #[test]
+    fn node_config_follows_the_file() {
+        let c = Config::parse(
+            "[p2p]\nlisten = \"127.0.0.3:5000\"\npeers = [\"127.0.0.1:5000\"]\nmax_inbound = 7\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let n = c.node_config();
+        assert_eq!(n.listen, "127.0.0.3:5000".parse().unwrap());
+        assert_eq!(n.limits.max_inbound, 7);
+        assert_eq!(n.peers.len(), 1);
+        assert_eq!(
+            n.handshake.version.listen_addr.map(SocketAddr::from),
+            Some("127.0.0.3:5000".parse().unwrap())
+        );
     }
 }

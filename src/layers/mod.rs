@@ -61,6 +61,8 @@ pub struct PeerContext {
     pub close_reason: std::sync::OnceLock<DisconnectReason>,
     /// Per-connection counters, for `getpeerinfo`.
     pub stats: PeerStats,
+    /// When the connection was established, seconds since the Unix epoch.
+    pub connected_unix: u64,
 }
 
 impl PeerContext {
@@ -81,6 +83,7 @@ impl PeerContext {
             disconnect: CancellationToken::new(),
             close_reason: std::sync::OnceLock::new(),
             stats: PeerStats::default(),
+            connected_unix: crate::protocol::version::unix_now().as_secs(),
         }
     }
 
@@ -108,6 +111,10 @@ pub struct PeerStats {
     pub rejected: AtomicU64,
     /// Smoothed round-trip time in microseconds (0 until measured).
     pub rtt_us: AtomicU64,
+    /// Bytes received on the wire.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent on the wire.
+    pub bytes_out: AtomicU64,
 }
 
 impl PeerStats {

@@ -155,19 +155,39 @@ pub enum ConnectionEvent {
 }
 
 /// The codec of a running connection: messages in, pre-encoded messages out.
+/// It counts the bytes on the wire (ciphertext) per peer and per direction.
 #[derive(Debug)]
-pub struct PeerCodec(pub MessageCodec);
+pub struct PeerCodec {
+    codec: MessageCodec,
+    peer: Arc<PeerContext>,
+}
+
+impl PeerCodec {
+    fn count_in(&self, before: usize, after: usize) {
+        let used = before.saturating_sub(after) as u64;
+        if used > 0 {
+            self.peer.stats.bytes_in.fetch_add(used, Ordering::Relaxed);
+            metrics::counter!("timed_bytes_total", "direction" => "in").increment(used);
+        }
+    }
+}
 
 impl Decoder for PeerCodec {
     type Item = Message;
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
-        self.0.decode(src)
+        let before = src.len();
+        let result = self.codec.decode(src);
+        self.count_in(before, src.len());
+        result
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
-        self.0.decode_eof(src)
+        let before = src.len();
+        let result = self.codec.decode_eof(src);
+        self.count_in(before, src.len());
+        result
     }
 }
 
@@ -175,7 +195,14 @@ impl Encoder<Bytes> for PeerCodec {
     type Error = WireError;
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), WireError> {
-        Encoder::<&[u8]>::encode(self.0.frames_mut(), &frame, dst)?;
+        let before = dst.len();
+        Encoder::<&[u8]>::encode(self.codec.frames_mut(), &frame, dst)?;
+        let written = (dst.len() - before) as u64;
+        self.peer
+            .stats
+            .bytes_out
+            .fetch_add(written, Ordering::Relaxed);
+        metrics::counter!("timed_bytes_total", "direction" => "out").increment(written);
         Ok(())
     }
 }
@@ -196,7 +223,11 @@ pub fn priority_of(message: &Message) -> Priority {
 /// full. Returns false if the message could not be queued.
 pub fn enqueue(queue: &SendQueue, peer: &PeerContext, message: &Message) -> bool {
     match encode_message(message) {
-        Ok(bytes) => enqueue_encoded(queue, peer, Bytes::from(bytes), priority_of(message)),
+        Ok(bytes) => {
+            metrics::counter!("timed_messages_total", "kind" => message.kind(), "direction" => "out")
+                .increment(1);
+            enqueue_encoded(queue, peer, Bytes::from(bytes), priority_of(message))
+        }
         Err(error) => {
             tracing::warn!(%error, kind = message.kind(), "cannot encode message");
             false
@@ -258,12 +289,10 @@ async fn write_loop(
     peer: Arc<PeerContext>,
 ) -> ConnectionError {
     while let Some(frame) = queue.pop().await {
-        let len = frame.len();
         if let Err(e) = sink.feed(frame).await {
             return e.into();
         }
         peer.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("timed_bytes_total", "direction" => "out").increment(len as u64);
         if queue.is_empty() {
             if let Err(e) = sink.flush().await {
                 return e.into();
@@ -326,7 +355,10 @@ pub async fn run(
     } = parts;
     let Connection { framed, info } = conn;
     let info = Arc::new(info);
-    let (sink, mut stream) = framed.map_codec(PeerCodec).split();
+    let peer = context.clone();
+    let (sink, mut stream) = framed
+        .map_codec(move |codec| PeerCodec { codec, peer })
+        .split();
     let writer = write_loop(sink, queue.clone(), context.clone());
     tokio::pin!(writer);
     let mut ticker = tokio::time::interval(config.ping_interval);

@@ -1,0 +1,594 @@
+//! The `timed` command line: `run`, `init`, `config check`, `keygen`, `rpc`
+//! and `devnet`.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (a port in use, an
+//! unreachable node, an RPC error); 2 a usage or configuration error (the
+//! message names the flag, key or path to fix).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{render_template, Config, LogFormat};
+use crate::constants::NODE_KEY_FILE;
+use crate::crypto::NodeIdentity;
+use crate::network::Network;
+use crate::node::{Node, PeerTarget};
+use crate::rpc::{self, RpcContext};
+
+/// timed: a node for the TIME Coin network.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node (the default: an embedded devnet config).
+    Run(RunArgs),
+    /// Write a commented config.toml and a node key into a data dir.
+    Init {
+        /// The data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The network.
+        #[arg(long, default_value = "devnet")]
+        network: Network,
+    },
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Generate a node key: print its node id, and write it with --out.
+    Keygen {
+        /// Write the key here (mode 0600; the file must not exist).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Call a JSON-RPC method and print the result as JSON.
+    Rpc {
+        /// The node's RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:24201/")]
+        rpc_url: String,
+        /// Bearer token, if the node requires one (or TIMED_RPC_TOKEN).
+        #[arg(long, env = "TIMED_RPC_TOKEN")]
+        token: Option<String>,
+        /// The method, e.g. getpeerinfo.
+        method: String,
+        /// Parameters: each is parsed as JSON, or taken as a string.
+        params: Vec<String>,
+    },
+    /// Start N local nodes on 127.0.0.1..N sharing one genesis.
+    Devnet {
+        /// How many nodes (1-50).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+        nodes: u8,
+        /// Where configs, keys, logs and prometheus.yml go.
+        #[arg(long, default_value = "timed-devnet")]
+        dir: PathBuf,
+        /// The first node's IP; node i gets the i-th address from it.
+        #[arg(long, default_value = "127.0.0.1")]
+        first_ip: Ipv4Addr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a config file and print the resolved middleware stack.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct RunArgs {
+    /// Config file (TOML); without it the embedded defaults apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides [node] data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Network (overrides [node] network).
+    #[arg(long)]
+    network: Option<Network>,
+    /// P2P listen address (overrides [p2p] listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A peer to keep connected, HOST:PORT or NODE_ID@HOST:PORT (repeatable;
+    /// added to [p2p] peers).
+    #[arg(long = "peer")]
+    peers: Vec<PeerTarget>,
+    /// Seconds between pings (overrides [p2p] ping_interval_secs).
+    #[arg(long)]
+    ping_interval: Option<u64>,
+    /// RPC listen address (overrides [rpc] listen).
+    #[arg(long)]
+    rpc_listen: Option<SocketAddr>,
+    /// Metrics listen address (overrides [metrics] listen).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    fn runtime(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    let result = match command {
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::Init { data_dir, network } => init(&data_dir, network),
+        Command::Config(ConfigCommand::Check { file }) => check(&file),
+        Command::Keygen { out } => keygen(out.as_deref()),
+        Command::Rpc {
+            rpc_url,
+            token,
+            method,
+            params,
+        } => runtime()
+            .and_then(|rt| rt.block_on(rpc_command(&rpc_url, token.as_deref(), &method, &params))),
+        Command::Devnet {
+            nodes,
+            dir,
+            first_ip,
+        } => runtime().and_then(|rt| rt.block_on(devnet(nodes, &dir, first_ip))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second initialisation (tests) is not an error worth failing for.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Creates `dir` (and parents), checking that it is a writable directory.
+fn ensure_dir(dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Failure::usage(format!("data dir {}: cannot create it: {e}", dir.display()))
+    })?;
+    let probe = dir.join(".timed-write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| Failure::usage(format!("data dir {}: not writable: {e}", dir.display())))
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(Failure::usage)?,
+        None => Config::for_network(args.network.unwrap_or(Network::Devnet)),
+    };
+    if let Some(network) = args.network {
+        config.node.network = network;
+    }
+    if let Some(dir) = args.data_dir {
+        config.node.data_dir = Some(dir);
+    }
+    if let Some(listen) = args.listen {
+        config.p2p.listen = Some(listen);
+    }
+    config.p2p.peers.extend(args.peers);
+    if let Some(secs) = args.ping_interval {
+        if secs < 2 {
+            return Err(Failure::usage(
+                "--ping-interval: must be at least 2 (peers allow 6 pings per 10 s)",
+            ));
+        }
+        config.p2p.ping_interval_secs = secs;
+    }
+    if let Some(addr) = args.rpc_listen {
+        config.rpc.listen = Some(addr);
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics.listen = Some(addr);
+    }
+    init_logging(&config.logging.filter, config.logging.format);
+    let data_dir = config.data_dir();
+    ensure_dir(&data_dir)?;
+    let identity =
+        NodeIdentity::load_or_generate(&data_dir.join(NODE_KEY_FILE)).map_err(Failure::usage)?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        node.id = %identity.node_id(),
+        network = %config.network(),
+        "starting timed"
+    );
+    let stop = CancellationToken::new();
+    let metrics_handle = if config.metrics.enabled {
+        Some(crate::metrics::install().map_err(Failure::runtime)?)
+    } else {
+        None
+    };
+    crate::metrics::register_defaults(config.network().name());
+    let node = Node::start(&identity, config.node_config())
+        .await
+        .map_err(Failure::runtime)?;
+    if let Some(handle) = metrics_handle {
+        crate::metrics::serve(config.metrics_listen(), handle, stop.clone())
+            .await
+            .map_err(Failure::runtime)?;
+        tokio::spawn(crate::metrics::refresh(
+            node.clone(),
+            Duration::from_secs(2),
+            stop.clone(),
+        ));
+    }
+    let rpc_ctx = RpcContext::new(
+        node.clone(),
+        config.rpc.clone(),
+        args.config.clone(),
+        stop.clone(),
+    );
+    if config.rpc.enabled {
+        rpc::serve(config.rpc_listen(), rpc_ctx.clone(), stop.clone())
+            .await
+            .map_err(Failure::runtime)?;
+    }
+    wait_for_stop(&stop, &rpc_ctx).await;
+    tracing::info!("shutting down");
+    node.shutdown();
+    stop.cancel();
+    // Let connections send their Disconnect.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C, SIGTERM or the `stop` RPC; SIGHUP reloads the config's
+/// middleware list.
+async fn wait_for_stop(stop: &CancellationToken, rpc_ctx: &RpcContext) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::warn!("cannot install signal handlers; stop with the `stop` RPC");
+            stop.cancelled().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match rpc_ctx.reload() {
+                    Ok(stack) => tracing::info!(middleware = %stack, "SIGHUP: config reloaded"),
+                    Err(error) => tracing::warn!(%error, "SIGHUP: config reload failed; keeping the old stack"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = rpc_ctx;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+}
+
+fn init(data_dir: &Path, network: Network) -> Result<(), Failure> {
+    ensure_dir(data_dir)?;
+    let config_path = data_dir.join("config.toml");
+    if config_path.exists() {
+        return Err(Failure::usage(format!(
+            "{} already exists: remove it or choose another --data-dir",
+            config_path.display()
+        )));
+    }
+    let absolute = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    std::fs::write(&config_path, render_template(network, &absolute))
+        .map_err(|e| Failure::usage(format!("{}: cannot write: {e}", config_path.display())))?;
+    let identity =
+        NodeIdentity::load_or_generate(&data_dir.join(NODE_KEY_FILE)).map_err(Failure::usage)?;
+    println!("config:  {}", config_path.display());
+    println!("key:     {}", data_dir.join(NODE_KEY_FILE).display());
+    println!("node id: {}", identity.node_id());
+    println!("run it:  timed run --config {}", config_path.display());
+    Ok(())
+}
+
+fn check(file: &Path) -> Result<(), Failure> {
+    let config = Config::load(file).map_err(Failure::usage)?;
+    let node = config.node_config();
+    let stack =
+        crate::layers::stack::MiddlewareStack::build(&config.middleware, config.network().magic());
+    println!("{}: ok", file.display());
+    println!("network:    {}", config.network());
+    println!("data dir:   {}", config.data_dir().display());
+    println!(
+        "p2p:        {} ({} peers configured)",
+        node.listen,
+        node.peers.len()
+    );
+    println!(
+        "rpc:        {}",
+        if config.rpc.enabled {
+            config.rpc_listen().to_string()
+        } else {
+            "disabled".into()
+        }
+    );
+    println!(
+        "metrics:    {}",
+        if config.metrics.enabled {
+            config.metrics_listen().to_string()
+        } else {
+            "disabled".into()
+        }
+    );
+    println!("middleware: {}", stack.describe());
+    for (i, layer) in config.middleware.iter().enumerate() {
+        let params = toml::to_string(layer)
+            .unwrap_or_default()
+            .replace('\n', " ");
+        println!("  [{i}] {params}");
+    }
+    Ok(())
+}
+
+fn keygen(out: Option<&Path>) -> Result<(), Failure> {
+    let identity = NodeIdentity::generate();
+    if let Some(path) = out {
+        identity.save(path).map_err(Failure::usage)?;
+        println!("key:     {}", path.display());
+    }
+    println!("node id: {}", identity.node_id());
+    Ok(())
+}
+
+async fn rpc_command(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    params: &[String],
+) -> Result<(), Failure> {
+    let params: Vec<Value> = params
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|_| Value::String(p.clone())))
+        .collect();
+    match rpc::client::call(url, token, method, Value::Array(params)).await {
+        Ok(result) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string())
+            );
+            Ok(())
+        }
+        Err(e) => Err(Failure::runtime(e)),
+    }
+}
+
+/// The address of devnet node `i` (1-based) from `first`.
+fn devnet_ip(first: Ipv4Addr, i: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(first).wrapping_add(u32::from(i) - 1))
+}
+
+async fn devnet(nodes: u8, dir: &Path, first_ip: Ipv4Addr) -> Result<(), Failure> {
+    init_logging("warn", LogFormat::Human);
+    ensure_dir(dir)?;
+    let network = Network::Devnet;
+    let defaults = Config::for_network(network);
+    let (p2p_port, rpc_port, metrics_port) = (
+        defaults.p2p_listen().port(),
+        defaults.rpc_listen().port(),
+        defaults.metrics_listen().port(),
+    );
+    // Keys first: every node lists the ids of the nodes before it.
+    let mut members = Vec::new();
+    for i in 1..=nodes {
+        let node_dir = dir.join(format!("node{i}"));
+        ensure_dir(&node_dir)?;
+        let identity = NodeIdentity::load_or_generate(&node_dir.join(NODE_KEY_FILE))
+            .map_err(Failure::usage)?;
+        let ip = devnet_ip(first_ip, i);
+        members.push((i, node_dir, identity.node_id(), ip));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::runtime(format!("cannot find the timed binary: {e}")))?;
+    let mut children = Vec::new();
+    let mut scrape = Vec::new();
+    println!(
+        "{:<5} {:<18} {:<22} {:<22} {:<22}",
+        "node", "node id", "p2p", "rpc", "metrics"
+    );
+    for (i, node_dir, node_id, ip) in &members {
+        let absolute = std::fs::canonicalize(node_dir).unwrap_or_else(|_| node_dir.clone());
+        let p2p = SocketAddr::from((*ip, p2p_port));
+        let rpc = SocketAddr::from((*ip, rpc_port));
+        let metrics = SocketAddr::from((*ip, metrics_port));
+        let peers: Vec<String> = members
+            .iter()
+            .filter(|(j, ..)| j < i)
+            .map(|(_, _, id, peer_ip)| {
+                format!("\"{id}@{}\"", SocketAddr::from((*peer_ip, p2p_port)))
+            })
+            .collect();
+        let config = format!(
+            "# Written by `timed devnet`.\n[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{p2p}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
+            absolute.display(),
+            peers.join(", ")
+        );
+        let config_path = node_dir.join("config.toml");
+        std::fs::write(&config_path, config)
+            .map_err(|e| Failure::usage(format!("{}: cannot write: {e}", config_path.display())))?;
+        let log_path = node_dir.join("timed.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| Failure::usage(format!("{}: cannot create: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Failure::runtime(format!("{}: {e}", log_path.display())))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Failure::runtime(format!("cannot start node {i}: {e}")))?;
+        children.push(child);
+        scrape.push(format!("'{metrics}'"));
+        println!(
+            "{:<5} {:<18} {:<22} {:<22} {:<22}",
+            i,
+            format!("{}…", &node_id.to_string()[..16]),
+            p2p.to_string(),
+            format!("http://{rpc}/"),
+            format!("http://{metrics}/metrics")
+        );
+    }
+    let prometheus = format!(
+        "# Written by `timed devnet`: scrapes every devnet node.\nglobal:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nscrape_configs:\n  - job_name: timed\n    static_configs:\n      - targets: [{}]\n",
+        scrape.join(", ")
+    );
+    let prometheus_path = dir.join("prometheus.yml");
+    std::fs::write(&prometheus_path, prometheus)
+        .map_err(|e| Failure::usage(format!("{}: cannot write: {e}", prometheus_path.display())))?;
+    println!("logs:       {}/node*/timed.log", dir.display());
+    println!("prometheus: {}", prometheus_path.display());
+    println!(
+        "try:        timed rpc --rpc-url http://{}:{rpc_port}/ getpeerinfo",
+        devnet_ip(first_ip, 1)
+    );
+    println!("Ctrl-C stops every node.");
+    // Wait for Ctrl-C / SIGTERM, or for a node to exit on its own.
+    let exited = async {
+        loop {
+            for (i, child) in children.iter_mut().enumerate() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return (i + 1, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => None,
+        (i, status) = exited => Some((i, status)),
+    };
+    for child in &mut children {
+        let _ = child.start_kill();
+    }
+    for child in &mut children {
+        let _ = child.wait().await;
+    }
+    match outcome {
+        None => {
+            println!("stopped {} nodes", children.len());
+            Ok(())
+        }
+        Some((i, status)) => Err(Failure::runtime(format!(
+            "node {i} exited ({status}); see {}/node{i}/timed.log",
+            dir.display()
+        ))),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devnet_ips_count_up() {
+        let first: Ipv4Addr = "127.0.0.1".parse().unwrap();
+        assert_eq!(devnet_ip(first, 1), first);
+        assert_eq!(
+            devnet_ip(first, 3),
+            "127.0.0.3".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            devnet_ip("127.0.60.250".parse().unwrap(), 10),
+            "127.0.61.3".parse::<Ipv4Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::try_parse_from(["timed"]).unwrap();
+        Cli::try_parse_from([
+            "timed",
+            "run",
+            "--network",
+            "testnet",
+            "--peer",
+            "127.0.0.2:24100",
+        ])
+        .unwrap();
+        Cli::try_parse_from(["timed", "config", "check", "x.toml"]).unwrap();
+        Cli::try_parse_from(["timed", "rpc", "setban", "10.0.0.0/8", "add", "60"]).unwrap();
+        Cli::try_parse_from(["timed", "devnet", "--nodes", "3"]).unwrap();
+        assert!(Cli::try_parse_from(["timed", "run", "--network", "moon"]).is_err());
+        assert!(Cli::try_parse_from(["timed", "devnet", "--nodes", "0"]).is_err());
+    }
+}

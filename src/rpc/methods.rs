@@ -1,0 +1,311 @@
+//! The RPC methods. Parameters may be positional (an array) or named (an
+//! object with the names given in docs/RPC section of README and below).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_json::{json, Value};
+
+use super::{codes, RpcContext, RpcError};
+use crate::constants::{PROTOCOL_VERSION, USER_AGENT};
+use crate::crypto::NodeId;
+use crate::layers::blacklist::BanUntil;
+use crate::layers::stack::BuiltLayer;
+use crate::node::PeerTarget;
+use crate::protocol::version::unix_now;
+
+/// Every method, for `help` and metrics labels.
+pub const NAMES: &[&str] = &[
+    "help",
+    "getnetworkinfo",
+    "getpeerinfo",
+    "getconnectioncount",
+    "addnode",
+    "disconnectnode",
+    "listbanned",
+    "setban",
+    "clearbanned",
+    "getmiddleware",
+    "reloadconfig",
+    "uptime",
+    "stop",
+];
+
+fn param<'a>(params: &'a Value, index: usize, name: &str) -> Option<&'a Value> {
+    match params {
+        Value::Array(a) => a.get(index),
+        Value::Object(o) => o.get(name),
+        _ => None,
+    }
+    .filter(|v| !v.is_null())
+}
+
+fn string_param<'a>(params: &'a Value, index: usize, name: &str) -> Result<&'a str, RpcError> {
+    param(params, index, name)
+        .ok_or_else(|| RpcError::params(format!("missing parameter {index} ({name})")))?
+        .as_str()
+        .ok_or_else(|| RpcError::params(format!("parameter {index} ({name}) must be a string")))
+}
+
+fn no_params(params: &Value) -> Result<(), RpcError> {
+    let empty = match params {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => true,
+    };
+    if empty {
+        Ok(())
+    } else {
+        Err(RpcError::params("this method takes no parameters"))
+    }
+}
+
+/// Runs `method`.
+pub(super) async fn dispatch(
+    ctx: &RpcContext,
+    method: &str,
+    params: &Value,
+) -> Result<Value, RpcError> {
+    let node = &ctx.node;
+    match method {
+        "help" => {
+            no_params(params)?;
+            Ok(json!(NAMES))
+        }
+        "getnetworkinfo" => {
+            no_params(params)?;
+            let config = node.config();
+            let version = &config.handshake.version;
+            Ok(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "subversion": USER_AGENT,
+                "protocolversion": PROTOCOL_VERSION,
+                "network": version.network.name(),
+                "magic": hex::encode(version.network.magic()),
+                "genesis_hash": hex::encode(version.genesis_hash),
+                "node_id": node.node_id().to_string(),
+                "listen": node.local_addr().to_string(),
+                "localaddress": version.listen_addr.map(|a| a.to_string()),
+                "connections": node.peers().len(),
+                "connections_in": node.peers().count(crate::peer::Direction::Inbound),
+                "connections_out": node.peers().count(crate::peer::Direction::Outbound),
+                "middleware": node.middleware().describe(),
+            }))
+        }
+        "getconnectioncount" => {
+            no_params(params)?;
+            Ok(json!(node.peers().len()))
+        }
+        "getpeerinfo" => {
+            no_params(params)?;
+            let half_life = node.score_half_life();
+            let peers: Vec<Value> = node
+                .peers()
+                .snapshot()
+                .iter()
+                .map(|h| {
+                    let s = &h.context.stats;
+                    let rtt_us = s.rtt_us.load(Ordering::Relaxed);
+                    json!({
+                        "id": h.info.node_id.to_string(),
+                        "addr": h.info.addr.to_string(),
+                        "direction": h.info.direction.as_str(),
+                        "conn_id": h.context.conn_id,
+                        "rtt_ms": if rtt_us == 0 { Value::Null } else { json!(rtt_us as f64 / 1000.0) },
+                        "score": (h.context.score.value(half_life) * 100.0).round() / 100.0,
+                        "bytes_sent": s.bytes_out.load(Ordering::Relaxed),
+                        "bytes_recv": s.bytes_in.load(Ordering::Relaxed),
+                        "messages_sent": s.messages_out.load(Ordering::Relaxed),
+                        "messages_recv": s.messages_in.load(Ordering::Relaxed),
+                        "layer_rejections": s.rejected.load(Ordering::Relaxed),
+                        "send_queue": h.queue.len(),
+                        "user_agent": h.info.version.user_agent,
+                        "protocol_version": h.info.version.protocol_version,
+                        "best_height": h.info.version.best_height,
+                        "listen_addr": h.info.version.listen_addr.map(|a| a.to_string()),
+                        "conntime": h.context.connected_unix,
+                        "time_offset_secs": h.info.version.timestamp as i64 - h.context.connected_unix as i64,
+                    })
+                })
+                .collect();
+            Ok(Value::Array(peers))
+        }
+        "addnode" => {
+            let target: PeerTarget = string_param(params, 0, "node")?
+                .parse()
+                .map_err(|e: crate::node::InvalidPeerTarget| RpcError::params(e.to_string()))?;
+            let command = param(params, 1, "command")
+                .and_then(Value::as_str)
+                .unwrap_or("add");
+            match command {
+                "add" => {
+                    if !node.add_peer(target.clone()) {
+                        return Err(RpcError::params(format!(
+                            "{} is already added",
+                            target.addr
+                        )));
+                    }
+                    Ok(Value::Null)
+                }
+                "remove" => {
+                    if !node.remove_peer(target.addr) {
+                        return Err(RpcError::new(
+                            codes::NOT_FOUND,
+                            format!("{} was not added", target.addr),
+                        ));
+                    }
+                    Ok(Value::Null)
+                }
+                "onetry" => match node.connect(&target).await {
+                    Ok(info) => Ok(json!({"id": info.node_id.to_string()})),
+                    Err(e) => Err(RpcError::new(
+                        codes::NOT_FOUND,
+                        format!("cannot connect: {e}"),
+                    )),
+                },
+                other => Err(RpcError::params(format!(
+                    "command must be add, remove or onetry, not {other:?}"
+                ))),
+            }
+        }
+        "disconnectnode" => {
+            let which = string_param(params, 0, "node")?;
+            let n = if let Ok(id) = which.parse::<NodeId>() {
+                node.disconnect(|p| p.node_id == id)
+            } else if let Ok(addr) = which.parse::<SocketAddr>() {
+                node.disconnect(|p| p.addr == addr)
+            } else if let Ok(ip) = which.parse::<IpAddr>() {
+                node.disconnect(|p| p.addr.ip() == ip)
+            } else {
+                return Err(RpcError::params("expected a node id, an IP or an IP:port"));
+            };
+            if n == 0 {
+                return Err(RpcError::new(
+                    codes::NOT_FOUND,
+                    format!("no connected peer matches {which}"),
+                ));
+            }
+            Ok(json!(n))
+        }
+        "listbanned" => {
+            no_params(params)?;
+            let now = unix_now();
+            Ok(Value::Array(
+                node.blacklist()
+                    .list()
+                    .into_iter()
+                    .map(|b| {
+                        json!({
+                            "address": b.subnet.to_string(),
+                            "banned_until": match b.until {
+                                BanUntil::Permanent => Value::Null,
+                                BanUntil::Until(_) => json!(now.as_secs() + b.until.remaining_secs().unwrap_or(0)),
+                            },
+                            "remaining_secs": b.until.remaining_secs(),
+                            "reason": b.reason,
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+        "setban" => {
+            let target = string_param(params, 0, "subnet")?;
+            let subnet: IpNet = target
+                .parse()
+                .or_else(|_| target.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    RpcError::params(format!("{target:?} is not an IP or a CIDR subnet"))
+                })?;
+            let command = string_param(params, 1, "command")?;
+            match command {
+                "add" => {
+                    let secs = match param(params, 2, "bantime") {
+                        None => Some(24 * 3600),
+                        Some(v) => match v.as_u64() {
+                            Some(0) => None,
+                            Some(s) => Some(s),
+                            None => {
+                                return Err(RpcError::params(
+                                    "bantime must be seconds (0: permanent)",
+                                ))
+                            }
+                        },
+                    };
+                    node.blacklist()
+                        .ban_subnet(subnet, secs.map(Duration::from_secs), "manual");
+                    node.disconnect(|p| {
+                        subnet.contains(&crate::layers::blacklist::ip_key(p.addr.ip()))
+                    });
+                    Ok(Value::Null)
+                }
+                "remove" => {
+                    if !node.blacklist().unban(subnet) {
+                        return Err(RpcError::new(
+                            codes::NOT_FOUND,
+                            format!("{subnet} is not banned"),
+                        ));
+                    }
+                    Ok(Value::Null)
+                }
+                other => Err(RpcError::params(format!(
+                    "command must be add or remove, not {other:?}"
+                ))),
+            }
+        }
+        "clearbanned" => {
+            no_params(params)?;
+            node.blacklist().clear();
+            Ok(Value::Null)
+        }
+        "getmiddleware" => {
+            no_params(params)?;
+            let stack = node.middleware();
+            let layers: Vec<Value> = stack
+                .layers()
+                .iter()
+                .zip(stack.configs())
+                .map(|(layer, config)| {
+                    let counters = layer.counters();
+                    let rejected: serde_json::Map<String, Value> = counters
+                        .rejections()
+                        .into_iter()
+                        .map(|(reason, n)| (reason.to_owned(), json!(n)))
+                        .collect();
+                    json!({
+                        "name": layer.name(),
+                        "config": serde_json::to_value(config).unwrap_or(Value::Null),
+                        "accepted": counters.accepted(),
+                        "rejected": rejected,
+                        "shared_state": match layer {
+                            BuiltLayer::Dedup(d) => json!({"ids": d.cache().len()}),
+                            BuiltLayer::RateLimit(r) => json!({"tracked_ips": r.tracked_ips()}),
+                            BuiltLayer::Blacklist(_) => json!({"tracked_ips": node.blacklist().tracked(), "bans": node.blacklist().list().len()}),
+                            _ => Value::Null,
+                        },
+                    })
+                })
+                .collect();
+            Ok(json!({"order": stack.describe(), "layers": layers}))
+        }
+        "reloadconfig" => {
+            no_params(params)?;
+            let described = ctx.reload()?;
+            Ok(json!({"middleware": described, "applies_to": "new connections"}))
+        }
+        "uptime" => {
+            no_params(params)?;
+            Ok(json!(node.uptime().as_secs()))
+        }
+        "stop" => {
+            no_params(params)?;
+            ctx.stop.cancel();
+            Ok(json!("timed stopping"))
+        }
+        _ => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("method not found: {method:?} (try \"help\")"),
+        )),
+    }
+}

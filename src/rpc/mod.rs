@@ -1,0 +1,320 @@
+//! JSON-RPC 2.0 over HTTP POST, in the style of `time-cli` / `bitcoin-cli`.
+//!
+//! # Errors
+//! Standard codes: `-32700` parse error, `-32600` invalid request (also a
+//! body over `rpc.max_body_bytes`, answered with HTTP 413), `-32601` method
+//! not found, `-32602` invalid params, `-32603` internal error. Application
+//! codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | `-32001` | unauthorized: missing or wrong bearer token (HTTP 401) |
+//! | `-32002` | not found: no such peer or ban |
+//! | `-32003` | config reload failed (the message says why; the old stack stays) |
+//!
+//! # Security
+//! The RPC listens on loopback by default and is unauthenticated unless
+//! `rpc.bearer_token` is set; it has no TLS. Expose it only behind a TLS
+//! proxy and with a token. Request bodies are bounded, at most
+//! `rpc.max_concurrent` requests run at once (others wait), and batches hold
+//! at most [`MAX_BATCH`] calls.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, RpcSection};
+use crate::node::Node;
+
+pub mod client;
+mod methods;
+
+/// Most calls in one batch request.
+pub const MAX_BATCH: usize = 100;
+
+/// JSON-RPC error codes used by `timed`.
+pub mod codes {
+    /// Invalid JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a valid request object (or too large).
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Unknown method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Wrong parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// A bug.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Missing or wrong bearer token.
+    pub const UNAUTHORIZED: i64 = -32001;
+    /// No such peer or ban.
+    pub const NOT_FOUND: i64 = -32002;
+    /// The config could not be reloaded.
+    pub const RELOAD_FAILED: i64 = -32003;
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct RpcError {
+    /// The code (see [`codes`]).
+    pub code: i64,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl RpcError {
+    /// An error with `code` and `message`.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `-32602` with `message`.
+    pub fn params(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_PARAMS, message)
+    }
+}
+
+/// What the RPC server needs.
+#[derive(Clone, Debug)]
+pub struct RpcContext {
+    /// The node.
+    pub node: Node,
+    /// The config file, for `reloadconfig` (none: nothing to reload).
+    pub config_path: Option<PathBuf>,
+    /// Cancelled by `stop`.
+    pub stop: CancellationToken,
+    settings: Arc<RpcSection>,
+    semaphore: Arc<tokio::sync::Semaphore>,
+}
+
+impl RpcContext {
+    /// A context serving `node` with `settings`.
+    pub fn new(
+        node: Node,
+        settings: RpcSection,
+        config_path: Option<PathBuf>,
+        stop: CancellationToken,
+    ) -> Self {
+        RpcContext {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
+            settings: Arc::new(settings),
+            node,
+            config_path,
+            stop,
+        }
+    }
+
+    /// Re-reads the config file and applies its `[[middleware]]` list to
+    /// new connections.
+    pub fn reload(&self) -> Result<String, RpcError> {
+        let path = self.config_path.as_ref().ok_or_else(|| {
+            RpcError::new(codes::RELOAD_FAILED, "the node runs without a config file")
+        })?;
+        let config =
+            Config::load(path).map_err(|e| RpcError::new(codes::RELOAD_FAILED, e.to_string()))?;
+        Ok(self.node.reload_middleware(&config.middleware))
+    }
+}
+
+fn error_body(id: Value, error: &RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": error.code, "message": error.message}})
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn call_one(ctx: &RpcContext, request: Value) -> Option<Value> {
+    let id = request.get("id").cloned();
+    let obj = match request.as_object() {
+        Some(o) => o,
+        None => {
+            return Some(error_body(
+                Value::Null,
+                &RpcError::new(codes::INVALID_REQUEST, "a request must be a JSON object"),
+            ))
+        }
+    };
+    let invalid = |m: &str| {
+        Some(error_body(
+            id.clone().unwrap_or(Value::Null),
+            &RpcError::new(codes::INVALID_REQUEST, m),
+        ))
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid("\"jsonrpc\" must be \"2.0\"");
+    }
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        return invalid("\"method\" must be a string");
+    };
+    let params = match obj.get("params") {
+        None | Some(Value::Null) => Value::Array(Vec::new()),
+        Some(p @ (Value::Array(_) | Value::Object(_))) => p.clone(),
+        Some(_) => return invalid("\"params\" must be an array or an object"),
+    };
+    if matches!(id, Some(Value::Object(_) | Value::Array(_))) {
+        return invalid("\"id\" must be a string, a number or null");
+    }
+    let started = Instant::now();
+    let result = methods::dispatch(ctx, method, &params).await;
+    let label = if methods::NAMES.contains(&method) {
+        method.to_owned()
+    } else {
+        "unknown".to_owned()
+    };
+    metrics::histogram!("timed_rpc_request_duration_seconds", "method" => label.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("timed_rpc_requests_total", "method" => label, "result" => if result.is_ok() { "ok" } else { "error" })
+        .increment(1);
+    // A request without an id is a notification: no answer.
+    let id = id?;
+    Some(match result {
+        Ok(value) => json!({"jsonrpc": "2.0", "id": id, "result": value}),
+        Err(error) => {
+            tracing::debug!(method, code = error.code, message = %error.message, "rpc error");
+            error_body(id, &error)
+        }
+    })
+}
+
+async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(token) = &ctx.settings.bearer_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| crate::crypto::ct_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                error_body(
+                    Value::Null,
+                    &RpcError::new(codes::UNAUTHORIZED, "missing or wrong bearer token"),
+                ),
+            );
+        }
+    }
+    let limit = ctx.settings.max_body_bytes;
+    let bytes: Bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                error_body(
+                    Value::Null,
+                    &RpcError::new(
+                        codes::INVALID_REQUEST,
+                        format!("request body larger than {limit} bytes"),
+                    ),
+                ),
+            )
+        }
+    };
+    let Ok(_permit) = ctx.semaphore.acquire().await else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, Value::Null);
+    };
+    let request: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return reply(
+                StatusCode::OK,
+                error_body(
+                    Value::Null,
+                    &RpcError::new(codes::PARSE_ERROR, format!("parse error: {e}")),
+                ),
+            )
+        }
+    };
+    match request {
+        Value::Array(calls) => {
+            if calls.is_empty() || calls.len() > MAX_BATCH {
+                return reply(
+                    StatusCode::OK,
+                    error_body(
+                        Value::Null,
+                        &RpcError::new(
+                            codes::INVALID_REQUEST,
+                            format!("a batch holds 1 to {MAX_BATCH} calls"),
+                        ),
+                    ),
+                );
+            }
+            let mut answers = Vec::with_capacity(calls.len());
+            for call in calls {
+                if let Some(answer) = call_one(&ctx, call).await {
+                    answers.push(answer);
+                }
+            }
+            if answers.is_empty() {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                reply(StatusCode::OK, Value::Array(answers))
+            }
+        }
+        single => match call_one(&ctx, single).await {
+            Some(answer) => reply(StatusCode::OK, answer),
+            None => StatusCode::NO_CONTENT.into_response(),
+        },
+    }
+}
+
+/// Errors starting the RPC server.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for RPC on {addr}: {source}")]
+pub struct RpcBindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Serves JSON-RPC on `listen` until `shutdown`; returns the bound address.
+///
+/// # Errors
+/// [`RpcBindError`] if the address is unavailable.
+pub async fn serve(
+    listen: SocketAddr,
+    ctx: RpcContext,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, RpcBindError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RpcBindError {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RpcBindError {
+        addr: listen,
+        source,
+    })?;
+    let app = axum::Router::new().route("/", post(handle)).with_state(ctx);
+    tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "rpc server stopped");
+        }
+    });
+    tracing::info!(rpc = %local, "serving JSON-RPC");
+    Ok(local)
+}
