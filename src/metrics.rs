@@ -134,6 +134,15 @@ pub fn register_defaults(network: &str) {
     for layer in LAYER_NAMES {
         metrics::counter!("timed_layer_decisions_total", "layer" => layer, "decision" => "accepted", "reason" => "none").increment(0);
     }
+    for (layer, reason) in [
+        ("blacklist", "banned"),
+        ("scoring", "disconnected"),
+        ("rate_limit", "peer_limit"),
+        ("dedup", "duplicate"),
+        ("auth", "bad_signature"),
+    ] {
+        metrics::counter!("timed_layer_decisions_total", "layer" => layer, "decision" => "rejected", "reason" => reason).increment(0);
+    }
     metrics::gauge!("timed_bans_active").set(0.0);
     metrics::counter!("timed_bans_total", "reason" => "escalation").increment(0);
     metrics::counter!("timed_blacklist_violations_total", "reason" => "score").increment(0);

@@ -1,0 +1,240 @@
+//! A real Prometheus scrapes a 3-node devnet; every query of the Grafana
+//! dashboard must return data, and `promtool check metrics` must accept a
+//! scrape.
+//!
+//! Needs the `prometheus` and `promtool` binaries (Debian's `prometheus`
+//! package; `.ci/run` installs it). Without them the test is skipped with a
+//! message, except under CI (`CI` set), where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Killer(Vec<Child>);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn which(name: &str) -> Option<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A blocking HTTP GET on loopback; returns the body.
+fn http_get(addr: SocketAddr, path_and_query: &str) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_owned())
+}
+
+fn encode_query(q: &str) -> String {
+    let mut out = String::new();
+    for b in q.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Runs an instant query; returns the number of series.
+fn query(prometheus: SocketAddr, expr: &str) -> Option<usize> {
+    let body = http_get(
+        prometheus,
+        &format!("/api/v1/query?query={}", encode_query(expr)),
+    )?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    if v["status"] != "success" {
+        panic!("query {expr:?} failed: {body}");
+    }
+    v["data"]["result"].as_array().map(Vec::len)
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/timed.json"))
+        .unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            out.push((panel["title"].as_str().unwrap().to_owned(), expr));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_devnet() {
+    let (Some(prometheus_bin), Some(promtool)) = (which("prometheus"), which("promtool")) else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "prometheus/promtool not installed: .ci/run installs Debian's prometheus package"
+            );
+        }
+        eprintln!("SKIPPED: prometheus/promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut killer = Killer(Vec::new());
+    let devnet = Command::new(env!("CARGO_BIN_EXE_timed"))
+        .args([
+            "devnet",
+            "--nodes",
+            "3",
+            "--first-ip",
+            "127.0.80.1",
+            "--dir",
+        ])
+        .arg(dir.path().join("devnet"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    killer.0.push(devnet);
+    let metrics: Vec<SocketAddr> = (1..=3)
+        .map(|i| format!("127.0.80.{i}:24202").parse().unwrap())
+        .collect();
+    // Every node serves metrics and sees its two peers.
+    wait_until("the devnet's metrics", Duration::from_secs(60), || {
+        metrics.iter().all(|m| {
+            http_get(*m, "/metrics").is_some_and(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("timed_peers{"))
+                    .map(|l| {
+                        l.rsplit(' ')
+                            .next()
+                            .unwrap_or("0")
+                            .parse::<f64>()
+                            .unwrap_or(0.0)
+                    })
+                    .sum::<f64>()
+                    >= 2.0
+            })
+        })
+    });
+
+    // promtool accepts the exposition format.
+    let scrape = http_get(metrics[0], "/metrics").unwrap();
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus scraping every node every 2 s.
+    let port = TcpListener::bind("127.0.80.100:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let prometheus: SocketAddr = format!("127.0.80.100:{port}").parse().unwrap();
+    let server = Command::new(&prometheus_bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("devnet/prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prometheus}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    killer.0.push(server);
+    wait_until(
+        "Prometheus to scrape all 3 nodes",
+        Duration::from_secs(60),
+        || query(prometheus, "up{job=\"timed\"} == 1") == Some(3),
+    );
+    // rate() needs two samples of each series.
+    wait_until("a second scrape", Duration::from_secs(60), || {
+        query(prometheus, "count_over_time(up{job=\"timed\"}[1m]) >= 3") == Some(3)
+    });
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 19, "{} queries", queries.len());
+    let mut empty = Vec::new();
+    for (title, expr) in &queries {
+        let mut found = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            found = query(prometheus, expr).unwrap_or(0);
+            if found > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if found == 0 {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
+}
