@@ -1,0 +1,306 @@
+//! JSON-RPC over HTTP against a real node: every method, standard error
+//! codes for bad input, bounded bodies, parallel load, bearer tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use timed::config::RpcSection;
+use timed::node::Node;
+use timed::rpc::client::{call, CallError};
+use timed::rpc::{codes, serve, RpcContext};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+async fn rpc_node(ip: [u8; 4], settings: RpcSection) -> (Node, SocketAddr, CancellationToken) {
+    let (node, _) = start(config(ip)).await;
+    let stop = CancellationToken::new();
+    let ctx = RpcContext::new(node.clone(), settings, None, stop.clone());
+    let addr = serve(SocketAddr::from((ip, 0)), ctx, stop.clone())
+        .await
+        .unwrap();
+    (node, addr, stop)
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
+/// Sends raw bytes as an HTTP POST body; returns (status, body).
+async fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) and close before reading everything.
+    let _ = s.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn error_code(body: &str) -> i64 {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no error code: {body}"))
+}
+
+#[tokio::test]
+async fn methods_answer_and_manage_the_node() {
+    let (node, addr, _stop) = rpc_node([127, 0, 100, 1], RpcSection::default()).await;
+    let (peer, _) = start(config([127, 0, 100, 2])).await;
+    let u = url(addr);
+
+    let info = call(&u, None, "getnetworkinfo", json!([])).await.unwrap();
+    assert_eq!(info["node_id"], node.node_id().to_string());
+    assert_eq!(info["network"], "devnet");
+    assert_eq!(
+        info["middleware"],
+        "blacklist -> scoring -> rate_limit -> dedup -> auth"
+    );
+    assert_eq!(
+        call(&u, None, "getconnectioncount", json!([]))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // addnode onetry, then getpeerinfo shows the peer with its fields.
+    let target = format!("{}@{}", peer.node_id(), peer.local_addr());
+    call(&u, None, "addnode", json!([target, "onetry"]))
+        .await
+        .unwrap();
+    let mut peers = Value::Null;
+    for _ in 0..50 {
+        peers = call(&u, None, "getpeerinfo", json!([])).await.unwrap();
+        if peers[0]["rtt_ms"].is_number() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = &peers[0];
+    assert_eq!(p["id"], peer.node_id().to_string());
+    assert_eq!(p["direction"], "outbound");
+    for field in [
+        "addr",
+        "rtt_ms",
+        "score",
+        "bytes_sent",
+        "bytes_recv",
+        "messages_sent",
+        "messages_recv",
+        "layer_rejections",
+    ] {
+        assert!(!p[field].is_null(), "getpeerinfo lacks {field}: {p}");
+    }
+    assert!(p["bytes_recv"].as_u64().unwrap() > 0);
+
+    // getmiddleware: the active stack with per-layer counters.
+    let mw = call(&u, None, "getmiddleware", json!([])).await.unwrap();
+    let layers = mw["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 5);
+    assert_eq!(layers[0]["name"], "blacklist");
+    assert!(layers[0]["accepted"].as_u64().is_some());
+    assert_eq!(layers[4]["config"]["max_batch"], 64);
+
+    // Bans: setban, listbanned, a banned peer is disconnected; clearbanned.
+    call(&u, None, "setban", json!(["127.0.100.2", "add", 60]))
+        .await
+        .unwrap();
+    let banned = call(&u, None, "listbanned", json!([])).await.unwrap();
+    assert_eq!(banned[0]["address"], "127.0.100.2/32");
+    assert_eq!(banned[0]["reason"], "manual");
+    for _ in 0..50 {
+        if node.peers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(node.peers().is_empty(), "a banned peer stays connected");
+    call(&u, None, "setban", json!(["10.0.0.0/8", "add"]))
+        .await
+        .unwrap();
+    call(
+        &u,
+        None,
+        "setban",
+        json!({"subnet": "10.0.0.0/8", "command": "remove"}),
+    )
+    .await
+    .unwrap();
+    call(&u, None, "clearbanned", json!([])).await.unwrap();
+    assert_eq!(
+        call(&u, None, "listbanned", json!([])).await.unwrap(),
+        json!([])
+    );
+
+    // addnode add keeps the peer connected; disconnectnode closes it.
+    call(
+        &u,
+        None,
+        "addnode",
+        json!([peer.local_addr().to_string(), "add"]),
+    )
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        if node.peers().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.peers().len(), 1);
+    call(
+        &u,
+        None,
+        "addnode",
+        json!([peer.local_addr().to_string(), "remove"]),
+    )
+    .await
+    .unwrap();
+    let n = call(
+        &u,
+        None,
+        "disconnectnode",
+        json!([peer.node_id().to_string()]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    let err = call(&u, None, "disconnectnode", json!(["127.0.100.99"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::Rpc(e) if e.code == codes::NOT_FOUND));
+
+    assert!(call(&u, None, "uptime", json!([])).await.unwrap().is_u64());
+    // Without a config file there is nothing to reload: a clean error.
+    let err = call(&u, None, "reloadconfig", json!([])).await.unwrap_err();
+    assert!(matches!(err, CallError::Rpc(e) if e.code == codes::RELOAD_FAILED));
+}
+
+#[tokio::test]
+async fn bad_requests_get_standard_errors_and_the_node_keeps_running() {
+    let (_node, addr, _stop) = rpc_node([127, 0, 101, 1], RpcSection::default()).await;
+    let u = url(addr);
+    // Invalid JSON.
+    let (status, body) = raw_post(addr, b"{not json").await;
+    assert_eq!((status, error_code(&body)), (200, codes::PARSE_ERROR));
+    // Not a request object, wrong version, bad params shape, empty batch.
+    for bad in [
+        json!(5),
+        json!({"jsonrpc": "1.0", "id": 1, "method": "uptime"}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": 7}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "uptime", "params": "x"}),
+        json!([]),
+    ] {
+        let (_, body) = raw_post(addr, bad.to_string().as_bytes()).await;
+        assert_eq!(error_code(&body), codes::INVALID_REQUEST, "{bad}: {body}");
+    }
+    // Unknown method; wrong params.
+    let err = call(&u, None, "getfoo", json!([])).await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::Rpc(e) if e.code == codes::METHOD_NOT_FOUND),
+        "{err}"
+    );
+    for (method, params) in [
+        ("uptime", json!([1])),
+        ("setban", json!(["not an ip", "add"])),
+        ("setban", json!(["10.0.0.1", "explode"])),
+        ("addnode", json!([42])),
+        ("disconnectnode", json!([])),
+    ] {
+        let err = call(&u, None, method, params.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Rpc(e) if e.code == codes::INVALID_PARAMS),
+            "{method} {params}: {err}"
+        );
+    }
+    // A 10 MB body: refused with 413 and a JSON-RPC error, not read whole.
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let (status, body) = raw_post(addr, &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_code(&body), codes::INVALID_REQUEST);
+    // A batch answers each call; notifications get no answer.
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "uptime"},
+        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+        {"jsonrpc": "2.0", "method": "uptime"},
+    ]);
+    let (_, body) = raw_post(addr, batch.to_string().as_bytes()).await;
+    let answers: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answers.as_array().unwrap().len(), 2);
+    assert_eq!(answers[1]["error"]["code"], codes::METHOD_NOT_FOUND);
+    // Still alive.
+    assert!(call(&u, None, "uptime", json!([])).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_parallel_requests_all_get_answers() {
+    let (_node, addr, _stop) = rpc_node([127, 0, 102, 1], RpcSection::default()).await;
+    let u = url(addr);
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let u = u.clone();
+        tasks.push(tokio::spawn(async move {
+            let method = if i % 5 == 0 { "nope" } else { "getnetworkinfo" };
+            call(&u, None, method, json!([])).await
+        }));
+    }
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(CallError::Rpc(e)) if e.code == codes::METHOD_NOT_FOUND => errors += 1,
+            Err(other) => panic!("unexpected failure: {other}"),
+        }
+    }
+    assert_eq!((ok, errors), (400, 100));
+    assert!(call(&u, None, "uptime", json!([])).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_required_when_configured() {
+    let settings = RpcSection {
+        bearer_token: Some("0123456789abcdef-secret".into()),
+        ..RpcSection::default()
+    };
+    let (_node, addr, _stop) = rpc_node([127, 0, 103, 1], settings).await;
+    let u = url(addr);
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let err = call(&u, token, "uptime", json!([])).await.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Rpc(e) if e.code == codes::UNAUTHORIZED),
+            "{err}"
+        );
+    }
+    call(&u, Some("0123456789abcdef-secret"), "uptime", json!([]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn stop_cancels_the_node_token() {
+    let (_node, addr, stop) = rpc_node([127, 0, 104, 1], RpcSection::default()).await;
+    assert_eq!(
+        call(&url(addr), None, "stop", json!([])).await.unwrap(),
+        "timed stopping"
+    );
+    tokio::time::timeout(WAIT, stop.cancelled()).await.unwrap();
+}
