@@ -89,8 +89,16 @@ fn two_processes_handshake_and_ping() {
     let a_addr = free_addr([127, 0, 0, 1]);
     let b_addr = free_addr([127, 0, 0, 2]);
     let args = |name: &str, listen: SocketAddr| {
+        let ip = match listen.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets(),
+            std::net::IpAddr::V6(_) => unreachable!("IPv4 loopback"),
+        };
         vec![
             "run".to_owned(),
+            "--rpc-listen".to_owned(),
+            free_addr(ip).to_string(),
+            "--metrics-listen".to_owned(),
+            free_addr(ip).to_string(),
             "--data-dir".to_owned(),
             dir.path().join(name).display().to_string(),
             "--listen".to_owned(),
