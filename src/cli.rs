@@ -114,6 +114,10 @@ struct RunArgs {
     /// Metrics listen address (overrides [metrics] listen).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Stop when standard input closes (used by `timed devnet`, so that its
+    /// nodes stop even if it is killed).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 /// A failure with its exit code.
@@ -256,6 +260,17 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             Duration::from_secs(2),
             stop.clone(),
         ));
+    }
+    if args.stop_on_stdin_eof {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+            tracing::info!("standard input closed: stopping");
+            stop.cancel();
+        });
     }
     let rpc_ctx = RpcContext::new(
         node.clone(),
@@ -468,8 +483,9 @@ async fn devnet(nodes: u8, dir: &Path, first_ip: Ipv4Addr) -> Result<(), Failure
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .arg("--stop-on-stdin-eof")
             .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(true)

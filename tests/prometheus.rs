@@ -18,7 +18,19 @@ struct Killer(Vec<Child>);
 
 impl Drop for Killer {
     fn drop(&mut self) {
+        // SIGINT first, so the devnet stops its nodes; then SIGKILL whatever
+        // is left (the nodes also stop when the devnet's pipe closes).
         for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for child in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
