@@ -304,3 +304,49 @@ async fn stop_cancels_the_node_token() {
     );
     tokio::time::timeout(WAIT, stop.cancelled()).await.unwrap();
 }
+
+#[tokio::test]
+async fn reloadconfig_applies_the_new_stack_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("timed.toml");
+    std::fs::write(&file, "[[middleware]]\nname = \"blacklist\"\n").unwrap();
+    let (node, _) = start(config([127, 0, 105, 1])).await;
+    let stop = CancellationToken::new();
+    let ctx = RpcContext::new(
+        node.clone(),
+        RpcSection::default(),
+        Some(file.clone()),
+        stop.clone(),
+    );
+    let addr = serve(SocketAddr::from(([127, 0, 105, 1], 0)), ctx, stop.clone())
+        .await
+        .unwrap();
+    let u = url(addr);
+    // A connection made before the reload keeps the full default stack.
+    let (before, _) = start(config([127, 0, 105, 2])).await;
+    before
+        .connect(&timed::node::PeerTarget {
+            addr: node.local_addr(),
+            node_id: Some(node.node_id()),
+        })
+        .await
+        .unwrap();
+    let answer = call(&u, None, "reloadconfig", json!([])).await.unwrap();
+    assert_eq!(answer["middleware"], "blacklist");
+    assert_eq!(node.middleware().describe(), "blacklist");
+    let mw = call(&u, None, "getmiddleware", json!([])).await.unwrap();
+    assert_eq!(mw["layers"].as_array().unwrap().len(), 1);
+    // A broken file is refused and the stack stays.
+    std::fs::write(&file, "[[middleware]]\nname = \"firewall\"\n").unwrap();
+    let err = call(&u, None, "reloadconfig", json!([])).await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::Rpc(e) if e.code == codes::RELOAD_FAILED && e.message.contains("firewall")),
+        "{err}"
+    );
+    assert_eq!(node.middleware().describe(), "blacklist");
+    assert_eq!(
+        node.peers().len(),
+        1,
+        "the established connection is untouched"
+    );
+}

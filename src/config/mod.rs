@@ -322,7 +322,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: describe_toml_error(text, &e),
         })?;
         let middleware = match raw.middleware {
             Some(entries) => parse_entries(&entries).map_err(|source| ConfigError::Middleware {
@@ -529,6 +529,29 @@ impl Config {
         node.middleware = self.middleware.clone();
         node.send_queue_bytes = p.send_queue_bytes;
         node
+    }
+}
+
+/// One line for a TOML error: where it is, which key, and what is wrong.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((key, value)) if !key.trim().starts_with('[') => {
+            let value: String = value.trim().chars().take(60).collect();
+            format!(
+                "line {line_no}, column {column}, `{} = {value}`: {message}",
+                key.trim()
+            )
+        }
+        _ => format!("line {line_no}, column {column}: {message}"),
     }
 }
 
