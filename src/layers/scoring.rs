@@ -254,20 +254,10 @@ impl ScoringLayer {
         metrics::counter!("timed_score_penalties_total", "offence" => offence.as_str())
             .increment(1);
         if score <= self.config.ban_threshold {
-            self.counters.reject(NAME, "banned");
-            tracing::warn!(
-                peer.addr = %peer.addr,
-                node.id = %peer.node_id,
-                score,
-                %offence,
-                "score below the ban threshold: banning"
-            );
-            self.blacklist.ban_ip(
-                peer.ip(),
-                Some(Duration::from_secs(self.config.ban_secs)),
-                "score",
-            );
-            peer.disconnect.cancel();
+            // Messages already in flight may push it further: ban once.
+            if peer.close_reason.get() != Some(&DisconnectReason::Banned) {
+                self.ban(peer, score, offence.as_str());
+            }
         } else if score <= self.config.disconnect_threshold && !peer.disconnect.is_cancelled() {
             self.counters.reject(NAME, "disconnected");
             tracing::info!(
@@ -281,6 +271,24 @@ impl ScoringLayer {
             peer.close(DisconnectReason::ProtocolViolation);
         }
         score
+    }
+
+    /// Bans the peer's IP for `ban_secs` and closes the connection.
+    fn ban(&self, peer: &PeerContext, score: f64, why: &str) {
+        self.counters.reject(NAME, "banned");
+        tracing::warn!(
+            peer.addr = %peer.addr,
+            node.id = %peer.node_id,
+            score,
+            why,
+            "score at the ban threshold: banning"
+        );
+        self.blacklist.ban_ip(
+            peer.ip(),
+            Some(Duration::from_secs(self.config.ban_secs)),
+            "score",
+        );
+        peer.close(DisconnectReason::Banned);
     }
 
     /// Decides whether a newly connected peer may stay: a peer whose
@@ -297,19 +305,7 @@ impl ScoringLayer {
         metrics::counter!("timed_score_penalties_total", "offence" => "reconnect_below_threshold")
             .increment(1);
         if score <= self.config.ban_threshold {
-            self.counters.reject(NAME, "banned");
-            tracing::warn!(
-                peer.addr = %peer.addr,
-                node.id = %peer.node_id,
-                score,
-                "reconnected below the disconnect threshold: banning"
-            );
-            self.blacklist.ban_ip(
-                peer.ip(),
-                Some(Duration::from_secs(self.config.ban_secs)),
-                "score",
-            );
-            peer.close(DisconnectReason::Banned);
+            self.ban(peer, score, "reconnect_below_threshold");
         } else {
             self.counters.reject(NAME, "refused");
             tracing::info!(
