@@ -62,6 +62,7 @@
 //!   middleware stack is busy; a peer that does not drain its send queue is
 //!   disconnected.
 
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod constants;

@@ -134,6 +134,40 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// Encodes any protocol value (a transaction, a block, a stored record)
+/// with the wire configuration; chain ids and storage use these bytes.
+///
+/// # Errors
+/// [`CodecError::Encode`] if the value is larger than the size limit.
+pub fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if out.len() > DEFAULT_MAX_FRAME_LEN {
+        return Err(CodecError::Encode(format!(
+            "{} bytes exceed the limit of {DEFAULT_MAX_FRAME_LEN}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Decodes a value encoded by [`encode_value`]; the whole input must be
+/// used.
+///
+/// # Errors
+/// [`CodecError::Malformed`] or [`CodecError::TrailingBytes`]; never panics.
+pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            extra: bytes.len() - used,
+        });
+    }
+    Ok(value)
+}
+
 /// Encodes an envelope on its own (the bytes its id and signature cover).
 pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(envelope.payload.len() + 128);

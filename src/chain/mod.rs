@@ -1,0 +1,10 @@
+//! The chain model: addresses and UTXO transactions, TIME Coin style.
+//!
+//! Work in progress for wave 1 step 4: blocks, masternode votes, the
+//! mempool, storage and sync build on these types.
+
+pub mod address;
+pub mod transaction;
+
+pub use address::{Address, AddressError};
+pub use transaction::{OutPoint, Transaction, TxError, TxIn, TxOut, Txid, UtxoView, COIN, MIN_FEE};
