@@ -75,4 +75,5 @@ pub mod node;
 pub mod peer;
 pub mod protocol;
 pub mod rpc;
+pub mod storage;
 pub mod transport;

@@ -4,7 +4,9 @@
 //! mempool, storage and sync build on these types.
 
 pub mod address;
+pub mod block;
 pub mod transaction;
 
 pub use address::{Address, AddressError};
+pub use block::{Block, BlockHash, BlockHeader};
 pub use transaction::{OutPoint, Transaction, TxError, TxIn, TxOut, Txid, UtxoView, COIN, MIN_FEE};
