@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod block;
+pub mod mempool;
 pub mod transaction;
 
 pub use address::{Address, AddressError};
