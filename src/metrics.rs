@@ -55,6 +55,7 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_send_queue_overflows_total", Kind::Counter, "", "Peers disconnected because they did not drain their send queue."),
     ("timed_gossip_relayed_total", Kind::Counter, "kind", "Envelopes queued for relay, counted per receiving peer."),
     ("timed_handler_messages_total", Kind::Counter, "handler", "Messages that reached each handler."),
+    ("timed_vote_equivocations_total", Kind::Counter, "", "Masternodes seen accepting two transactions that spend the same output."),
     ("timed_rpc_requests_total", Kind::Counter, "method, result", "JSON-RPC calls by method and result (ok, error)."),
     ("timed_rpc_request_duration_seconds", Kind::Histogram, "method", "JSON-RPC call durations."),
 ];

@@ -7,6 +7,7 @@ pub mod address;
 pub mod block;
 pub mod mempool;
 pub mod transaction;
+pub mod votes;
 
 pub use address::{Address, AddressError};
 pub use block::{Block, BlockHash, BlockHeader};
