@@ -352,8 +352,6 @@ fn init(data_dir: &Path, network: Network) -> Result<(), Failure> {
 fn check(file: &Path) -> Result<(), Failure> {
     let config = Config::load(file).map_err(Failure::usage)?;
     let node = config.node_config();
-    let stack =
-        crate::layers::stack::MiddlewareStack::build(&config.middleware, config.network().magic());
     println!("{}: ok", file.display());
     println!("network:    {}", config.network());
     println!("data dir:   {}", config.data_dir().display());
@@ -378,7 +376,8 @@ fn check(file: &Path) -> Result<(), Failure> {
             "disabled".into()
         }
     );
-    println!("middleware: {}", stack.describe());
+    let names: Vec<&str> = config.middleware.iter().map(|m| m.name()).collect();
+    println!("middleware: {}", names.join(" -> "));
     for (i, layer) in config.middleware.iter().enumerate() {
         let params = toml::to_string(layer)
             .unwrap_or_default()

@@ -76,4 +76,5 @@ pub mod peer;
 pub mod protocol;
 pub mod rpc;
 pub mod storage;
+pub mod sync;
 pub mod transport;

@@ -262,10 +262,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::Relaxed);
         if let Some((map, ip)) = &self.per_ip {
-            let mut map = match map.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut map = crate::sync::lock(map);
             if let Some(n) = map.get_mut(ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -409,10 +406,7 @@ impl Node {
 
     /// The middleware stack new connections get.
     pub fn middleware(&self) -> Arc<MiddlewareStack> {
-        match self.inner.stack.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.inner.stack).clone()
     }
 
     /// The node-wide ban list.
@@ -454,10 +448,7 @@ impl Node {
             self.inner.blacklist.clone(),
         ));
         let described = stack.describe();
-        match self.inner.stack.write() {
-            Ok(mut g) => *g = stack,
-            Err(poisoned) => *poisoned.into_inner() = stack,
-        }
+        *crate::sync::write(&self.inner.stack) = stack;
         tracing::info!(middleware = %described, "middleware reloaded for new connections");
         described
     }
@@ -467,10 +458,7 @@ impl Node {
     pub fn add_peer(&self, target: PeerTarget) -> bool {
         let token = self.inner.shutdown.child_token();
         {
-            let mut dialers = match self.inner.dialers.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut dialers = crate::sync::lock(&self.inner.dialers);
             if dialers.contains_key(&target.addr) {
                 return false;
             }
@@ -483,19 +471,16 @@ impl Node {
     /// Stops redialling the peer at `addr` (an established connection
     /// stays); false if it was not kept.
     pub fn remove_peer(&self, addr: SocketAddr) -> bool {
-        let token = match self.inner.dialers.lock() {
-            Ok(mut g) => g.remove(&addr),
-            Err(poisoned) => poisoned.into_inner().remove(&addr),
-        };
+        let token = crate::sync::lock(&self.inner.dialers).remove(&addr);
         token.map(|t| t.cancel()).is_some()
     }
 
     /// The addresses whose peers are kept connected.
     pub fn kept_peers(&self) -> Vec<SocketAddr> {
-        match self.inner.dialers.lock() {
-            Ok(g) => g.keys().copied().collect(),
-            Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
-        }
+        crate::sync::lock(&self.inner.dialers)
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Closes the connections to peers whose node id or address matches;
@@ -582,10 +567,7 @@ impl Node {
         if inner.inbound.load(Ordering::Relaxed) >= inner.config.limits.max_inbound {
             return Err("max_inbound");
         }
-        let mut per_ip = match inner.per_ip.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut per_ip = crate::sync::lock(&inner.per_ip);
         let count = per_ip.entry(key).or_insert(0);
         if *count >= inner.config.limits.max_per_ip {
             return Err("max_per_ip");
@@ -650,10 +632,6 @@ impl Node {
                 }
             }
             self.inner.accept_limiter.retain_recent();
-            metrics::gauge!("timed_peers", "direction" => "inbound")
-                .set(self.inner.peers.count(Direction::Inbound) as f64);
-            metrics::gauge!("timed_peers", "direction" => "outbound")
-                .set(self.inner.peers.count(Direction::Outbound) as f64);
         }
     }
 

@@ -232,10 +232,7 @@ impl Blacklist {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.state)
     }
 
     /// The active ban covering `ip`, if any.
@@ -306,8 +303,6 @@ impl Blacklist {
             "ip banned after repeated violations"
         );
         metrics::counter!("timed_bans_total", "reason" => "escalation").increment(1);
-        drop(state);
-        self.publish_gauge();
         Some(until)
     }
 
@@ -325,7 +320,6 @@ impl Blacklist {
         record.ban = Some((BanUntil::after(duration), reason));
         drop(state);
         metrics::counter!("timed_bans_total", "reason" => reason).increment(1);
-        self.publish_gauge();
     }
 
     /// Bans a subnet (manual bans, `setban`).
@@ -340,7 +334,6 @@ impl Blacklist {
         });
         drop(state);
         metrics::counter!("timed_bans_total", "reason" => reason).increment(1);
-        self.publish_gauge();
     }
 
     /// Lifts every ban on exactly `subnet` (or on the IP it names); true if
@@ -362,8 +355,6 @@ impl Blacklist {
                 record.violations = 0;
             }
         }
-        drop(state);
-        self.publish_gauge();
         lifted
     }
 
@@ -372,8 +363,6 @@ impl Blacklist {
         let mut state = self.lock();
         state.ips.clear();
         state.subnets.retain(|b| b.reason == "config");
-        drop(state);
-        self.publish_gauge();
     }
 
     /// Every active ban.
@@ -417,8 +406,6 @@ impl Blacklist {
             r.ban.is_some() || now.saturating_duration_since(r.last_violation) < decay
         });
         state.subnets.retain(|b| b.until.active(now));
-        drop(state);
-        self.publish_gauge();
     }
 
     /// IPs tracked (violations or bans).
@@ -452,10 +439,6 @@ impl Blacklist {
         if let Some(victim) = victim {
             state.ips.remove(&victim);
         }
-    }
-
-    fn publish_gauge(&self) {
-        metrics::gauge!("timed_bans_active").set(self.list().len() as f64);
     }
 }
 

@@ -118,10 +118,7 @@ impl DedupCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        match self.cache.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.cache)
     }
 
     /// Reserves `id`; false if it is already pending or seen.

@@ -255,19 +255,13 @@ fn decayed(value: f64, since: Instant, now: Instant, half_life: Duration) -> f64
 impl ScoreHandle {
     /// The current value after decay.
     pub fn value(&self, half_life: Duration) -> f64 {
-        let guard = match self.0.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let guard = crate::sync::lock(&self.0);
         decayed(guard.0, guard.1, Instant::now(), half_life)
     }
 
     /// Decays, adds `delta`, clamps, and returns the new value.
     pub fn add(&self, delta: f64, half_life: Duration) -> f64 {
-        let mut guard = match self.0.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::sync::lock(&self.0);
         let now = Instant::now();
         let value =
             (decayed(guard.0, guard.1, now, half_life) + delta).clamp(SCORE_RANGE.0, SCORE_RANGE.1);
@@ -300,10 +294,7 @@ impl LayerCounters {
     /// Records a request refused by `layer` for `reason`.
     pub fn reject(&self, layer: &'static str, reason: &'static str) {
         {
-            let mut guard = match self.rejected.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut guard = crate::sync::lock(&self.rejected);
             match guard.iter_mut().find(|(r, _)| *r == reason) {
                 Some((_, n)) => *n += 1,
                 None => guard.push((reason, 1)),
@@ -325,10 +316,7 @@ impl LayerCounters {
 
     /// How many requests were refused for `reason`.
     pub fn rejected(&self, reason: &str) -> u64 {
-        let guard = match self.rejected.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let guard = crate::sync::lock(&self.rejected);
         guard
             .iter()
             .find(|(r, _)| *r == reason)
@@ -337,10 +325,7 @@ impl LayerCounters {
 
     /// Every rejection reason with its count.
     pub fn rejections(&self) -> Vec<(&'static str, u64)> {
-        match self.rejected.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::lock(&self.rejected).clone()
     }
 }
 

@@ -179,10 +179,7 @@ impl ScoreBook {
 
     /// The score handle of `node_id` (new at 0 if unknown).
     pub fn handle(&self, node_id: NodeId) -> ScoreHandle {
-        let mut scores = match self.scores.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut scores = crate::sync::lock(&self.scores);
         if let Some(h) = scores.get(&node_id) {
             return h.clone();
         }

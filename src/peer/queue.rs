@@ -82,10 +82,7 @@ impl SendQueue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
-        match self.lanes.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.lanes)
     }
 
     /// Queues an encoded message.

@@ -90,17 +90,11 @@ impl PeerSet {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<PeerHandle>>> {
-        match self.peers.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::read(&self.peers)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Arc<PeerHandle>>> {
-        match self.peers.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::write(&self.peers)
     }
 
     fn dialer(&self, handle: &PeerHandle) -> NodeId {
