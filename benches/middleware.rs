@@ -145,6 +145,8 @@ fn unlimited() -> RateLimitConfig {
         get_peers: huge,
         peers: huge,
         ping: huge,
+        get_blocks: huge,
+        get_mempool: huge,
         other: huge,
         per_ip: huge,
     }
@@ -208,10 +210,7 @@ where
     S: Service<Inbound, Response = Outcome, Error = BoxError>,
 {
     for message in messages {
-        let request = Inbound {
-            peer: peer.clone(),
-            message: message.clone(),
-        };
+        let request = Inbound::new(peer.clone(), message.clone());
         let outcome = svc.ready().await.unwrap().call(request).await.unwrap();
         debug_assert_eq!(outcome, Outcome::Accepted);
         black_box(outcome);
@@ -258,10 +257,7 @@ async fn drive_concurrent<S>(
     let mut next = 0;
     while next < n || !pending.is_empty() {
         while next < n && pending.len() < in_flight {
-            let request = Inbound {
-                peer: peer.clone(),
-                message: pool[next].clone(),
-            };
+            let request = Inbound::new(peer.clone(), pool[next].clone());
             pending.push(svc.clone().oneshot(request));
             next += 1;
         }

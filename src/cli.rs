@@ -14,12 +14,15 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::genesis::Genesis;
+use crate::chain::state::{Chain, ChainOptions};
 use crate::config::{render_template, Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
 use crate::crypto::NodeIdentity;
 use crate::network::Network;
 use crate::node::{Node, PeerTarget};
 use crate::rpc::{self, RpcContext};
+use crate::wallet::Wallet;
 
 /// timed: a node for the TIME Coin network.
 #[derive(Parser, Debug)]
@@ -75,6 +78,9 @@ enum Command {
         /// The first node's IP; node i gets the i-th address from it.
         #[arg(long, default_value = "127.0.0.1")]
         first_ip: Ipv4Addr,
+        /// Seconds per block slot (1-5 make a lively devnet).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
+        block_interval: u64,
     },
 }
 
@@ -163,7 +169,8 @@ pub fn main() -> ExitCode {
             nodes,
             dir,
             first_ip,
-        } => runtime().and_then(|rt| rt.block_on(devnet(nodes, &dir, first_ip))),
+            block_interval,
+        } => runtime().and_then(|rt| rt.block_on(devnet(nodes, &dir, first_ip, block_interval))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -248,7 +255,35 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         None
     };
     crate::metrics::register_defaults(config.network().name());
-    let node = Node::start(&identity, config.node_config())
+    let wallet = Wallet::load_or_create(&data_dir).map_err(Failure::usage)?;
+    let genesis = config
+        .genesis(identity.public_key().as_bytes(), Some(wallet.address()))
+        .map_err(Failure::usage)?;
+    let chain = Chain::open(
+        &data_dir,
+        genesis,
+        &identity,
+        ChainOptions {
+            mempool_max_txs: config.chain.mempool_max_txs,
+            mempool_max_bytes: config.chain.mempool_max_bytes,
+            masternode: config.chain.masternode,
+        },
+    )
+    .map_err(|e| Failure::runtime(format!("chain in {}: {e}", data_dir.display())))?;
+    let tip = chain.tip();
+    tracing::info!(
+        genesis = %hex::encode(chain.genesis_hash()),
+        height = tip.height,
+        tip = %hex::encode(tip.hash),
+        masternode = chain.is_masternode(),
+        masternodes = chain.genesis().masternodes().len(),
+        block_interval_s = chain.genesis().block_interval_secs,
+        wallet = %wallet.address().to_text(config.network()),
+        "chain opened"
+    );
+    let mut node_config = config.node_config();
+    node_config.chain = Some(chain);
+    let node = Node::start(&identity, node_config)
         .await
         .map_err(Failure::runtime)?;
     if let Some(handle) = metrics_handle {
@@ -277,7 +312,8 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         config.rpc.clone(),
         args.config.clone(),
         stop.clone(),
-    );
+    )
+    .with_wallet(wallet);
     if config.rpc.enabled {
         rpc::serve(config.rpc_listen(), rpc_ctx.clone(), stop.clone())
             .await
@@ -424,7 +460,12 @@ fn devnet_ip(first: Ipv4Addr, i: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(first).wrapping_add(u32::from(i) - 1))
 }
 
-async fn devnet(nodes: u8, dir: &Path, first_ip: Ipv4Addr) -> Result<(), Failure> {
+async fn devnet(
+    nodes: u8,
+    dir: &Path,
+    first_ip: Ipv4Addr,
+    block_interval: u64,
+) -> Result<(), Failure> {
     init_logging("warn", LogFormat::Human);
     ensure_dir(dir)?;
     let network = Network::Devnet;
@@ -434,16 +475,26 @@ async fn devnet(nodes: u8, dir: &Path, first_ip: Ipv4Addr) -> Result<(), Failure
         defaults.rpc_listen().port(),
         defaults.metrics_listen().port(),
     );
-    // Keys first: every node lists the ids of the nodes before it.
+    // Keys first: every node lists the ids of the nodes before it, and the
+    // shared genesis lists every node as a masternode and funds every
+    // node's wallet.
     let mut members = Vec::new();
+    let mut masternodes = Vec::new();
+    let mut wallets = Vec::new();
     for i in 1..=nodes {
         let node_dir = dir.join(format!("node{i}"));
         ensure_dir(&node_dir)?;
         let identity = NodeIdentity::load_or_generate(&node_dir.join(NODE_KEY_FILE))
             .map_err(Failure::usage)?;
+        let wallet = Wallet::load_or_create(&node_dir).map_err(Failure::usage)?;
+        masternodes.push(*identity.public_key().as_bytes());
+        wallets.push(wallet.address());
         let ip = devnet_ip(first_ip, i);
         members.push((i, node_dir, identity.node_id(), ip));
     }
+    let genesis =
+        Genesis::devnet(block_interval, &masternodes, &wallets).map_err(Failure::usage)?;
+    let chain_section = devnet_chain_section(&genesis);
     let exe = std::env::current_exe()
         .map_err(|e| Failure::runtime(format!("cannot find the timed binary: {e}")))?;
     let mut children = Vec::new();
@@ -465,7 +516,7 @@ async fn devnet(nodes: u8, dir: &Path, first_ip: Ipv4Addr) -> Result<(), Failure
             })
             .collect();
         let config = format!(
-            "# Written by `timed devnet`.\n[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{p2p}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
+            "# Written by `timed devnet`.\n[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{p2p}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n{chain_section}",
             absolute.display(),
             peers.join(", ")
         );
@@ -546,6 +597,43 @@ async fn devnet(nodes: u8, dir: &Path, first_ip: Ipv4Addr) -> Result<(), Failure
             dir.display()
         ))),
     }
+}
+
+/// The `[chain]` section of every devnet node's config.
+fn devnet_chain_section(genesis: &Genesis) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "[chain]\nblock_interval_secs = {}\ngenesis_timestamp = {}\ngenesis_hash = \"{}\"\n",
+        genesis.block_interval_secs,
+        genesis.timestamp,
+        hex::encode(genesis.hash())
+    );
+    for m in genesis.masternodes() {
+        let _ = write!(
+            out,
+            "\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n",
+            hex::encode(m.public_key)
+        );
+    }
+    let mut seen = Vec::new();
+    for a in &genesis.allocations {
+        if seen.contains(&a.address) {
+            continue;
+        }
+        seen.push(a.address);
+        let outputs = genesis
+            .allocations
+            .iter()
+            .filter(|b| b.address == a.address)
+            .count();
+        let _ = write!(
+            out,
+            "\n[[chain.allocations]]\naddress = \"{}\"\namount = \"{}\"\noutputs = {outputs}\n",
+            a.address.to_text(Network::Devnet),
+            crate::wallet::format_amount(a.value)
+        );
+    }
+    out
 }
 
 async fn shutdown_signal() {

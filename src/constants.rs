@@ -137,3 +137,45 @@ pub const NODE_KEY_FILE: &str = "node_key";
 
 /// User agent sent in `Version` messages.
 pub const USER_AGENT: &str = concat!("/timed:", env!("CARGO_PKG_VERSION"), "/");
+
+/// Most blocks one `GetBlocks` may ask for and one `Blocks` may carry.
+///
+/// Zebra asks for 500 block hashes per `FindBlocks`; Bitcoin Core keeps at
+/// most 16 blocks in flight per peer with 1 MiB each. Our blocks are small on
+/// a quiet chain (an empty block is about 200 bytes), so the byte budget
+/// below is what bounds a response in practice.
+pub const MAX_BLOCKS_PER_RESPONSE: usize = 500;
+
+/// Byte budget of the blocks in one `Blocks` message.
+///
+/// Leaves room below [`DEFAULT_MAX_FRAME_LEN`] for the message header; a
+/// single block is at most `chain::block::MAX_BLOCK_BYTES` (2 MiB) and is
+/// always sent alone when it does not fit with others.
+pub const MAX_BLOCKS_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+
+/// Most transactions one `Mempool` message carries.
+pub const MAX_MEMPOOL_RESPONSE_TXS: usize = 1_000;
+
+/// Byte budget of the transactions in one `Mempool` message.
+pub const MAX_MEMPOOL_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+
+/// How long a block's timestamp may lie ahead of the local clock.
+///
+/// Bitcoin allows 2 hours; our slots are short (1 to 600 s), so a larger
+/// drift would let a producer claim a future slot. 15 s tolerates ordinary
+/// NTP error.
+pub const MAX_BLOCK_FUTURE_DRIFT_SECS: u64 = 15;
+
+/// How often a node compares its height with its peers' when idle.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long one `GetBlocks` may take before it is retried on another peer.
+pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts on different peers for one batch before sync waits for the next
+/// round.
+pub const SYNC_MAX_ATTEMPTS: usize = 4;
+
+/// Most votes held for transactions not (yet) known, e.g. a vote that
+/// overtook its transaction on another path.
+pub const MAX_PENDING_VOTES: usize = 10_000;

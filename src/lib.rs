@@ -78,3 +78,4 @@ pub mod rpc;
 pub mod storage;
 pub mod sync;
 pub mod transport;
+pub mod wallet;

@@ -56,6 +56,18 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_gossip_relayed_total", Kind::Counter, "kind", "Envelopes queued for relay, counted per receiving peer."),
     ("timed_handler_messages_total", Kind::Counter, "handler", "Messages that reached each handler."),
     ("timed_vote_equivocations_total", Kind::Counter, "", "Masternodes seen accepting two transactions that spend the same output."),
+    ("timed_chain_height", Kind::Gauge, "", "Height of the chain tip."),
+    ("timed_blocks_applied_total", Kind::Counter, "source", "Blocks applied to the chain, by source: produced, gossip, sync."),
+    ("timed_blocks_rejected_total", Kind::Counter, "reason", "Blocks refused, by reason: linkage, wrong_producer, merkle_root, signature, transaction, stale, ..."),
+    ("timed_tip_replacements_total", Kind::Counter, "", "Tips rolled back for a competing block from an earlier slot."),
+    ("timed_sync_progress", Kind::Gauge, "", "Sync progress: tip height over the best height peers showed, 0 to 1."),
+    ("timed_sync_target_height", Kind::Gauge, "", "The best height peers showed (the sync target)."),
+    ("timed_mempool_transactions", Kind::Gauge, "", "Transactions in the mempool."),
+    ("timed_mempool_bytes", Kind::Gauge, "", "Bytes of the transactions in the mempool."),
+    ("timed_transactions_total", Kind::Counter, "result", "Transactions offered to the mempool, by result: accepted, or the refusal (conflict, missing_input, insufficient_fee, ...)."),
+    ("timed_txs_finalized_total", Kind::Counter, "", "Transactions finalized by masternode votes (2/3 of the weight)."),
+    ("timed_finality_seconds", Kind::Histogram, "", "Time from first sight of a transaction to its finality by votes."),
+    ("timed_votes_total", Kind::Counter, "result", "Votes handled, by result: counted, finalized, conflicted, pending, late, duplicate, not_masternode, equivocation."),
     ("timed_rpc_requests_total", Kind::Counter, "method, result", "JSON-RPC calls by method and result (ok, error)."),
     ("timed_rpc_request_duration_seconds", Kind::Histogram, "method", "JSON-RPC call durations."),
 ];
@@ -162,6 +174,31 @@ pub fn register_defaults(network: &str) {
     for handler in ["blocks", "transactions", "votes", "addresses", "peers"] {
         metrics::counter!("timed_handler_messages_total", "handler" => handler).increment(0);
     }
+    // The chain.
+    metrics::gauge!("timed_chain_height").set(0.0);
+    for source in ["produced", "gossip", "sync"] {
+        metrics::counter!("timed_blocks_applied_total", "source" => source).increment(0);
+    }
+    metrics::counter!("timed_blocks_rejected_total", "reason" => "linkage").increment(0);
+    metrics::counter!("timed_tip_replacements_total").increment(0);
+    metrics::gauge!("timed_sync_progress").set(1.0);
+    metrics::gauge!("timed_sync_target_height").set(0.0);
+    metrics::gauge!("timed_mempool_transactions").set(0.0);
+    metrics::gauge!("timed_mempool_bytes").set(0.0);
+    metrics::counter!("timed_transactions_total", "result" => "accepted").increment(0);
+    metrics::counter!("timed_txs_finalized_total").increment(0);
+    metrics::counter!("timed_vote_equivocations_total").increment(0);
+    for result in [
+        "counted",
+        "finalized",
+        "pending",
+        "not_masternode",
+        "equivocation",
+    ] {
+        metrics::counter!("timed_votes_total", "result" => result).increment(0);
+    }
+    // A histogram has no series until its first sample; the dashboard's
+    // quantile panel shows "no data" rather than a fake zero until then.
 }
 
 /// Updates the gauges derived from the node's state every `interval` until

@@ -42,11 +42,13 @@ use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
 use tracing::{field, Instrument};
 
+use crate::chain::state::Chain;
+use crate::chain::sync::{Penalizer, SyncHandle, Syncer};
 use crate::crypto::{NodeId, NodeIdentity};
 use crate::handlers::{Handlers, Router};
-use crate::layers::blacklist::{ip_key, Blacklist};
+use crate::layers::blacklist::{ip_key, Blacklist, PersistedBan};
 use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
-use crate::layers::{Inbound, PeerContext, ScoreHandle};
+use crate::layers::{Inbound, Offence, PeerContext, ScoreHandle};
 use crate::peer::client::Client;
 use crate::peer::connection::{
     self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts,
@@ -55,6 +57,7 @@ use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig
 use crate::peer::queue::{SendQueue, DEFAULT_QUEUE_BYTES};
 use crate::peer::set::{Admission, PeerSet};
 use crate::protocol::{DisconnectReason, Envelope, GossipKind, Message, MessageId};
+use crate::storage::StoredBan;
 use crate::transport::noise::{CryptoBackend, HandshakeError, LocalKeys};
 
 /// Capacity of the event channel; slow observers miss events rather than
@@ -158,6 +161,9 @@ pub struct NodeConfig {
     pub middleware: Vec<MiddlewareConfig>,
     /// Byte budget of each peer's send queue.
     pub send_queue_bytes: usize,
+    /// The chain this node follows, validates, stores and serves; `None`
+    /// for a network-only node (gossip is accepted and counted).
+    pub chain: Option<Chain>,
 }
 
 impl NodeConfig {
@@ -172,6 +178,7 @@ impl NodeConfig {
             limits: ConnectionLimits::default(),
             middleware: MiddlewareConfig::default_stack(),
             send_queue_bytes: DEFAULT_QUEUE_BYTES,
+            chain: None,
         }
     }
 }
@@ -275,6 +282,7 @@ impl Drop for Slot {
 
 struct Inner {
     identity: NodeIdentity,
+    sync: SyncHandle,
     keys: LocalKeys,
     config: NodeConfig,
     stack: RwLock<Arc<MiddlewareStack>>,
@@ -313,7 +321,12 @@ impl Node {
     ///
     /// # Errors
     /// [`NodeError::Bind`] if the listen address is unavailable.
-    pub async fn start(identity: &NodeIdentity, config: NodeConfig) -> Result<Node, NodeError> {
+    pub async fn start(identity: &NodeIdentity, mut config: NodeConfig) -> Result<Node, NodeError> {
+        if let Some(chain) = &config.chain {
+            // Peers must follow the same genesis: the chain's, whatever the
+            // version parameters said.
+            config.handshake.version.genesis_hash = chain.genesis_hash();
+        }
         let keys = LocalKeys::new(identity, config.backend)?;
         let listener =
             TcpListener::bind(config.listen)
@@ -332,8 +345,26 @@ impl Node {
         let blacklist = stack.blacklist().clone();
         let peers = Arc::new(PeerSet::new(identity.node_id()));
         let hook_events = events.clone();
+        let sync = SyncHandle::default();
+        let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Arc::default();
+        let handlers = match &config.chain {
+            Some(chain) => {
+                let node_cell = node_cell.clone();
+                Handlers::chain(
+                    chain.clone(),
+                    peers.clone(),
+                    sync.clone(),
+                    Some(Arc::new(move |voter: [u8; 32]| {
+                        if let Some(inner) = node_cell.get().and_then(std::sync::Weak::upgrade) {
+                            penalize_masternode(&inner, voter);
+                        }
+                    })),
+                )
+            }
+            None => Handlers::minimal(peers.clone()),
+        };
         let router = Router::new(
-            Handlers::minimal(peers.clone()),
+            handlers,
             Some(peers.clone()),
             Some(Arc::new(move |request: &Inbound| {
                 if let Message::Gossip(envelope) = &*request.message {
@@ -351,6 +382,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 identity: identity.clone(),
+                sync,
                 keys,
                 stack: RwLock::new(Arc::new(stack)),
                 blacklist,
@@ -378,10 +410,92 @@ impl Node {
         );
         tokio::spawn(node.clone().accept_loop(listener));
         tokio::spawn(node.clone().housekeeping());
+        let _ = node_cell.set(Arc::downgrade(&node.inner));
+        if let Some(chain) = node.inner.config.chain.clone() {
+            node.start_chain(chain);
+        }
         for target in node.inner.config.peers.clone() {
             node.add_peer(target);
         }
         Ok(node)
+    }
+
+    /// The chain, if this node follows one.
+    pub fn chain(&self) -> Option<&Chain> {
+        self.inner.config.chain.as_ref()
+    }
+
+    /// The tip height announced to peers.
+    fn best_height(&self) -> u64 {
+        self.chain().map_or(0, |c| c.tip().height)
+    }
+
+    /// Wires `chain` to the node: votes and blocks are published as this
+    /// node, bans persist in its store, and the producer and sync tasks
+    /// run until shutdown.
+    fn start_chain(&self, chain: Chain) {
+        let weak = Arc::downgrade(&self.inner);
+        let local_addr = self.local_addr;
+        chain.set_publisher(Arc::new(move |kind, payload| {
+            if let Some(inner) = weak.upgrade() {
+                Node { inner, local_addr }.publish(kind, payload);
+            }
+        }));
+        self.persist_bans(&chain);
+        let weak = Arc::downgrade(&self.inner);
+        let penalize: Penalizer = Arc::new(move |peer, offence: Offence| {
+            if let Some(inner) = weak.upgrade() {
+                penalize_peer(&inner, &peer.context, offence);
+            }
+        });
+        let syncer = Syncer::new(
+            chain.clone(),
+            self.inner.peers.clone(),
+            penalize,
+            self.inner.sync.clone(),
+        );
+        tokio::spawn(syncer.run(self.inner.shutdown.clone()));
+        tokio::spawn(produce_loop(chain, self.inner.shutdown.clone()));
+    }
+
+    /// Restores the bans stored in the chain's database and stores every
+    /// change from now on (synchronously, so a ban survives a SIGKILL right
+    /// after it was made).
+    fn persist_bans(&self, chain: &Chain) {
+        let blacklist = &self.inner.blacklist;
+        match chain.store().load_bans() {
+            Ok(stored) => {
+                let bans: Vec<PersistedBan> = stored
+                    .into_iter()
+                    .filter_map(|b| {
+                        Some(PersistedBan {
+                            subnet: b.subnet.parse().ok()?,
+                            expires_unix: b.expires_unix,
+                            reason: b.reason,
+                        })
+                    })
+                    .collect();
+                let restored = blacklist.restore(&bans);
+                if restored > 0 {
+                    tracing::info!(restored, "bans restored from the store");
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot read the stored bans"),
+        }
+        let store = chain.clone();
+        blacklist.set_sink(Arc::new(move |bans: Vec<PersistedBan>| {
+            let stored: Vec<StoredBan> = bans
+                .into_iter()
+                .map(|b| StoredBan {
+                    subnet: b.subnet.to_string(),
+                    expires_unix: b.expires_unix,
+                    reason: b.reason,
+                })
+                .collect();
+            if let Err(error) = store.store().save_bans(&stored) {
+                tracing::error!(%error, "cannot store the ban list");
+            }
+        }));
     }
 
     /// This node's id.
@@ -761,7 +875,7 @@ impl Node {
         let config = &inner.config;
         let setup = tokio::select! {
             _ = inner.shutdown.cancelled() => return false,
-            r = establish(stream, direction, expected, &inner.keys, &config.handshake, 0) => r,
+            r = establish(stream, direction, expected, &inner.keys, &config.handshake, self.best_height()) => r,
         };
         let conn = match setup {
             Ok(conn) => conn,
@@ -840,6 +954,12 @@ impl Node {
             "peer connected"
         );
         self.emit(NodeEvent::Connected(info.clone()));
+        if let Some(chain) = &config.chain {
+            if info.version.best_height > chain.tip().height {
+                chain.saw_height(info.version.best_height);
+                inner.sync.wake();
+            }
+        }
         let stack = stack.wrap(BoxCloneService::new(inner.router.clone()));
         let parts = ConnectionParts {
             conn,
@@ -907,6 +1027,53 @@ impl Node {
         });
         if let Some(report) = report {
             let _ = report.send(Err(error));
+        }
+    }
+}
+
+/// Charges `offence` to a connected peer through the scoring layer of the
+/// current stack (which disconnects or bans at its thresholds).
+fn penalize_peer(inner: &Inner, peer: &PeerContext, offence: Offence) {
+    let stack = crate::sync::read(&inner.stack).clone();
+    for layer in stack.layers() {
+        if let BuiltLayer::Scoring(scoring) = layer {
+            scoring.penalize(peer, offence);
+        }
+    }
+}
+
+/// Penalises the masternode with key `voter` if it is connected: it signed
+/// accept votes for two transactions spending one output.
+fn penalize_masternode(inner: &Inner, voter: [u8; 32]) {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&voter) else {
+        return;
+    };
+    if let Some(handle) = inner.peers.get(&NodeId::from_public_key(&key)) {
+        tracing::warn!(peer = %handle.info.node_id, "penalising an equivocating masternode");
+        penalize_peer(inner, &handle.context, Offence::InvalidData);
+    }
+}
+
+/// Produces this node's blocks in its slots until `shutdown`.
+///
+/// Checks the clock ten times per slot (at most every second, at least
+/// every 50 ms), so a block comes within a tenth of a slot of its start.
+async fn produce_loop(chain: Chain, shutdown: CancellationToken) {
+    if !chain.is_masternode() {
+        return;
+    }
+    let interval = chain.genesis().block_interval_secs;
+    let tick = Duration::from_millis((interval * 100).clamp(50, 1000));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = crate::protocol::version::unix_now().as_secs();
+        if let Err(error) = chain.produce_if_scheduled(now) {
+            tracing::error!(%error, "cannot produce a block");
         }
     }
 }

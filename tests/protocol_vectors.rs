@@ -267,8 +267,8 @@ fn signed_envelope() {
 fn decoding_errors() {
     // An index past the last variant.
     assert_eq!(
-        decode_message(&unhex("07000000")),
-        Err(CodecError::UnknownVariant { tag: 7 })
+        decode_message(&unhex("0b000000")),
+        Err(CodecError::UnknownVariant { tag: 11 })
     );
     // A whole message followed by one byte.
     assert_eq!(

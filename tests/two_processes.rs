@@ -86,6 +86,19 @@ impl Drop for Proc {
 #[test]
 fn two_processes_handshake_and_ping() {
     let dir = tempfile::tempdir().unwrap();
+    // Without a [chain] section each devnet node runs a one-node chain of
+    // its own (and the two would refuse each other's genesis): share one
+    // whose only masternode is neither of them.
+    let config = dir.path().join("shared.toml");
+    let masternode = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+    std::fs::write(
+        &config,
+        format!(
+            "[chain]\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n",
+            hex::encode(masternode.as_bytes())
+        ),
+    )
+    .unwrap();
     let a_addr = free_addr([127, 0, 0, 1]);
     let b_addr = free_addr([127, 0, 0, 2]);
     let args = |name: &str, listen: SocketAddr| {
@@ -95,6 +108,8 @@ fn two_processes_handshake_and_ping() {
         };
         vec![
             "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
             "--rpc-listen".to_owned(),
             free_addr(ip).to_string(),
             "--metrics-listen".to_owned(),

@@ -5,7 +5,10 @@
 
 pub mod address;
 pub mod block;
+pub mod genesis;
 pub mod mempool;
+pub mod state;
+pub mod sync;
 pub mod transaction;
 pub mod votes;
 

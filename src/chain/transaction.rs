@@ -191,6 +191,15 @@ fn checked_sum(values: impl Iterator<Item = u64>) -> Result<u64, TxError> {
     Ok(total)
 }
 
+/// `blake3::derive_key("timed v1 sighash", magic || txid || index_le32)`.
+fn sighash_of(magic: [u8; 4], txid: &Txid, index: u32) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("timed v1 sighash");
+    h.update(&magic);
+    h.update(txid);
+    h.update(&index.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
 impl Transaction {
     fn unsigned(&self) -> Transaction {
         let mut t = self.clone();
@@ -208,11 +217,7 @@ impl Transaction {
 
     /// The digest input `index` signs.
     pub fn sighash(&self, magic: [u8; 4], index: u32) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("timed v1 sighash");
-        h.update(&magic);
-        h.update(&self.txid());
-        h.update(&index.to_le_bytes());
-        *h.finalize().as_bytes()
+        sighash_of(magic, &self.txid(), index)
     }
 
     /// Signs every input with `keys[i]` (one key per input, in order).
@@ -221,8 +226,10 @@ impl Transaction {
             self.inputs[i].scheme = key.scheme();
             self.inputs[i].public_key = key.public_key().to_bytes();
         }
+        // The txid excludes signatures: compute it once, not per input.
+        let txid = self.txid();
         for (i, key) in keys.iter().enumerate().take(self.inputs.len()) {
-            let digest = self.sighash(magic, i as u32);
+            let digest = sighash_of(magic, &txid, i as u32);
             self.inputs[i].signature = key.sign(&digest).to_bytes();
         }
     }
@@ -278,6 +285,7 @@ impl Transaction {
     pub fn validate(&self, magic: [u8; 4], utxos: &impl UtxoView) -> Result<u64, TxError> {
         self.check_structure(false)?;
         let mut spent = Vec::with_capacity(self.inputs.len());
+        let txid = self.txid();
         for (index, input) in self.inputs.iter().enumerate() {
             let prev = utxos
                 .utxo(&input.prevout)
@@ -289,7 +297,7 @@ impl Transaction {
             }
             let signature = Signature::from_bytes(input.scheme, &input.signature)
                 .map_err(|error| TxError::Signature { index, error })?;
-            key.verify(&self.sighash(magic, index as u32), &signature)
+            key.verify(&sighash_of(magic, &txid, index as u32), &signature)
                 .map_err(|error| TxError::Signature { index, error })?;
             spent.push(prev.value);
         }

@@ -246,13 +246,72 @@ impl Default for LoggingSection {
     }
 }
 
-/// `[chain]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// `[chain]`: the genesis parameters and the node's part in the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChainSection {
-    /// Genesis hash (64 hex digits) this node follows; default: the
-    /// network's.
+    /// Genesis hash (64 hex digits). When set, the genesis described here
+    /// must hash to it (a guard against a mistyped masternode list).
     pub genesis_hash: Option<String>,
+    /// Seconds per block slot (default 600; 2 on devnet).
+    pub block_interval_secs: Option<u64>,
+    /// Genesis timestamp, seconds since the Unix epoch (default: the
+    /// devnet's 2026-01-01 on devnet, 0 elsewhere).
+    pub genesis_timestamp: Option<u64>,
+    /// Vote and produce blocks when this node's key is a masternode.
+    pub masternode: bool,
+    /// Most transactions in the mempool.
+    pub mempool_max_txs: usize,
+    /// Most bytes in the mempool.
+    pub mempool_max_bytes: usize,
+    /// The genesis masternodes. Empty on devnet: this node alone, its
+    /// wallet funded (a one-node chain).
+    pub masternodes: Vec<MasternodeEntry>,
+    /// The genesis allocations.
+    pub allocations: Vec<AllocationEntry>,
+}
+
+impl Default for ChainSection {
+    fn default() -> Self {
+        ChainSection {
+            genesis_hash: None,
+            block_interval_secs: None,
+            genesis_timestamp: None,
+            masternode: true,
+            mempool_max_txs: crate::chain::mempool::DEFAULT_MAX_TXS,
+            mempool_max_bytes: crate::chain::mempool::DEFAULT_MAX_BYTES,
+            masternodes: Vec::new(),
+            allocations: Vec::new(),
+        }
+    }
+}
+
+/// `[[chain.masternodes]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasternodeEntry {
+    /// The masternode's ed25519 node key, 64 hex digits.
+    pub public_key: String,
+    /// `free`, `bronze`, `silver` or `gold`.
+    pub tier: crate::chain::votes::Tier,
+}
+
+/// `[[chain.allocations]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationEntry {
+    /// The address (`TIME1...` on mainnet, `TIME0...` elsewhere).
+    pub address: String,
+    /// Amount in TIME, as decimal text (`"1000"`, `"0.5"`).
+    pub amount: String,
+    /// How many outputs of `amount` (default 1), so a wallet can make
+    /// several payments before the first is in a block.
+    #[serde(default = "one")]
+    pub outputs: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -426,6 +485,58 @@ impl Config {
         if self.genesis_hash().is_none() {
             return Err(invalid("chain.genesis_hash", "must be 64 hex digits"));
         }
+        let c = &self.chain;
+        if let Some(secs) = c.block_interval_secs {
+            if secs == 0 || secs > crate::chain::genesis::MAX_BLOCK_INTERVAL_SECS {
+                return Err(invalid(
+                    "chain.block_interval_secs",
+                    "must be between 1 and 86400",
+                ));
+            }
+        }
+        if c.mempool_max_txs == 0 || c.mempool_max_bytes < crate::chain::transaction::MAX_TX_BYTES {
+            return Err(invalid(
+                "chain.mempool_max_txs",
+                "the mempool must hold at least one transaction of the largest size (100000 bytes)",
+            ));
+        }
+        for (i, m) in c.masternodes.iter().enumerate() {
+            if parse_key(&m.public_key).is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "chain.masternodes",
+                    message: format!(
+                        "entry {i}: public_key = {:?} is not 64 hex digits of an ed25519 key",
+                        m.public_key
+                    ),
+                });
+            }
+        }
+        for (i, a) in c.allocations.iter().enumerate() {
+            if let Err(e) = crate::chain::Address::parse(&a.address, self.network()) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "chain.allocations",
+                    message: format!("entry {i}: address = {:?}: {e}", a.address),
+                });
+            }
+            if let Err(e) = crate::wallet::parse_amount(&a.amount) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "chain.allocations",
+                    message: format!("entry {i}: amount = {:?}: {e}", a.amount),
+                });
+            }
+        }
+        if !c.masternodes.is_empty() {
+            // Without the node's own key the genesis is complete: check it now.
+            self.genesis(&[0u8; 32], None)
+                .map_err(|message| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "chain",
+                    message,
+                })?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.filter).is_err() {
             return Err(invalid(
                 "logging.filter",
@@ -450,6 +561,86 @@ impl Config {
                 hex::decode_to_slice(text, &mut out).ok().map(|_| out)
             }
         }
+    }
+
+    /// The block interval: `[chain] block_interval_secs`, else 2 s on
+    /// devnet and 600 s elsewhere.
+    pub fn block_interval_secs(&self) -> u64 {
+        self.chain
+            .block_interval_secs
+            .unwrap_or(match self.network() {
+                Network::Devnet => 2,
+                _ => 600,
+            })
+    }
+
+    /// The genesis this config describes. With no masternodes listed, a
+    /// devnet node is the only masternode of its own chain and `wallet` (if
+    /// given) is funded; on other networks the chain then has no
+    /// masternodes (the node follows and relays but nothing finalizes).
+    ///
+    /// # Errors
+    /// A message naming the problem: a bad entry, or a genesis that does
+    /// not hash to `chain.genesis_hash`.
+    pub fn genesis(
+        &self,
+        own_key: &[u8; 32],
+        wallet: Option<crate::chain::Address>,
+    ) -> Result<crate::chain::genesis::Genesis, String> {
+        use crate::chain::genesis::{Genesis, GenesisMasternode, DEVNET_GENESIS_TIMESTAMP};
+        let c = &self.chain;
+        let network = self.network();
+        let interval = self.block_interval_secs();
+        let genesis = if c.masternodes.is_empty() && network == Network::Devnet {
+            let wallets: Vec<_> = wallet.into_iter().collect();
+            let mut g =
+                Genesis::devnet(interval, &[*own_key], &wallets).map_err(|e| e.to_string())?;
+            if let Some(ts) = c.genesis_timestamp {
+                g.timestamp = ts;
+            }
+            g
+        } else {
+            let mut masternodes = Vec::with_capacity(c.masternodes.len());
+            for (i, m) in c.masternodes.iter().enumerate() {
+                let key = parse_key(&m.public_key)
+                    .ok_or_else(|| format!("chain.masternodes entry {i}: bad public_key"))?;
+                masternodes.push(GenesisMasternode {
+                    public_key: key,
+                    tier: m.tier,
+                });
+            }
+            let mut allocations = Vec::with_capacity(c.allocations.len());
+            for (i, a) in c.allocations.iter().enumerate() {
+                let address = crate::chain::Address::parse(&a.address, network)
+                    .map_err(|e| format!("chain.allocations entry {i}: {e}"))?;
+                let value = crate::wallet::parse_amount(&a.amount)
+                    .map_err(|e| format!("chain.allocations entry {i}: {e}"))?;
+                if a.outputs == 0 || a.outputs > crate::chain::transaction::MAX_OUTPUTS {
+                    return Err(format!(
+                        "chain.allocations entry {i}: outputs must be between 1 and 1000"
+                    ));
+                }
+                allocations.extend(std::iter::repeat_n(
+                    crate::chain::TxOut { value, address },
+                    a.outputs,
+                ));
+            }
+            let timestamp = c.genesis_timestamp.unwrap_or(match network {
+                Network::Devnet => DEVNET_GENESIS_TIMESTAMP,
+                _ => 0,
+            });
+            Genesis::new(network, timestamp, interval, masternodes, allocations)
+                .map_err(|e| e.to_string())?
+        };
+        if let Some(expected) = &c.genesis_hash {
+            let hash = hex::encode(genesis.hash());
+            if !hash.eq_ignore_ascii_case(expected) && !c.masternodes.is_empty() {
+                return Err(format!(
+                    "chain.genesis_hash = {expected:?} but the genesis described in [chain] hashes to {hash}"
+                ));
+            }
+        }
+        Ok(genesis)
     }
 
     /// The data directory: `[node] data_dir`, or `~/.timecoin/<network>`.
@@ -598,7 +789,19 @@ filter = "info"                     # RUST_LOG syntax; RUST_LOG overrides it
 format = "human"                    # human | json
 
 [chain]
-# genesis_hash = "..."              # default: the network's
+# block_interval_secs = 600         # default: 600 (devnet: 2)
+# genesis_timestamp = 0             # slot 0 starts here (devnet: 2026-01-01)
+masternode = true                   # vote and produce if our key is listed below
+mempool_max_txs = 5000
+mempool_max_bytes = 20971520
+# genesis_hash = "..."              # checked against the genesis below
+# Without masternodes a devnet node runs a one-node chain of its own.
+# [[chain.masternodes]]
+# public_key = "64 hex digits of the node key"
+# tier = "free"                     # free | bronze | silver | gold
+# [[chain.allocations]]
+# address = "TIME0..."
+# amount = "1000"                   # TIME, decimal
 
 # The inbound middleware, outermost first. Remove, reorder or tune layers
 # here; docs/CONFIG.md lists every parameter and why this is the default order.
@@ -617,6 +820,14 @@ name = "dedup"
 [[middleware]]
 name = "auth"
 "#;
+
+/// Parses 64 hex digits of an ed25519 public key.
+fn parse_key(text: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text, &mut key).ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&key).ok()?;
+    Some(key)
+}
 
 /// The template filled in for `network` and `data_dir`.
 pub fn render_template(network: Network, data_dir: &Path) -> String {

@@ -5,9 +5,23 @@
 //! peer handlers, and relays every envelope a handler accepts as new
 //! ([`Outcome::Accepted`]) to all other peers.
 //!
-//! In this step the block, transaction and vote handlers accept and count
-//! (step 4 gives them the chain state); the peer handler answers `GetPeers`
-//! from the connected peers' listen addresses.
+//! With a chain ([`Handlers::chain`]) the block, transaction and vote
+//! handlers own the chain state ([`crate::chain::state::Chain`]): they
+//! validate, store and relay what is new, and answer `GetBlocks` and
+//! `GetMempool`. Without one ([`Handlers::minimal`], for network-only
+//! nodes and the network layer's tests) gossip is accepted and counted. The
+//! peer handler answers `GetPeers` from the connected peers' listen
+//! addresses.
+//!
+//! A handler refuses bad data with a [`Rejection`] whose reason is the
+//! chain error's kind and whose offence (if any) the scoring layer charges
+//! to the sending peer; nothing is stored then.
+
+pub mod blocks;
+pub mod transactions;
+pub mod votes;
+
+pub use crate::chain::sync::SyncHandle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +32,7 @@ use std::task::{Context, Poll};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::chain::state::{Chain, ChainError};
 use crate::constants::MAX_PEER_ADDRESSES;
 use crate::layers::{Inbound, Offence, Outcome, Rejection};
 use crate::peer::set::PeerSet;
@@ -107,6 +122,26 @@ impl Service<Inbound> for PeersHandler {
     }
 }
 
+/// Logs why a handler refused `request` and turns the error into a
+/// [`Rejection`] carrying its offence.
+pub(crate) fn refuse(handler: &'static str, request: &Inbound, error: &ChainError) -> BoxError {
+    tracing::info!(
+        handler,
+        peer = %request.peer.node_id,
+        peer.addr = %request.peer.addr,
+        reason = error.kind(),
+        offence = error.offence().map(|o| o.as_str()),
+        error = %error,
+        "message refused by its handler"
+    );
+    Rejection {
+        layer: handler,
+        reason: error.kind(),
+        offence: error.offence(),
+    }
+    .into()
+}
+
 /// A handler: shared by every connection, so `Sync` too.
 pub type HandlerService = BoxCloneSyncService<Inbound, Outcome, BoxError>;
 
@@ -138,6 +173,24 @@ impl Handlers {
             blocks: BoxCloneSyncService::new(CountingHandler::new("blocks")),
             transactions: BoxCloneSyncService::new(CountingHandler::new("transactions")),
             votes: BoxCloneSyncService::new(CountingHandler::new("votes")),
+            addresses: BoxCloneSyncService::new(CountingHandler::new("addresses")),
+            peers: BoxCloneSyncService::new(PeersHandler::new(peers)),
+        }
+    }
+
+    /// The chain handlers over `chain`, with the peer handler.
+    pub fn chain(
+        chain: Chain,
+        peers: Arc<PeerSet>,
+        sync: SyncHandle,
+        on_equivocation: Option<votes::EquivocationHook>,
+    ) -> Self {
+        Handlers {
+            blocks: BoxCloneSyncService::new(blocks::BlockHandler::new(chain.clone(), sync)),
+            transactions: BoxCloneSyncService::new(transactions::TransactionHandler::new(
+                chain.clone(),
+            )),
+            votes: BoxCloneSyncService::new(votes::VoteHandler::new(chain, on_equivocation)),
             addresses: BoxCloneSyncService::new(CountingHandler::new("addresses")),
             peers: BoxCloneSyncService::new(PeersHandler::new(peers)),
         }
@@ -195,6 +248,8 @@ impl Service<Inbound> for Router {
                 GossipKind::Address => self.handlers.addresses.clone(),
             },
             Message::GetPeers | Message::Peers(_) => self.handlers.peers.clone(),
+            Message::GetBlocks(_) => self.handlers.blocks.clone(),
+            Message::GetMempool => self.handlers.transactions.clone(),
             // The connection answers pings once the stack let them through.
             Message::Ping(_) => return Box::pin(std::future::ready(Ok(Outcome::Handled))),
             other => {

@@ -275,6 +275,10 @@ where
                 return Err(rejection.into());
             }
             layer.counters.accept(NAME);
+            let request = Inbound {
+                authenticated: true,
+                ..request
+            };
             inner.call(request).await
         })
     }

@@ -138,9 +138,22 @@ pub struct Inbound {
     pub peer: Arc<PeerContext>,
     /// The message.
     pub message: Arc<Message>,
+    /// True once the `auth` layer verified the envelope's signature.
+    /// Handlers that rely on the originator (votes) verify it themselves
+    /// when no auth layer ran.
+    pub authenticated: bool,
 }
 
 impl Inbound {
+    /// A message from `peer`, not yet authenticated.
+    pub fn new(peer: Arc<PeerContext>, message: Arc<Message>) -> Self {
+        Inbound {
+            peer,
+            message,
+            authenticated: false,
+        }
+    }
+
     /// The gossip id if the message is a signed envelope.
     pub fn gossip_id(&self) -> Option<MessageId> {
         match &*self.message {
@@ -174,6 +187,13 @@ pub enum Offence {
     ProtocolViolation,
     /// No answer to a request in time.
     Timeout,
+    /// A block or transaction that breaks the chain rules (bad producer,
+    /// linkage, merkle root, signature, overspend, ...): the sender either
+    /// failed to validate what it relayed or made it up.
+    InvalidData,
+    /// A double spend or a competing block: honest peers send these too
+    /// during races, so it costs little.
+    Conflicting,
 }
 
 impl Offence {
@@ -185,6 +205,8 @@ impl Offence {
             Offence::RateLimitExceeded => "rate_limit_exceeded",
             Offence::ProtocolViolation => "protocol_violation",
             Offence::Timeout => "timeout",
+            Offence::InvalidData => "invalid_data",
+            Offence::Conflicting => "conflicting",
         }
     }
 }
@@ -354,6 +376,7 @@ pub(crate) mod test_support {
     /// An inbound request.
     pub fn inbound(peer: &Arc<PeerContext>, message: Message) -> Inbound {
         Inbound {
+            authenticated: false,
             peer: peer.clone(),
             message: Arc::new(message),
         }

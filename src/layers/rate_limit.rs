@@ -13,6 +13,8 @@
 //! | `get_peers` | 5 per minute |
 //! | `peers` (unsolicited address lists) | 5 per minute |
 //! | `ping` | 6 per 10 seconds |
+//! | `get_blocks` (sync requests) | 50 per second |
+//! | `get_mempool` | 5 per minute |
 //! | anything else | 20 per second |
 //! | all kinds together, per IP | 500 per second |
 //!
@@ -87,6 +89,10 @@ pub struct RateLimitConfig {
     pub peers: KindLimit,
     /// Pings.
     pub ping: KindLimit,
+    /// `GetBlocks` requests (sync).
+    pub get_blocks: KindLimit,
+    /// `GetMempool` requests.
+    pub get_mempool: KindLimit,
     /// Every other message kind.
     pub other: KindLimit,
     /// All kinds together, per IP (IPv6: per /64).
@@ -103,6 +109,8 @@ impl Default for RateLimitConfig {
             get_peers: KindLimit::new(5, 60),
             peers: KindLimit::new(5, 60),
             ping: KindLimit::new(6, 10),
+            get_blocks: KindLimit::new(50, 1),
+            get_mempool: KindLimit::new(5, 60),
             other: KindLimit::new(20, 1),
             per_ip: KindLimit::new(500, 1),
         }
@@ -110,7 +118,7 @@ impl Default for RateLimitConfig {
 }
 
 /// The message kinds with their own bucket.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 10] = [
     "tx",
     "vote",
     "block",
@@ -118,6 +126,8 @@ const KINDS: [&str; 8] = [
     "get_peers",
     "peers",
     "ping",
+    "get_blocks",
+    "get_mempool",
     "other",
 ];
 
@@ -131,6 +141,8 @@ impl RateLimitConfig {
             "get_peers" => self.get_peers,
             "peers" => self.peers,
             "ping" => self.ping,
+            "get_blocks" => self.get_blocks,
+            "get_mempool" => self.get_mempool,
             _ => self.other,
         }
     }
@@ -169,6 +181,8 @@ pub fn kind_of(message: &Message) -> &'static str {
         Message::GetPeers => "get_peers",
         Message::Peers(_) => "peers",
         Message::Ping(_) => "ping",
+        Message::GetBlocks(_) => "get_blocks",
+        Message::GetMempool => "get_mempool",
         _ => "other",
     }
 }

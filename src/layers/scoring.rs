@@ -76,6 +76,10 @@ pub struct ScoringConfig {
     pub timeout: f64,
     /// Penalty for each message over the rate limit.
     pub rate_limit_exceeded: f64,
+    /// Penalty for a block or transaction that breaks the chain rules.
+    pub invalid_data: f64,
+    /// Penalty for a double spend or a competing block.
+    pub conflicting: f64,
     /// Reward for a first delivery of a valid new envelope.
     pub first_delivery: f64,
     /// Reward for a response faster than `fast_response_ms`.
@@ -97,6 +101,8 @@ impl Default for ScoringConfig {
             protocol_violation: -10.0,
             timeout: -5.0,
             rate_limit_exceeded: -2.0,
+            invalid_data: -20.0,
+            conflicting: -2.0,
             first_delivery: 1.0,
             fast_response: 0.5,
             fast_response_ms: 500,
@@ -128,6 +134,8 @@ impl ScoringConfig {
             ("protocol_violation", self.protocol_violation),
             ("timeout", self.timeout),
             ("rate_limit_exceeded", self.rate_limit_exceeded),
+            ("invalid_data", self.invalid_data),
+            ("conflicting", self.conflicting),
         ] {
             if !(-100.0..=0.0).contains(&v) {
                 return Err(format!("{name} is a penalty: it must be in [-100, 0]"));
@@ -156,6 +164,8 @@ impl ScoringConfig {
             Offence::ProtocolViolation => self.protocol_violation,
             Offence::Timeout => self.timeout,
             Offence::RateLimitExceeded => self.rate_limit_exceeded,
+            Offence::InvalidData => self.invalid_data,
+            Offence::Conflicting => self.conflicting,
         }
     }
 }

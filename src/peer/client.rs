@@ -18,6 +18,7 @@ use tokio_util::sync::PollSender;
 use tower::{BoxError, Service};
 
 use crate::layers::PeerContext;
+use crate::protocol::message::{Blocks, GetBlocks};
 use crate::protocol::PeerAddress;
 
 /// A request to one peer.
@@ -27,6 +28,10 @@ pub enum Request {
     Ping,
     /// Ask for the peer's known addresses.
     GetPeers,
+    /// Ask for blocks (chain sync).
+    GetBlocks(GetBlocks),
+    /// Ask for the peer's mempool.
+    GetMempool,
 }
 
 impl Request {
@@ -35,6 +40,8 @@ impl Request {
         match self {
             Request::Ping => "ping",
             Request::GetPeers => "get_peers",
+            Request::GetBlocks(_) => "get_blocks",
+            Request::GetMempool => "get_mempool",
         }
     }
 }
@@ -46,6 +53,10 @@ pub enum Response {
     Pong(Duration),
     /// The peer's addresses.
     Peers(Vec<PeerAddress>),
+    /// Blocks (not yet decoded or validated: the caller does that).
+    Blocks(Blocks),
+    /// Encoded mempool transactions (not yet decoded or validated).
+    Mempool(Vec<serde_bytes::ByteBuf>),
 }
 
 /// Why a request failed.

@@ -215,6 +215,9 @@ pub fn priority_of(message: &Message) -> Priority {
             GossipKind::Vote => Priority::Vote,
             GossipKind::Transaction | GossipKind::Address => Priority::Transaction,
         },
+        // Bulk answers must not hold up pings and small control messages.
+        Message::Blocks(_) => Priority::Block,
+        Message::Mempool(_) => Priority::Transaction,
         _ => Priority::Control,
     }
 }
@@ -413,6 +416,8 @@ pub async fn run(
                 let message = match request {
                     Request::Ping => Message::Ping(Ping { nonce, timestamp_ms: now_ms() }),
                     Request::GetPeers => Message::GetPeers,
+                    Request::GetBlocks(g) => Message::GetBlocks(g),
+                    Request::GetMempool => Message::GetMempool,
                 };
                 if enqueue(&queue, &context, &message) {
                     pending = Some(Pending { request, nonce, sent: Instant::now(), reply });
@@ -478,19 +483,18 @@ pub async fn run(
                         }
                     }
                     Message::Peers(addresses) if pending.as_ref().is_some_and(|p| p.request == Request::GetPeers) => {
-                        if let Some(p) = pending.take() {
-                            let elapsed = p.sent.elapsed();
-                            metrics::histogram!("timed_request_duration_seconds", "kind" => "get_peers").record(elapsed.as_secs_f64());
-                            if let Some(scoring) = &scoring {
-                                scoring.response_time(&context, elapsed);
-                            }
-                            let _ = p.reply.send(Ok(Response::Peers(addresses)));
-                        }
+                        answer(&mut pending, &scoring, &context, Response::Peers(addresses));
+                    }
+                    Message::Blocks(blocks) if pending.as_ref().is_some_and(|p| matches!(p.request, Request::GetBlocks(_))) => {
+                        answer(&mut pending, &scoring, &context, Response::Blocks(blocks));
+                    }
+                    Message::Mempool(txs) if pending.as_ref().is_some_and(|p| p.request == Request::GetMempool) => {
+                        answer(&mut pending, &scoring, &context, Response::Mempool(txs));
                     }
                     Message::Ping(ping) => {
                         // Answered here, but counted against the rate limit
                         // by the stack first.
-                        let request = Inbound { peer: context.clone(), message: Arc::new(Message::Ping(ping)) };
+                        let request = Inbound::new(context.clone(), Arc::new(Message::Ping(ping)));
                         let pong = Message::Pong(Pong { nonce: ping.nonce, timestamp_ms: now_ms() });
                         let future = stack.call(request);
                         inflight = Some(Box::pin(async move {
@@ -502,7 +506,7 @@ pub async fn run(
                     }
                     Message::Version(_) => break ConnectionError::Unexpected("version"),
                     other => {
-                        let request = Inbound { peer: context.clone(), message: Arc::new(other) };
+                        let request = Inbound::new(context.clone(), Arc::new(other));
                         inflight = Some(Box::pin(stack.call(request)));
                     }
                 }
@@ -540,6 +544,25 @@ pub async fn run(
     }
     context.disconnect.cancel();
     result
+}
+
+/// Completes the outstanding request with `response`, recording how long
+/// the peer took.
+fn answer(
+    pending: &mut Option<Pending>,
+    scoring: &Option<ScoringLayer>,
+    context: &Arc<PeerContext>,
+    response: Response,
+) {
+    if let Some(p) = pending.take() {
+        let elapsed = p.sent.elapsed();
+        metrics::histogram!("timed_request_duration_seconds", "kind" => p.request.kind())
+            .record(elapsed.as_secs_f64());
+        if let Some(scoring) = scoring {
+            scoring.response_time(context, elapsed);
+        }
+        let _ = p.reply.send(Ok(response));
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

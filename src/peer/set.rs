@@ -237,11 +237,22 @@ pub struct PeerSetService {
 impl PeerSetService {
     /// Picks the peer for one request, as described on the type.
     pub fn pick(&self) -> Option<Arc<PeerHandle>> {
+        self.set.pick_excluding(&std::collections::HashSet::new())
+    }
+}
+
+impl PeerSet {
+    /// Picks a peer for one request by power of two choices (see
+    /// [`PeerSetService`]), leaving out the node ids in `exclude` (peers
+    /// that already failed this request).
+    pub fn pick_excluding(
+        &self,
+        exclude: &std::collections::HashSet<NodeId>,
+    ) -> Option<Arc<PeerHandle>> {
         let mut peers: Vec<Arc<PeerHandle>> = self
-            .set
             .snapshot()
             .into_iter()
-            .filter(|h| !h.client.is_closed())
+            .filter(|h| !h.client.is_closed() && !exclude.contains(&h.info.node_id))
             .collect();
         let mut rng = rand::thread_rng();
         peers.shuffle(&mut rng);

@@ -27,8 +27,9 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::envelope::Envelope;
 use super::message::{Message, MESSAGE_VARIANT_COUNT};
 use crate::constants::{
-    DEFAULT_MAX_FRAME_LEN, MAX_ENVELOPE_PAYLOAD_LEN, MAX_NETWORK_NAME_LEN, MAX_PEER_ADDRESSES,
-    MAX_USER_AGENT_LEN,
+    DEFAULT_MAX_FRAME_LEN, MAX_BLOCKS_PER_RESPONSE, MAX_BLOCKS_RESPONSE_BYTES,
+    MAX_ENVELOPE_PAYLOAD_LEN, MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS,
+    MAX_NETWORK_NAME_LEN, MAX_PEER_ADDRESSES, MAX_USER_AGENT_LEN,
 };
 use crate::transport::{FrameCodec, FrameError};
 
@@ -221,7 +222,26 @@ fn check_limits(message: &Message) -> Result<(), CodecError> {
         ),
         Message::Gossip(e) => limit("gossip.payload", e.payload.len(), MAX_ENVELOPE_PAYLOAD_LEN),
         Message::Peers(p) => limit("peers", p.len(), MAX_PEER_ADDRESSES),
-        Message::Ping(_) | Message::Pong(_) | Message::GetPeers => Ok(()),
+        Message::GetBlocks(g) => limit(
+            "get_blocks.count",
+            g.count as usize,
+            MAX_BLOCKS_PER_RESPONSE,
+        ),
+        Message::Blocks(b) => {
+            limit("blocks", b.blocks.len(), MAX_BLOCKS_PER_RESPONSE)?;
+            let bytes = b.blocks.iter().map(|x| x.len()).sum::<usize>();
+            // One block may exceed the budget on its own (it is sent alone).
+            if b.blocks.len() > 1 {
+                limit("blocks.bytes", bytes, MAX_BLOCKS_RESPONSE_BYTES)?;
+            }
+            Ok(())
+        }
+        Message::Mempool(txs) => {
+            limit("mempool", txs.len(), MAX_MEMPOOL_RESPONSE_TXS)?;
+            let bytes = txs.iter().map(|x| x.len()).sum::<usize>();
+            limit("mempool.bytes", bytes, MAX_MEMPOOL_RESPONSE_BYTES)
+        }
+        Message::Ping(_) | Message::Pong(_) | Message::GetPeers | Message::GetMempool => Ok(()),
     }
 }
 

@@ -31,10 +31,18 @@ pub enum Message {
     /// 6: known peer addresses (at most
     /// [`crate::constants::MAX_PEER_ADDRESSES`]).
     Peers(Vec<PeerAddress>),
+    /// Asks for blocks from a height upward (chain sync, section 9.6).
+    GetBlocks(GetBlocks),
+    /// The answer to `GetBlocks`: the responder's tip and encoded blocks.
+    Blocks(Blocks),
+    /// Asks for the transactions in the peer's mempool.
+    GetMempool,
+    /// The answer to `GetMempool`: encoded transactions.
+    Mempool(Vec<serde_bytes::ByteBuf>),
 }
 
 /// Number of [`Message`] variants this build knows.
-pub const MESSAGE_VARIANT_COUNT: u32 = 7;
+pub const MESSAGE_VARIANT_COUNT: u32 = 11;
 
 impl Message {
     /// A short stable name of the message kind, for logs and metrics labels.
@@ -47,6 +55,10 @@ impl Message {
             Message::Gossip(_) => "gossip",
             Message::GetPeers => "get_peers",
             Message::Peers(_) => "peers",
+            Message::GetBlocks(_) => "get_blocks",
+            Message::Blocks(_) => "blocks",
+            Message::GetMempool => "get_mempool",
+            Message::Mempool(_) => "mempool",
         }
     }
 }
@@ -84,6 +96,27 @@ pub mod capabilities {
     pub const RELAY: u64 = 1 << 1;
     /// Is a masternode that votes.
     pub const MASTERNODE: u64 = 1 << 2;
+}
+
+/// A request for blocks `start, start + 1, ...`, at most `count` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GetBlocks {
+    /// The first height wanted.
+    pub start: u64,
+    /// The most blocks wanted (at most
+    /// [`crate::constants::MAX_BLOCKS_PER_RESPONSE`]).
+    pub count: u32,
+}
+
+/// Blocks in answer to [`GetBlocks`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocks {
+    /// The responder's best height when it answered.
+    pub tip_height: u64,
+    /// Consecutive encoded blocks from the requested height (fewer than
+    /// asked for when the tip or the byte budget is reached; none when the
+    /// responder has no block at that height).
+    pub blocks: Vec<serde_bytes::ByteBuf>,
 }
 
 /// A liveness probe.

@@ -33,7 +33,7 @@ pub const NAMES: &[&str] = &[
     "stop",
 ];
 
-fn param<'a>(params: &'a Value, index: usize, name: &str) -> Option<&'a Value> {
+pub(super) fn param<'a>(params: &'a Value, index: usize, name: &str) -> Option<&'a Value> {
     match params {
         Value::Array(a) => a.get(index),
         Value::Object(o) => o.get(name),
@@ -42,14 +42,18 @@ fn param<'a>(params: &'a Value, index: usize, name: &str) -> Option<&'a Value> {
     .filter(|v| !v.is_null())
 }
 
-fn string_param<'a>(params: &'a Value, index: usize, name: &str) -> Result<&'a str, RpcError> {
+pub(super) fn string_param<'a>(
+    params: &'a Value,
+    index: usize,
+    name: &str,
+) -> Result<&'a str, RpcError> {
     param(params, index, name)
         .ok_or_else(|| RpcError::params(format!("missing parameter {index} ({name})")))?
         .as_str()
         .ok_or_else(|| RpcError::params(format!("parameter {index} ({name}) must be a string")))
 }
 
-fn no_params(params: &Value) -> Result<(), RpcError> {
+pub(super) fn no_params(params: &Value) -> Result<(), RpcError> {
     let empty = match params {
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => o.is_empty(),
@@ -72,7 +76,10 @@ pub(super) async fn dispatch(
     match method {
         "help" => {
             no_params(params)?;
-            Ok(json!(NAMES))
+            Ok(json!(NAMES
+                .iter()
+                .chain(super::chain::NAMES)
+                .collect::<Vec<_>>()))
         }
         "getnetworkinfo" => {
             no_params(params)?;
@@ -303,9 +310,11 @@ pub(super) async fn dispatch(
             ctx.stop.cancel();
             Ok(json!("timed stopping"))
         }
-        _ => Err(RpcError::new(
-            codes::METHOD_NOT_FOUND,
-            format!("method not found: {method:?} (try \"help\")"),
-        )),
+        _ => super::chain::dispatch(ctx, method, params).unwrap_or_else(|| {
+            Err(RpcError::new(
+                codes::METHOD_NOT_FOUND,
+                format!("method not found: {method:?} (try \"help\")"),
+            ))
+        }),
     }
 }

@@ -11,6 +11,9 @@
 //! | `-32001` | unauthorized: missing or wrong bearer token (HTTP 401) |
 //! | `-32002` | not found: no such peer or ban |
 //! | `-32003` | config reload failed (the message says why; the old stack stays) |
+//! | `-32004` | transaction rejected (the message names the reason: `insufficient_fee`, `conflict`, ...) |
+//! | `-32005` | wallet error: insufficient funds, zero amount, fee too low |
+//! | `-32006` | unavailable: the node has no chain or no wallet |
 //!
 //! # Security
 //! The RPC listens on loopback by default and is unauthenticated unless
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RpcSection};
 use crate::node::Node;
 
+mod chain;
 pub mod client;
 mod methods;
 
@@ -60,6 +64,12 @@ pub mod codes {
     pub const NOT_FOUND: i64 = -32002;
     /// The config could not be reloaded.
     pub const RELOAD_FAILED: i64 = -32003;
+    /// The transaction was refused (the message names the reason).
+    pub const TX_REJECTED: i64 = -32004;
+    /// The wallet cannot pay (insufficient funds, bad amount or fee).
+    pub const WALLET: i64 = -32005;
+    /// The node has no chain or no wallet.
+    pub const UNAVAILABLE: i64 = -32006;
 }
 
 /// A JSON-RPC error object.
@@ -96,6 +106,8 @@ pub struct RpcContext {
     pub config_path: Option<PathBuf>,
     /// Cancelled by `stop`.
     pub stop: CancellationToken,
+    /// The node's wallet, for the wallet methods.
+    pub wallet: Option<Arc<crate::wallet::Wallet>>,
     settings: Arc<RpcSection>,
     semaphore: Arc<tokio::sync::Semaphore>,
 }
@@ -114,7 +126,14 @@ impl RpcContext {
             node,
             config_path,
             stop,
+            wallet: None,
         }
+    }
+
+    /// The same context with `wallet` for the wallet methods.
+    pub fn with_wallet(mut self, wallet: crate::wallet::Wallet) -> Self {
+        self.wallet = Some(Arc::new(wallet));
+        self
     }
 
     /// Re-reads the config file and applies its `[[middleware]]` list to
@@ -175,7 +194,7 @@ async fn call_one(ctx: &RpcContext, request: Value) -> Option<Value> {
     }
     let started = Instant::now();
     let result = methods::dispatch(ctx, method, &params).await;
-    let label = if methods::NAMES.contains(&method) {
+    let label = if methods::NAMES.contains(&method) || chain::NAMES.contains(&method) {
         method.to_owned()
     } else {
         "unknown".to_owned()

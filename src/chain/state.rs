@@ -1,0 +1,1177 @@
+//! The chain state a node owns: the store, the mempool, the vote book and
+//! the rules that tie them together.
+//!
+//! [`Chain`] is what the block, transaction and vote handlers, the block
+//! producer, sync and the RPC share. Every method takes `&self`; one mutex
+//! orders mempool, votes and block application, so a block and the
+//! transactions it removes from the mempool change together.
+//!
+//! # Transactions
+//! A transaction is accepted into the mempool when its structure, its
+//! signatures and its inputs check out against the UTXO set, its fee is at
+//! least [`MIN_FEE`] and it does not spend an output a pooled transaction
+//! already spends (no replace-by-fee). A masternode then signs an `Accept`
+//! vote for it; for a valid transaction that conflicts with one it accepted
+//! first it signs a `Reject` vote.
+//!
+//! # Votes and finality
+//! A vote travels in a `Vote` envelope signed by the masternode's node key:
+//! the envelope's originator *is* the voter. A transaction is final once
+//! masternodes holding at least 2/3 of the total weight accepted it; see
+//! [`super::votes`] for why conflicting transactions cannot both be final.
+//! A vote that overtakes its transaction is held (bounded by
+//! [`MAX_PENDING_VOTES`]) and counted when the transaction arrives.
+//!
+//! # Blocks
+//! The masternode scheduled for the current slot (see [`super::genesis`])
+//! produces a block on its tip holding the final transactions of its
+//! mempool. Every node checks, for a block extending its tip: the version,
+//! size, height and `prev_hash`, that its slot is later than its parent's
+//! and not in the future, that the producer is the slot's scheduled
+//! masternode and signed the header, the merkle root, and every transaction
+//! against the UTXO set as updated by the transactions before it in the
+//! block.
+//!
+//! # Competing blocks
+//! Two valid blocks with the same parent resolve deterministically: the one
+//! in the **earlier slot** wins; in the same slot (which only a misbehaving
+//! producer signs twice) the **lower block hash** wins. A node whose tip
+//! loses rolls it back (one atomic write, from the block's undo record),
+//! returns its transactions to the mempool and applies the winner. Only the
+//! tip is ever replaced: a block competing with an ancestor of the tip is
+//! refused as stale.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use super::address::Address;
+use super::block::{Block, BlockHash, MAX_BLOCK_BYTES};
+use super::genesis::Genesis;
+use super::mempool::{Mempool, MempoolError};
+use super::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView, MIN_FEE};
+use super::votes::{Verdict, Vote, VoteBook, VoteError, VoteOutcome};
+use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_PENDING_VOTES};
+use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
+use crate::crypto::NodeIdentity;
+use crate::layers::Offence;
+use crate::protocol::{codec, GossipKind};
+use crate::storage::{Store, StoreError, DB_FILE};
+
+/// Most finality records kept for `gettransaction` after a transaction left
+/// the vote book.
+const MAX_FINALITY_RECORDS: usize = 10_000;
+
+/// Publishes a payload as a signed envelope of this node.
+pub type Publisher = Arc<dyn Fn(GossipKind, Vec<u8>) + Send + Sync>;
+
+/// Why a block was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// The bytes are not a block.
+    #[error("not a block: {0}")]
+    Encoding(String),
+    /// More than [`MAX_BLOCK_BYTES`].
+    #[error("block of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// Unknown version.
+    #[error("unsupported block version {0}")]
+    Version(u32),
+    /// `prev_hash` is not the parent's hash.
+    #[error("block at height {height} does not link to the block before it")]
+    Linkage {
+        /// The block's height.
+        height: u64,
+    },
+    /// The slot is not after the parent's, or lies in the future.
+    #[error("bad timestamp: {0}")]
+    Timestamp(&'static str),
+    /// Not the slot's scheduled producer.
+    #[error("producer is not scheduled for slot {slot}")]
+    WrongProducer {
+        /// The block's slot.
+        slot: u64,
+    },
+    /// The header signature does not verify.
+    #[error("bad producer signature")]
+    Signature,
+    /// The merkle root does not match the transactions.
+    #[error("merkle root does not match the transactions")]
+    MerkleRoot,
+    /// A transaction is invalid.
+    #[error("transaction {index} is invalid: {error}")]
+    Transaction {
+        /// Its position.
+        index: usize,
+        /// Why.
+        error: TxError,
+    },
+    /// Two transactions of the block spend one output, or one is already in
+    /// the chain.
+    #[error("transaction {index} double-spends or repeats a transaction")]
+    DoubleSpend {
+        /// Its position.
+        index: usize,
+    },
+    /// The block competes with an ancestor of the tip, or lost to the tip.
+    #[error("stale block at height {height} (tip {tip})")]
+    Stale {
+        /// The block's height.
+        height: u64,
+        /// The tip's height.
+        tip: u64,
+    },
+}
+
+impl BlockError {
+    /// A stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BlockError::Encoding(_) => "encoding",
+            BlockError::TooLarge(_) => "too_large",
+            BlockError::Version(_) => "version",
+            BlockError::Linkage { .. } => "linkage",
+            BlockError::Timestamp(_) => "timestamp",
+            BlockError::WrongProducer { .. } => "wrong_producer",
+            BlockError::Signature => "signature",
+            BlockError::MerkleRoot => "merkle_root",
+            BlockError::Transaction { .. } => "transaction",
+            BlockError::DoubleSpend { .. } => "double_spend",
+            BlockError::Stale { .. } => "stale",
+        }
+    }
+}
+
+/// Errors of the chain state.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The bytes are not a transaction or vote.
+    #[error("malformed {what}: {message}")]
+    Encoding {
+        /// What was decoded.
+        what: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The transaction is invalid.
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    /// The mempool refused it.
+    #[error(transparent)]
+    Mempool(#[from] MempoolError),
+    /// The transaction is already in a block.
+    #[error("transaction already in the chain")]
+    AlreadyInChain,
+    /// The block is invalid.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The vote is refused.
+    #[error(transparent)]
+    Vote(#[from] VoteError),
+    /// The data dir holds another chain.
+    #[error("the data dir holds a chain with genesis {found}, this node follows {expected}")]
+    WrongGenesis {
+        /// Ours.
+        expected: String,
+        /// The store's.
+        found: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ChainError {
+    /// A stable label for logs, metrics and RPC errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChainError::Encoding { .. } => "malformed",
+            ChainError::Tx(e) => e.kind(),
+            ChainError::Mempool(e) => e.kind(),
+            ChainError::AlreadyInChain => "already_in_chain",
+            ChainError::Block(e) => e.kind(),
+            ChainError::Vote(e) => e.kind(),
+            ChainError::WrongGenesis { .. } => "wrong_genesis",
+            ChainError::Store(_) => "storage",
+        }
+    }
+
+    /// What the peer that sent the offending data did wrong, if anything.
+    pub fn offence(&self) -> Option<Offence> {
+        match self {
+            ChainError::Encoding { .. } => Some(Offence::Malformed),
+            ChainError::Tx(TxError::MissingInput { .. }) => Some(Offence::Conflicting),
+            ChainError::Tx(_) => Some(Offence::InvalidData),
+            ChainError::Mempool(MempoolError::Conflict(_)) => Some(Offence::Conflicting),
+            ChainError::Mempool(MempoolError::TooLarge) => Some(Offence::InvalidData),
+            ChainError::Mempool(_) | ChainError::AlreadyInChain => None,
+            ChainError::Block(BlockError::Stale { .. }) => Some(Offence::Conflicting),
+            ChainError::Block(_) => Some(Offence::InvalidData),
+            ChainError::Vote(VoteError::NotMasternode) => Some(Offence::ProtocolViolation),
+            ChainError::Vote(VoteError::Duplicate) => Some(Offence::Conflicting),
+            ChainError::Vote(VoteError::Equivocation { .. }) => None,
+            ChainError::WrongGenesis { .. } | ChainError::Store(_) => None,
+        }
+    }
+}
+
+/// What happened to a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// It extends the tip and was applied.
+    Applied,
+    /// It beat the tip, which was rolled back.
+    ReplacedTip,
+    /// Already in the chain.
+    Known,
+    /// It is ahead of the tip: sync must fetch what lies between.
+    Ahead,
+}
+
+/// What happened to a vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteHandled {
+    /// Counted (or finalized the transaction).
+    Counted(VoteOutcome),
+    /// Held until its transaction arrives.
+    Pending,
+    /// About a transaction already in a block.
+    Late,
+    /// An equivocation, recorded: the voter is penalised.
+    Equivocation,
+}
+
+/// The tip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: BlockHash,
+    /// Its timestamp.
+    pub timestamp: u64,
+}
+
+/// Where a transaction is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxStatus {
+    /// In a block at this height.
+    InBlock(u64, Transaction),
+    /// In the mempool.
+    Pooled(Transaction),
+}
+
+/// A transaction's votes.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Tally {
+    /// Weight of accept votes.
+    pub accept: u64,
+    /// Weight of reject votes.
+    pub reject: u64,
+    /// Distinct voters.
+    pub voters: usize,
+    /// Final by votes.
+    pub finalized: bool,
+    /// Seconds from first sight to finality, if seen finalizing here.
+    pub finality_secs: Option<f64>,
+}
+
+/// Options of the chain state.
+#[derive(Clone, Debug)]
+pub struct ChainOptions {
+    /// Most transactions in the mempool.
+    pub mempool_max_txs: usize,
+    /// Most bytes in the mempool.
+    pub mempool_max_bytes: usize,
+    /// Vote and produce blocks when this node is a masternode.
+    pub masternode: bool,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions {
+            mempool_max_txs: super::mempool::DEFAULT_MAX_TXS,
+            mempool_max_bytes: super::mempool::DEFAULT_MAX_BYTES,
+            masternode: true,
+        }
+    }
+}
+
+struct State {
+    tip: Tip,
+    mempool: Mempool,
+    votes: VoteBook,
+    pending_votes: HashMap<Txid, Vec<([u8; 32], Vote)>>,
+    pending_order: VecDeque<Txid>,
+    pending_count: usize,
+    first_seen: HashMap<Txid, Instant>,
+    finality: HashMap<Txid, Tally>,
+    finality_order: VecDeque<Txid>,
+    last_produced_slot: Option<u64>,
+}
+
+/// The chain state of a node. Clones share it.
+#[derive(Clone)]
+pub struct Chain {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    genesis: Genesis,
+    genesis_hash: BlockHash,
+    magic: [u8; 4],
+    store: Store,
+    identity: NodeIdentity,
+    masternode: bool,
+    state: Mutex<State>,
+    publisher: OnceLock<Publisher>,
+    best_seen: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("genesis", &hex::encode(self.inner.genesis_hash))
+            .field("tip", &self.tip())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The UTXO set as a block's earlier transactions leave it.
+struct Overlay<'a> {
+    store: &'a Store,
+    created: HashMap<OutPoint, TxOut>,
+    spent: HashSet<OutPoint>,
+}
+
+impl UtxoView for Overlay<'_> {
+    fn utxo(&self, outpoint: &OutPoint) -> Option<TxOut> {
+        if self.spent.contains(outpoint) {
+            return None;
+        }
+        self.created
+            .get(outpoint)
+            .copied()
+            .or_else(|| self.store.utxo(outpoint))
+    }
+}
+
+impl Overlay<'_> {
+    fn apply(&mut self, tx: &Transaction) {
+        for input in &tx.inputs {
+            self.spent.insert(input.prevout);
+            self.created.remove(&input.prevout);
+        }
+        let txid = tx.txid();
+        for (i, out) in tx.outputs.iter().enumerate() {
+            self.created.insert(
+                OutPoint {
+                    txid,
+                    index: i as u32,
+                },
+                *out,
+            );
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    crate::protocol::version::unix_now().as_secs()
+}
+
+impl Chain {
+    /// Opens (or creates) the chain in `data_dir` for `genesis`, as
+    /// `identity`.
+    ///
+    /// # Errors
+    /// A storage error, or [`ChainError::WrongGenesis`] when the data dir
+    /// holds another chain.
+    pub fn open(
+        data_dir: &Path,
+        genesis: Genesis,
+        identity: &NodeIdentity,
+        options: ChainOptions,
+    ) -> Result<Chain, ChainError> {
+        let store = Store::open(&data_dir.join(DB_FILE))?;
+        let genesis_block = genesis.block();
+        let genesis_hash = genesis_block.hash();
+        match store.block(0)? {
+            None => store.apply_block(&genesis_block)?,
+            Some(b) if b.hash() == genesis_hash => {}
+            Some(b) => {
+                return Err(ChainError::WrongGenesis {
+                    expected: hex::encode(genesis_hash),
+                    found: hex::encode(b.hash()),
+                })
+            }
+        }
+        let (height, hash) = store.tip()?.unwrap_or((0, genesis_hash));
+        let timestamp = store
+            .block(height)?
+            .map_or(genesis.timestamp, |b| b.header.timestamp);
+        let own_key = *identity.public_key().as_bytes();
+        let masternode = options.masternode
+            && genesis
+                .masternodes()
+                .iter()
+                .any(|m| m.public_key == own_key);
+        let state = State {
+            tip: Tip {
+                height,
+                hash,
+                timestamp,
+            },
+            mempool: Mempool::new(options.mempool_max_txs, options.mempool_max_bytes),
+            votes: VoteBook::new(genesis.masternode_set()),
+            pending_votes: HashMap::new(),
+            pending_order: VecDeque::new(),
+            pending_count: 0,
+            first_seen: HashMap::new(),
+            finality: HashMap::new(),
+            finality_order: VecDeque::new(),
+            last_produced_slot: None,
+        };
+        metrics::gauge!("timed_chain_height").set(height as f64);
+        Ok(Chain {
+            inner: Arc::new(Inner {
+                magic: genesis.network.magic(),
+                genesis,
+                genesis_hash,
+                store,
+                identity: identity.clone(),
+                masternode,
+                state: Mutex::new(state),
+                publisher: OnceLock::new(),
+                best_seen: std::sync::atomic::AtomicU64::new(height),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::sync::lock(&self.inner.state)
+    }
+
+    /// Sets how this node publishes its votes and blocks (once).
+    pub fn set_publisher(&self, publisher: Publisher) {
+        let _ = self.inner.publisher.set(publisher);
+    }
+
+    fn publish(&self, kind: GossipKind, payload: Vec<u8>) {
+        if let Some(p) = self.inner.publisher.get() {
+            p(kind, payload);
+        }
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.inner.genesis
+    }
+
+    /// The genesis hash.
+    pub fn genesis_hash(&self) -> BlockHash {
+        self.inner.genesis_hash
+    }
+
+    /// The network magic.
+    pub fn magic(&self) -> [u8; 4] {
+        self.inner.magic
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// True when this node votes and produces.
+    pub fn is_masternode(&self) -> bool {
+        self.inner.masternode
+    }
+
+    /// The tip.
+    pub fn tip(&self) -> Tip {
+        self.state().tip
+    }
+
+    /// The best height heard of from peers (at least our own).
+    pub fn best_seen(&self) -> u64 {
+        self.inner
+            .best_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(self.tip().height)
+    }
+
+    /// Notes that a peer has a chain of `height`.
+    pub fn saw_height(&self, height: u64) {
+        self.inner
+            .best_seen
+            .fetch_max(height, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Replaces the best height heard of with what a peer's answer showed
+    /// (never below our own tip), so that a stale or false claim does not
+    /// keep sync asking.
+    pub fn settle_best_seen(&self, height: u64) {
+        let tip = self.tip().height;
+        self.inner
+            .best_seen
+            .store(height.max(tip), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sync progress in `[0, 1]`.
+    pub fn progress(&self) -> f64 {
+        let best = self.best_seen();
+        if best == 0 {
+            return 1.0;
+        }
+        (self.tip().height as f64 / best as f64).min(1.0)
+    }
+
+    // ----- transactions -------------------------------------------------
+
+    /// Decodes a transaction payload.
+    ///
+    /// # Errors
+    /// [`ChainError::Encoding`].
+    pub fn decode_tx(bytes: &[u8]) -> Result<Transaction, ChainError> {
+        codec::decode_value(bytes).map_err(|e| ChainError::Encoding {
+            what: "transaction",
+            message: e.to_string(),
+        })
+    }
+
+    /// Validates `tx` and adds it to the mempool; a masternode votes on it.
+    /// Returns its id and fee.
+    ///
+    /// # Errors
+    /// Why it was refused; nothing changed then (except that a masternode
+    /// votes `Reject` on a valid transaction conflicting with one pooled).
+    pub fn submit_tx(&self, tx: Transaction) -> Result<(Txid, u64), ChainError> {
+        let txid = tx.txid();
+        let mut state = self.state();
+        if state.mempool.get(&txid).is_some() {
+            return Err(MempoolError::Duplicate.into());
+        }
+        if self.inner.store.tx_height(&txid)?.is_some() {
+            return Err(ChainError::AlreadyInChain);
+        }
+        let fee = match tx.validate(self.inner.magic, &self.inner.store) {
+            Ok(fee) => fee,
+            Err(e) => {
+                metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
+                return Err(e.into());
+            }
+        };
+        let result = state.mempool.insert(tx.clone(), fee);
+        let votes = match result {
+            Ok(evicted) => {
+                for id in evicted {
+                    state.first_seen.remove(&id);
+                    state.votes.forget(&id);
+                }
+                state.first_seen.insert(txid, Instant::now());
+                metrics::counter!("timed_transactions_total", "result" => "accepted").increment(1);
+                let mut votes = state.pending_votes.remove(&txid).unwrap_or_default();
+                state.pending_count = state.pending_count.saturating_sub(votes.len());
+                if self.inner.masternode {
+                    votes.insert(
+                        0,
+                        (
+                            self.own_key(),
+                            Vote {
+                                txid,
+                                verdict: Verdict::Accept,
+                            },
+                        ),
+                    );
+                }
+                votes
+            }
+            Err(e) => {
+                metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
+                if matches!(e, MempoolError::Conflict(_)) && self.inner.masternode {
+                    let vote = Vote {
+                        txid,
+                        verdict: Verdict::Reject,
+                    };
+                    let _ = self.record_vote_locked(&mut state, self.own_key(), vote);
+                    drop(state);
+                    self.publish_vote(vote);
+                }
+                return Err(e.into());
+            }
+        };
+        let own = self.own_key();
+        let mut publish = None;
+        for (voter, vote) in votes {
+            let _ = self.record_vote_locked(&mut state, voter, vote);
+            if voter == own {
+                publish = Some(vote);
+            }
+        }
+        self.update_mempool_gauges(&state);
+        drop(state);
+        if let Some(vote) = publish {
+            self.publish_vote(vote);
+        }
+        tracing::debug!(txid = %hex::encode(txid), fee, "transaction accepted");
+        Ok((txid, fee))
+    }
+
+    fn own_key(&self) -> [u8; 32] {
+        *self.inner.identity.public_key().as_bytes()
+    }
+
+    fn publish_vote(&self, vote: Vote) {
+        if let Ok(bytes) = codec::encode_value(&vote) {
+            self.publish(GossipKind::Vote, bytes);
+        }
+    }
+
+    fn update_mempool_gauges(&self, state: &State) {
+        metrics::gauge!("timed_mempool_transactions").set(state.mempool.len() as f64);
+        metrics::gauge!("timed_mempool_bytes").set(state.mempool.bytes() as f64);
+    }
+
+    // ----- votes --------------------------------------------------------
+
+    /// Decodes a vote payload.
+    ///
+    /// # Errors
+    /// [`ChainError::Encoding`].
+    pub fn decode_vote(bytes: &[u8]) -> Result<Vote, ChainError> {
+        codec::decode_value(bytes).map_err(|e| ChainError::Encoding {
+            what: "vote",
+            message: e.to_string(),
+        })
+    }
+
+    /// Handles `vote` signed by `voter` (the envelope's verified originator).
+    ///
+    /// # Errors
+    /// Not a masternode, or a duplicate vote.
+    pub fn handle_vote(&self, voter: [u8; 32], vote: Vote) -> Result<VoteHandled, ChainError> {
+        let mut state = self.state();
+        if state.votes.masternodes().tier(&voter).is_none() {
+            metrics::counter!("timed_votes_total", "result" => "not_masternode").increment(1);
+            return Err(VoteError::NotMasternode.into());
+        }
+        self.record_vote_locked(&mut state, voter, vote)
+    }
+
+    fn record_vote_locked(
+        &self,
+        state: &mut State,
+        voter: [u8; 32],
+        vote: Vote,
+    ) -> Result<VoteHandled, ChainError> {
+        let Some(inputs) = state.mempool.get(&vote.txid).map(|e| {
+            e.tx.inputs
+                .iter()
+                .map(|i| i.prevout)
+                .collect::<Vec<OutPoint>>()
+        }) else {
+            if self.inner.store.tx_height(&vote.txid)?.is_some() {
+                metrics::counter!("timed_votes_total", "result" => "late").increment(1);
+                return Ok(VoteHandled::Late);
+            }
+            return self.hold_vote(state, voter, vote);
+        };
+        match state.votes.record(voter, vote, &inputs) {
+            Ok(outcome) => {
+                let label = match outcome {
+                    VoteOutcome::Counted => "counted",
+                    VoteOutcome::Finalized => "finalized",
+                    VoteOutcome::Conflicted => "conflicted",
+                };
+                metrics::counter!("timed_votes_total", "result" => label).increment(1);
+                if outcome == VoteOutcome::Finalized {
+                    self.finalized(state, vote.txid);
+                }
+                Ok(VoteHandled::Counted(outcome))
+            }
+            Err(VoteError::Equivocation { first }) => {
+                metrics::counter!("timed_votes_total", "result" => "equivocation").increment(1);
+                tracing::warn!(
+                    voter = %hex::encode(voter),
+                    first = %hex::encode(first),
+                    second = %hex::encode(vote.txid),
+                    "masternode equivocation: accepted two transactions spending one output"
+                );
+                Ok(VoteHandled::Equivocation)
+            }
+            Err(e) => {
+                metrics::counter!("timed_votes_total", "result" => e.kind()).increment(1);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn hold_vote(
+        &self,
+        state: &mut State,
+        voter: [u8; 32],
+        vote: Vote,
+    ) -> Result<VoteHandled, ChainError> {
+        let held = state.pending_votes.entry(vote.txid).or_default();
+        if held.iter().any(|(v, _)| *v == voter) {
+            metrics::counter!("timed_votes_total", "result" => "duplicate").increment(1);
+            return Err(VoteError::Duplicate.into());
+        }
+        if held.is_empty() {
+            state.pending_order.push_back(vote.txid);
+        }
+        held.push((voter, vote));
+        state.pending_count += 1;
+        while state.pending_count > MAX_PENDING_VOTES {
+            let Some(old) = state.pending_order.pop_front() else {
+                break;
+            };
+            if let Some(v) = state.pending_votes.remove(&old) {
+                state.pending_count = state.pending_count.saturating_sub(v.len());
+            }
+        }
+        metrics::counter!("timed_votes_total", "result" => "pending").increment(1);
+        Ok(VoteHandled::Pending)
+    }
+
+    fn finalized(&self, state: &mut State, txid: Txid) {
+        let secs = state
+            .first_seen
+            .get(&txid)
+            .map(|t| t.elapsed().as_secs_f64());
+        if let Some(s) = secs {
+            metrics::histogram!("timed_finality_seconds").record(s);
+        }
+        metrics::counter!("timed_txs_finalized_total").increment(1);
+        let (accept, reject, voters) = state.votes.tally(&txid);
+        if state.finality_order.len() >= MAX_FINALITY_RECORDS {
+            if let Some(old) = state.finality_order.pop_front() {
+                state.finality.remove(&old);
+            }
+        }
+        state.finality_order.push_back(txid);
+        state.finality.insert(
+            txid,
+            Tally {
+                accept,
+                reject,
+                voters,
+                finalized: true,
+                finality_secs: secs,
+            },
+        );
+        tracing::info!(
+            txid = %hex::encode(txid),
+            accept,
+            voters,
+            finality_ms = secs.map(|s| (s * 1000.0) as u64),
+            "transaction final"
+        );
+    }
+
+    /// The votes on `txid`.
+    pub fn tally(&self, txid: &Txid) -> Tally {
+        let state = self.state();
+        let (accept, reject, voters) = state.votes.tally(txid);
+        let recorded = state.finality.get(txid).copied();
+        match recorded {
+            Some(mut t) if voters <= t.voters => {
+                t.finalized = true;
+                t
+            }
+            _ => Tally {
+                accept,
+                reject,
+                voters,
+                finalized: state.votes.is_final(txid) || recorded.is_some(),
+                finality_secs: recorded.and_then(|r| r.finality_secs),
+            },
+        }
+    }
+
+    /// The total vote weight.
+    pub fn total_weight(&self) -> u64 {
+        self.state().votes.masternodes().total_weight()
+    }
+
+    /// Equivocations seen so far.
+    pub fn equivocations(&self) -> usize {
+        self.state().votes.equivocations().len()
+    }
+
+    // ----- blocks -------------------------------------------------------
+
+    /// Decodes a block payload.
+    ///
+    /// # Errors
+    /// [`BlockError::TooLarge`] or [`BlockError::Encoding`].
+    pub fn decode_block(bytes: &[u8]) -> Result<Block, BlockError> {
+        if bytes.len() > MAX_BLOCK_BYTES {
+            return Err(BlockError::TooLarge(bytes.len()));
+        }
+        codec::decode_value(bytes).map_err(|e| BlockError::Encoding(e.to_string()))
+    }
+
+    /// Checks `block` as a child of `parent` (its hash, height and
+    /// timestamp) against the current UTXO set.
+    fn validate_block(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
+        let header = &block.header;
+        if header.version != 1 {
+            return Err(BlockError::Version(header.version));
+        }
+        let size = codec::encode_value(block).map_or(usize::MAX, |b| b.len());
+        if size > MAX_BLOCK_BYTES {
+            return Err(BlockError::TooLarge(size));
+        }
+        if header.height != parent.height + 1 || header.prev_hash != parent.hash {
+            return Err(BlockError::Linkage {
+                height: header.height,
+            });
+        }
+        let genesis = &self.inner.genesis;
+        let slot = genesis.slot(header.timestamp);
+        if header.timestamp < genesis.timestamp || slot <= genesis.slot(parent.timestamp) {
+            return Err(BlockError::Timestamp("slot not after the parent's"));
+        }
+        if header.timestamp > now_secs() + MAX_BLOCK_FUTURE_DRIFT_SECS {
+            return Err(BlockError::Timestamp("in the future"));
+        }
+        if genesis.producer(slot) != Some(&header.producer) {
+            return Err(BlockError::WrongProducer { slot });
+        }
+        let key = PublicKey::from_bytes(SignatureScheme::Ed25519, &header.producer)
+            .map_err(|_| BlockError::Signature)?;
+        let signature = Signature::from_bytes(SignatureScheme::Ed25519, &header.signature)
+            .map_err(|_| BlockError::Signature)?;
+        key.verify(&header.signing_digest(self.inner.magic), &signature)
+            .map_err(|_| BlockError::Signature)?;
+        if !block.merkle_matches() {
+            return Err(BlockError::MerkleRoot);
+        }
+        let mut overlay = Overlay {
+            store: &self.inner.store,
+            created: HashMap::new(),
+            spent: HashSet::new(),
+        };
+        let mut txids = HashSet::with_capacity(block.transactions.len());
+        for (index, tx) in block.transactions.iter().enumerate() {
+            let txid = tx.txid();
+            let repeated =
+                !txids.insert(txid) || matches!(self.inner.store.tx_height(&txid), Ok(Some(_)));
+            if repeated || tx.inputs.iter().any(|i| overlay.spent.contains(&i.prevout)) {
+                return Err(BlockError::DoubleSpend { index });
+            }
+            tx.validate(self.inner.magic, &overlay)
+                .map_err(|error| BlockError::Transaction { index, error })?;
+            overlay.apply(tx);
+        }
+        Ok(())
+    }
+
+    /// Handles a block from a peer (gossip or sync).
+    ///
+    /// # Errors
+    /// An invalid or stale block; nothing is stored then.
+    pub fn handle_block(
+        &self,
+        block: Block,
+        source: &'static str,
+    ) -> Result<BlockOutcome, ChainError> {
+        let mut state = self.state();
+        let tip = state.tip;
+        let height = block.header.height;
+        self.saw_height(height);
+        if height > tip.height + 1 {
+            return Ok(BlockOutcome::Ahead);
+        }
+        let hash = block.hash();
+        if height == tip.height + 1 {
+            if block.header.prev_hash != tip.hash {
+                // Maybe it extends a competitor of our tip we have not seen.
+                if height >= 2 {
+                    return Ok(BlockOutcome::Ahead);
+                }
+                return Err(BlockError::Linkage { height }.into());
+            }
+            self.validate_block(&block, &tip)
+                .inspect_err(Self::count_rejected)?;
+            self.apply_locked(&mut state, &block, source)?;
+            return Ok(BlockOutcome::Applied);
+        }
+        if self.inner.store.height_of(&hash)?.is_some() {
+            return Ok(BlockOutcome::Known);
+        }
+        if height == tip.height && height > 0 {
+            return self.compete_locked(&mut state, block, source);
+        }
+        Err(BlockError::Stale {
+            height,
+            tip: tip.height,
+        }
+        .into())
+    }
+
+    fn count_rejected(e: &BlockError) {
+        metrics::counter!("timed_blocks_rejected_total", "reason" => e.kind()).increment(1);
+    }
+
+    /// A block at the tip's height: it replaces the tip if it wins.
+    fn compete_locked(
+        &self,
+        state: &mut State,
+        block: Block,
+        source: &'static str,
+    ) -> Result<BlockOutcome, ChainError> {
+        let tip = state.tip;
+        let store = &self.inner.store;
+        let Some(current) = store.block(tip.height)? else {
+            return Err(StoreError::Corrupt {
+                table: "blocks",
+                message: format!("tip block {} missing", tip.height),
+            }
+            .into());
+        };
+        if block.header.prev_hash != current.header.prev_hash {
+            return Err(BlockError::Stale {
+                height: block.header.height,
+                tip: tip.height,
+            }
+            .into());
+        }
+        let Some(parent_block) = store.block(tip.height - 1)? else {
+            return Err(StoreError::Corrupt {
+                table: "blocks",
+                message: format!("block {} missing", tip.height - 1),
+            }
+            .into());
+        };
+        let parent = Tip {
+            height: tip.height - 1,
+            hash: current.header.prev_hash,
+            timestamp: parent_block.header.timestamp,
+        };
+        let genesis = &self.inner.genesis;
+        let rank = |b: &Block| (genesis.slot(b.header.timestamp), b.hash());
+        if rank(&block) >= rank(&current) {
+            let e = BlockError::Stale {
+                height: block.header.height,
+                tip: tip.height,
+            };
+            Self::count_rejected(&e);
+            return Err(e.into());
+        }
+        // Validate against the parent's UTXO set: roll back, check, and
+        // restore the old tip if the challenger is invalid.
+        let removed = store.rollback_tip()?;
+        state.tip = parent;
+        if let Err(e) = self.validate_block(&block, &parent) {
+            Self::count_rejected(&e);
+            store.apply_block(&removed)?;
+            state.tip = tip;
+            return Err(e.into());
+        }
+        self.apply_locked(state, &block, source)?;
+        tracing::warn!(
+            height = tip.height,
+            old = %hex::encode(tip.hash),
+            new = %hex::encode(block.hash()),
+            "tip replaced by a competing block from an earlier slot"
+        );
+        metrics::counter!("timed_tip_replacements_total").increment(1);
+        // The loser's transactions go back to the pool when still valid.
+        for tx in removed.transactions {
+            let _ = self.resubmit_locked(state, tx);
+        }
+        Ok(BlockOutcome::ReplacedTip)
+    }
+
+    fn resubmit_locked(&self, state: &mut State, tx: Transaction) -> Result<(), ChainError> {
+        let txid = tx.txid();
+        if self.inner.store.tx_height(&txid)?.is_some() {
+            return Ok(());
+        }
+        let fee = tx.validate(self.inner.magic, &self.inner.store)?;
+        state.mempool.insert(tx, fee)?;
+        Ok(())
+    }
+
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        block: &Block,
+        source: &'static str,
+    ) -> Result<(), ChainError> {
+        self.inner.store.apply_block(block)?;
+        let hash = block.hash();
+        state.tip = Tip {
+            height: block.header.height,
+            hash,
+            timestamp: block.header.timestamp,
+        };
+        for tx in &block.transactions {
+            let txid = tx.txid();
+            state.first_seen.remove(&txid);
+            state.votes.forget(&txid);
+            if let Some(v) = state.pending_votes.remove(&txid) {
+                state.pending_count = state.pending_count.saturating_sub(v.len());
+            }
+        }
+        for conflict in state.mempool.remove_block(&block.transactions) {
+            state.first_seen.remove(&conflict);
+            state.votes.forget(&conflict);
+        }
+        self.update_mempool_gauges(state);
+        metrics::gauge!("timed_chain_height").set(block.header.height as f64);
+        metrics::counter!("timed_blocks_applied_total", "source" => source).increment(1);
+        tracing::debug!(
+            height = block.header.height,
+            hash = %hex::encode(hash),
+            txs = block.transactions.len(),
+            source,
+            "block applied"
+        );
+        Ok(())
+    }
+
+    /// Produces, applies and publishes this slot's block when this node is
+    /// its producer and has not produced it yet; returns it.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn produce_if_scheduled(&self, now: u64) -> Result<Option<Block>, ChainError> {
+        if !self.inner.masternode {
+            return Ok(None);
+        }
+        let genesis = &self.inner.genesis;
+        let slot = genesis.slot(now);
+        if genesis.producer(slot) != Some(&self.own_key()) {
+            return Ok(None);
+        }
+        let mut state = self.state();
+        let tip = state.tip;
+        if now < genesis.timestamp
+            || slot <= genesis.slot(tip.timestamp)
+            || state.last_produced_slot == Some(slot)
+        {
+            return Ok(None);
+        }
+        // Final transactions, highest fee rate first, valid in sequence.
+        let mut candidates: Vec<(u64, Transaction)> = state
+            .mempool
+            .txids()
+            .into_iter()
+            .filter(|id| state.votes.is_final(id))
+            .filter_map(|id| state.mempool.get(&id).map(|e| (e.fee_rate(), e.tx.clone())))
+            .collect();
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+        let mut overlay = Overlay {
+            store: &self.inner.store,
+            created: HashMap::new(),
+            spent: HashSet::new(),
+        };
+        let mut transactions = Vec::new();
+        let mut bytes = 512usize;
+        for (_, tx) in candidates {
+            let size = tx.size();
+            if bytes + size > MAX_BLOCK_BYTES {
+                continue;
+            }
+            if tx.validate(self.inner.magic, &overlay).is_ok() {
+                overlay.apply(&tx);
+                bytes += size;
+                transactions.push(tx);
+            }
+        }
+        let block = Block::produce(
+            &self.inner.identity,
+            self.inner.magic,
+            (tip.hash, tip.height),
+            now,
+            transactions,
+        );
+        state.last_produced_slot = Some(slot);
+        self.apply_locked(&mut state, &block, "produced")?;
+        drop(state);
+        tracing::info!(
+            height = block.header.height,
+            slot,
+            txs = block.transactions.len(),
+            hash = %hex::encode(block.hash()),
+            "block produced"
+        );
+        if let Ok(bytes) = codec::encode_value(&block) {
+            self.publish(GossipKind::Block, bytes);
+        }
+        Ok(Some(block))
+    }
+
+    // ----- queries ------------------------------------------------------
+
+    /// Where `txid` is: in a block or in the mempool.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn transaction(&self, txid: &Txid) -> Result<Option<TxStatus>, ChainError> {
+        if let Some(e) = self.state().mempool.get(txid) {
+            return Ok(Some(TxStatus::Pooled(e.tx.clone())));
+        }
+        Ok(self
+            .inner
+            .store
+            .tx_location(txid)?
+            .map(|(h, tx)| TxStatus::InBlock(h, tx)))
+    }
+
+    /// The mempool's txids, highest fee rate first.
+    pub fn mempool_txids(&self) -> Vec<Txid> {
+        self.state().mempool.txids()
+    }
+
+    /// `(transactions, bytes)` in the mempool.
+    pub fn mempool_size(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.mempool.len(), state.mempool.bytes())
+    }
+
+    /// Encoded mempool transactions, within the given bounds.
+    pub fn mempool_encoded(&self, max_count: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+        let state = self.state();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for id in state.mempool.txids() {
+            let Some(e) = state.mempool.get(&id) else {
+                continue;
+            };
+            let Ok(b) = codec::encode_value(&e.tx) else {
+                continue;
+            };
+            if out.len() >= max_count || bytes + b.len() > max_bytes {
+                break;
+            }
+            bytes += b.len();
+            out.push(b);
+        }
+        out
+    }
+
+    /// Outputs of `address` that are in the chain and not spent by a pooled
+    /// transaction.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn spendable(&self, address: &Address) -> Result<Vec<(OutPoint, TxOut)>, ChainError> {
+        let mut utxos = self.inner.store.utxos_for(address)?;
+        let state = self.state();
+        utxos.retain(|(o, _)| state.mempool.spender(o).is_none());
+        Ok(utxos)
+    }
+
+    /// Minimum fee of a transaction.
+    pub const fn min_fee() -> u64 {
+        MIN_FEE
+    }
+}
+
+#[cfg(test)]
+mod tests;

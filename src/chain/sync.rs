@@ -1,0 +1,334 @@
+//! Chain sync: fetch the blocks peers have and we do not.
+//!
+//! # How
+//! A round runs every [`SYNC_INTERVAL`], and at once when a peer connects
+//! with a higher best height or a gossiped block lies ahead of the tip. It
+//! asks a peer, picked by power of two choices on RTT among the connected
+//! peers ([`PeerSet::pick_excluding`]), for `GetBlocks { start: tip + 1,
+//! count: 500 }` and applies the answer in order through
+//! [`Chain::handle_block`], which validates every block fully. The answer's
+//! `tip_height` is the sync target; the round goes on while the tip is
+//! below it.
+//!
+//! A request that fails or times out ([`SYNC_REQUEST_TIMEOUT`]), or whose
+//! blocks are invalid, is retried on another peer, up to
+//! [`SYNC_MAX_ATTEMPTS`] peers per batch. A peer that sent an invalid block
+//! is penalised with the block's offence (`invalid_data`, `malformed`); a
+//! peer whose first block does not link to our tip is asked once for the
+//! block at our tip's height, which resolves a competing tip by the chain's
+//! rule (see [`super::state`]).
+//!
+//! Progress is logged with the height, the target, the percentage and the
+//! blocks per second, and exported as `timed_sync_progress` and
+//! `timed_sync_target_height`. Sync resumes after a restart from the stored
+//! tip: there is no other sync state.
+//!
+//! # Security
+//! A peer can claim any height. A claim only makes us ask: the target falls
+//! back to what the answers show, and a peer that answers with nothing
+//! useful is simply not asked again in that batch.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+use super::state::{BlockOutcome, Chain, ChainError};
+use crate::constants::{
+    MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, SYNC_INTERVAL, SYNC_MAX_ATTEMPTS,
+    SYNC_REQUEST_TIMEOUT,
+};
+use crate::crypto::NodeId;
+use crate::layers::Offence;
+use crate::peer::client::{Request, Response};
+use crate::peer::set::{PeerHandle, PeerSet};
+use crate::protocol::message::GetBlocks;
+
+/// Charges a peer for bad data.
+pub type Penalizer = Arc<dyn Fn(&PeerHandle, Offence) + Send + Sync>;
+
+/// How often progress is logged during a long sync.
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The sync task's handle: wake it when there may be blocks to fetch.
+#[derive(Clone, Debug, Default)]
+pub struct SyncHandle {
+    wake: Arc<Notify>,
+}
+
+impl SyncHandle {
+    /// Starts a round now (or right after the current one).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The sync task.
+pub struct Syncer {
+    chain: Chain,
+    peers: Arc<PeerSet>,
+    penalize: Penalizer,
+    handle: SyncHandle,
+    mempool_fetched: bool,
+}
+
+/// What one batch did.
+enum Batch {
+    /// Blocks were applied (or the tip replaced).
+    Progress,
+    /// Peers answered but had nothing new.
+    UpToDate,
+    /// No peer could serve the batch.
+    Failed,
+}
+
+impl Syncer {
+    /// A syncer for `chain` over `peers`.
+    pub fn new(chain: Chain, peers: Arc<PeerSet>, penalize: Penalizer, handle: SyncHandle) -> Self {
+        Syncer {
+            chain,
+            peers,
+            penalize,
+            handle,
+            mempool_fetched: false,
+        }
+    }
+
+    /// Runs rounds until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+                _ = self.handle.wake.notified() => {}
+            }
+            if self.peers.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.round() => {}
+            }
+        }
+    }
+
+    /// Fetches batches until the tip reaches what peers have.
+    pub async fn round(&mut self) {
+        let started = Instant::now();
+        let first = self.chain.tip().height;
+        let mut last_log = Instant::now();
+        let mut logged = false;
+        loop {
+            match self.batch().await {
+                Batch::Progress => {}
+                Batch::UpToDate | Batch::Failed => break,
+            }
+            let height = self.chain.tip().height;
+            let target = self.chain.best_seen();
+            self.export(height, target);
+            if last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
+                last_log = Instant::now();
+                logged = true;
+                log_progress(height, target, first, started);
+            }
+            if height >= target {
+                break;
+            }
+        }
+        let height = self.chain.tip().height;
+        let target = self.chain.best_seen();
+        self.export(height, target);
+        if height > first {
+            if logged || height - first >= MAX_BLOCKS_PER_RESPONSE as u64 {
+                log_progress(height, target, first, started);
+            }
+            tracing::info!(height, applied = height - first, "sync round done");
+        }
+        if !self.mempool_fetched && height >= target {
+            self.mempool_fetched = self.fetch_mempool().await;
+        }
+    }
+
+    fn export(&self, height: u64, target: u64) {
+        metrics::gauge!("timed_sync_target_height").set(target as f64);
+        metrics::gauge!("timed_sync_progress").set(self.chain.progress());
+        let _ = height;
+    }
+
+    /// One batch, retried on up to [`SYNC_MAX_ATTEMPTS`] peers.
+    async fn batch(&mut self) -> Batch {
+        let mut tried: HashSet<NodeId> = HashSet::new();
+        let mut answered = false;
+        let mut overlap = false;
+        for _ in 0..SYNC_MAX_ATTEMPTS {
+            let Some(peer) = self.peers.pick_excluding(&tried) else {
+                break;
+            };
+            let tip = self.chain.tip();
+            let start = if overlap && tip.height > 0 {
+                tip.height
+            } else {
+                tip.height + 1
+            };
+            let request = Request::GetBlocks(GetBlocks {
+                start,
+                count: MAX_BLOCKS_PER_RESPONSE as u32,
+            });
+            let mut client = peer.client.clone();
+            let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
+                client.ready().await?.call(request).await
+            })
+            .await;
+            let blocks = match answer {
+                Ok(Ok(Response::Blocks(b))) => b,
+                Ok(Ok(_)) => {
+                    tried.insert(peer.info.node_id);
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %peer.info.node_id, %error, "sync request failed");
+                    tried.insert(peer.info.node_id);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %peer.info.node_id, timeout_s = SYNC_REQUEST_TIMEOUT.as_secs(), "sync request timed out; trying another peer");
+                    (self.penalize)(&peer, Offence::Timeout);
+                    tried.insert(peer.info.node_id);
+                    continue;
+                }
+            };
+            answered = true;
+            self.chain.saw_height(blocks.tip_height);
+            let mut applied = 0u64;
+            let mut unlinked = false;
+            let mut bad = false;
+            for raw in &blocks.blocks {
+                let block = match Chain::decode_block(raw) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.bad_data(&peer, &ChainError::Block(e));
+                        bad = true;
+                        break;
+                    }
+                };
+                match self.chain.handle_block(block, "sync") {
+                    Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => applied += 1,
+                    Ok(BlockOutcome::Known) => {}
+                    Ok(BlockOutcome::Ahead) => {
+                        unlinked = true;
+                        break;
+                    }
+                    Err(ChainError::Store(e)) => {
+                        tracing::error!(error = %e, "storage failed during sync");
+                        return Batch::Failed;
+                    }
+                    Err(e) => {
+                        if e.offence().is_some_and(|o| o != Offence::Conflicting) {
+                            self.bad_data(&peer, &e);
+                            bad = true;
+                        } else {
+                            unlinked = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            if applied > 0 {
+                return Batch::Progress;
+            }
+            if bad {
+                tried.insert(peer.info.node_id);
+                continue;
+            }
+            if unlinked && !overlap {
+                // Our tip may have lost to a competitor: ask for its height.
+                overlap = true;
+                continue;
+            }
+            if unlinked {
+                // A fork deeper than the tip: this peer cannot help.
+                tried.insert(peer.info.node_id);
+                overlap = false;
+                continue;
+            }
+            if blocks.tip_height > self.chain.tip().height && !blocks.blocks.is_empty() {
+                // Only blocks we had (the overlap): ask again past them.
+                overlap = false;
+                continue;
+            }
+            if blocks.tip_height <= self.chain.tip().height {
+                // This peer has nothing more; lower a stale claim.
+                self.chain.settle_best_seen(blocks.tip_height);
+                return Batch::UpToDate;
+            }
+            tried.insert(peer.info.node_id);
+        }
+        if answered {
+            Batch::UpToDate
+        } else {
+            Batch::Failed
+        }
+    }
+
+    fn bad_data(&self, peer: &PeerHandle, error: &ChainError) {
+        let offence = error.offence().unwrap_or(Offence::InvalidData);
+        tracing::warn!(
+            peer = %peer.info.node_id,
+            peer.addr = %peer.info.addr,
+            error = %error,
+            error.kind = error.kind(),
+            "peer sent an invalid block during sync; retrying elsewhere"
+        );
+        (self.penalize)(peer, offence);
+    }
+
+    /// Asks one peer for its mempool and submits what is valid; true once
+    /// a peer answered.
+    async fn fetch_mempool(&self) -> bool {
+        let Some(peer) = self.peers.pick_excluding(&HashSet::new()) else {
+            return false;
+        };
+        let mut client = peer.client.clone();
+        let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
+            client.ready().await?.call(Request::GetMempool).await
+        })
+        .await;
+        let Ok(Ok(Response::Mempool(txs))) = answer else {
+            return false;
+        };
+        let mut added = 0usize;
+        for raw in txs.iter().take(MAX_MEMPOOL_RESPONSE_TXS) {
+            let Ok(tx) = Chain::decode_tx(raw) else {
+                (self.penalize)(&peer, Offence::Malformed);
+                break;
+            };
+            if self.chain.submit_tx(tx).is_ok() {
+                added += 1;
+            }
+        }
+        if added > 0 {
+            tracing::info!(peer = %peer.info.node_id, added, "mempool fetched from a peer");
+        }
+        true
+    }
+}
+
+fn log_progress(height: u64, target: u64, first: u64, started: Instant) {
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    let percent = if target == 0 {
+        100.0
+    } else {
+        (height as f64 * 100.0 / target as f64).min(100.0)
+    };
+    tracing::info!(
+        height,
+        target,
+        percent = format!("{percent:.1}"),
+        blocks_per_sec = format!("{:.0}", (height - first) as f64 / elapsed),
+        "syncing"
+    );
+}

@@ -1,0 +1,90 @@
+//! The block handler: validates and applies gossiped blocks, serves
+//! `GetBlocks`.
+
+use std::task::{Context, Poll};
+
+use tower::{BoxError, Service};
+
+use super::{refuse, SyncHandle};
+use crate::chain::state::{BlockOutcome, Chain, ChainError};
+use crate::constants::{MAX_BLOCKS_PER_RESPONSE, MAX_BLOCKS_RESPONSE_BYTES};
+use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::protocol::message::Blocks;
+use crate::protocol::{GossipKind, Message};
+
+/// The handler's name in rejections and metrics.
+pub const NAME: &str = "blocks";
+
+/// Handles block envelopes and `GetBlocks`.
+#[derive(Clone, Debug)]
+pub struct BlockHandler {
+    chain: Chain,
+    sync: SyncHandle,
+}
+
+impl BlockHandler {
+    /// A handler over `chain`; blocks ahead of the tip wake `sync`.
+    pub fn new(chain: Chain, sync: SyncHandle) -> Self {
+        BlockHandler { chain, sync }
+    }
+
+    fn gossip(&self, request: &Inbound, payload: &[u8]) -> Result<Outcome, BoxError> {
+        let block = match Chain::decode_block(payload) {
+            Ok(b) => b,
+            Err(e) => return Err(refuse(NAME, request, &ChainError::Block(e))),
+        };
+        let height = block.header.height;
+        match self.chain.handle_block(block, "gossip") {
+            Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => Ok(Outcome::Accepted),
+            Ok(BlockOutcome::Known) => Ok(Outcome::Handled),
+            Ok(BlockOutcome::Ahead) => {
+                tracing::debug!(
+                    height,
+                    tip = self.chain.tip().height,
+                    "block ahead of the tip: syncing"
+                );
+                self.sync.wake();
+                Ok(Outcome::Handled)
+            }
+            Err(e) => Err(refuse(NAME, request, &e)),
+        }
+    }
+
+    fn get_blocks(&self, start: u64, count: u32) -> Result<Outcome, BoxError> {
+        let count = (count as usize).min(MAX_BLOCKS_PER_RESPONSE);
+        let blocks = self
+            .chain
+            .store()
+            .raw_blocks(start, count, MAX_BLOCKS_RESPONSE_BYTES)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read blocks for a peer");
+                BoxError::from(Rejection::benign(NAME, "storage"))
+            })?;
+        Ok(Outcome::Reply(Message::Blocks(Blocks {
+            tip_height: self.chain.tip().height,
+            blocks: blocks.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        })))
+    }
+}
+
+impl Service<Inbound> for BlockHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Outcome, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Inbound) -> Self::Future {
+        metrics::counter!("timed_handler_messages_total", "handler" => NAME).increment(1);
+        let result = match &*request.message {
+            Message::Gossip(e) if e.kind == GossipKind::Block => self.gossip(&request, &e.payload),
+            Message::GetBlocks(g) => self.get_blocks(g.start, g.count),
+            _ => Err(
+                Rejection::offence(NAME, "unexpected_message", Offence::ProtocolViolation).into(),
+            ),
+        };
+        std::future::ready(result)
+    }
+}

@@ -1,0 +1,72 @@
+//! The transaction handler: validates gossiped transactions into the
+//! mempool (a masternode votes on each), serves `GetMempool`.
+
+use std::task::{Context, Poll};
+
+use tower::{BoxError, Service};
+
+use super::refuse;
+use crate::chain::mempool::MempoolError;
+use crate::chain::state::{Chain, ChainError};
+use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
+use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::protocol::{GossipKind, Message};
+
+/// The handler's name in rejections and metrics.
+pub const NAME: &str = "transactions";
+
+/// Handles transaction envelopes and `GetMempool`.
+#[derive(Clone, Debug)]
+pub struct TransactionHandler {
+    chain: Chain,
+}
+
+impl TransactionHandler {
+    /// A handler over `chain`.
+    pub fn new(chain: Chain) -> Self {
+        TransactionHandler { chain }
+    }
+
+    fn gossip(&self, request: &Inbound, payload: &[u8]) -> Result<Outcome, BoxError> {
+        let result = Chain::decode_tx(payload).and_then(|tx| self.chain.submit_tx(tx));
+        match result {
+            Ok(_) => Ok(Outcome::Accepted),
+            // Seen already (in another envelope): nothing new, no fault.
+            Err(ChainError::Mempool(MempoolError::Duplicate) | ChainError::AlreadyInChain) => {
+                Ok(Outcome::Handled)
+            }
+            Err(e) => Err(refuse(NAME, request, &e)),
+        }
+    }
+}
+
+impl Service<Inbound> for TransactionHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Outcome, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Inbound) -> Self::Future {
+        metrics::counter!("timed_handler_messages_total", "handler" => NAME).increment(1);
+        let result = match &*request.message {
+            Message::Gossip(e) if e.kind == GossipKind::Transaction => {
+                self.gossip(&request, &e.payload)
+            }
+            Message::GetMempool => {
+                let txs = self
+                    .chain
+                    .mempool_encoded(MAX_MEMPOOL_RESPONSE_TXS, MAX_MEMPOOL_RESPONSE_BYTES);
+                Ok(Outcome::Reply(Message::Mempool(
+                    txs.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                )))
+            }
+            _ => Err(
+                Rejection::offence(NAME, "unexpected_message", Offence::ProtocolViolation).into(),
+            ),
+        };
+        std::future::ready(result)
+    }
+}

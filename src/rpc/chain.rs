@@ -1,0 +1,368 @@
+//! The chain and wallet RPC methods.
+//!
+//! Amounts are returned twice: `amount` in TIME as a JSON number (for
+//! people) and `units` as an integer (exact; 1 TIME = 10^8 units). Amounts
+//! given to `sendtoaddress` may be a JSON number or decimal text.
+
+use serde_json::{json, Value};
+
+use super::{codes, RpcContext, RpcError};
+use crate::chain::block::Block;
+use crate::chain::state::{Chain, ChainError, TxStatus};
+use crate::chain::transaction::Transaction;
+use crate::chain::{Address, MIN_FEE};
+use crate::crypto::NodeId;
+use crate::protocol::{codec, GossipKind};
+use crate::wallet::{amount_from_json, format_amount};
+
+/// The chain and wallet methods, for `help` and metrics labels.
+pub const NAMES: &[&str] = &[
+    "getbalance",
+    "listunspent",
+    "sendtoaddress",
+    "sendrawtransaction",
+    "gettransaction",
+    "getrawmempool",
+    "getmempoolinfo",
+    "getblockcount",
+    "getbestblockhash",
+    "getblock",
+    "getblockchaininfo",
+    "masternodelist",
+];
+
+fn amount(units: u64) -> Value {
+    // Through the decimal text, so 0.1 prints as 0.1.
+    format_amount(units)
+        .parse::<f64>()
+        .map_or(Value::Null, |f| json!(f))
+}
+
+fn chain(ctx: &RpcContext) -> Result<&Chain, RpcError> {
+    ctx.node
+        .chain()
+        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
+}
+
+fn hash_param(params: &Value, index: usize, name: &str) -> Result<[u8; 32], RpcError> {
+    let text = super::methods::string_param(params, index, name)?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|_| RpcError::params(format!("{name} must be 64 hex digits")))?;
+    Ok(out)
+}
+
+fn refused(e: &ChainError) -> RpcError {
+    match e {
+        ChainError::Store(_) => RpcError::new(codes::INTERNAL_ERROR, e.to_string()),
+        _ => RpcError::new(
+            codes::TX_REJECTED,
+            format!("transaction rejected ({}): {e}", e.kind()),
+        ),
+    }
+}
+
+/// Validates `tx` into the mempool and gossips it; returns its id.
+fn submit(ctx: &RpcContext, chain: &Chain, tx: Transaction) -> Result<Value, RpcError> {
+    let encoded = codec::encode_value(&tx)
+        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+    let (txid, fee) = chain.submit_tx(tx).map_err(|e| refused(&e))?;
+    ctx.node.publish(GossipKind::Transaction, encoded);
+    tracing::info!(txid = %hex::encode(txid), fee, "transaction submitted by RPC");
+    Ok(json!(hex::encode(txid)))
+}
+
+fn tx_json(chain: &Chain, tx: &Transaction) -> Value {
+    let network = chain.genesis().network;
+    json!({
+        "txid": hex::encode(tx.txid()),
+        "version": tx.version,
+        "size": tx.size(),
+        "inputs": tx.inputs.iter().map(|i| json!({
+            "txid": hex::encode(i.prevout.txid),
+            "vout": i.prevout.index,
+            "scheme": format!("{:?}", i.scheme).to_lowercase(),
+        })).collect::<Vec<_>>(),
+        "outputs": tx.outputs.iter().enumerate().map(|(n, o)| json!({
+            "n": n,
+            "address": o.address.to_text(network),
+            "amount": amount(o.value),
+            "units": o.value,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn block_json(chain: &Chain, block: &Block) -> Value {
+    let tip = chain.tip().height;
+    let h = &block.header;
+    json!({
+        "hash": hex::encode(block.hash()),
+        "height": h.height,
+        "confirmations": tip.saturating_sub(h.height) + 1,
+        "version": h.version,
+        "prev_hash": hex::encode(h.prev_hash),
+        "merkle_root": hex::encode(h.merkle_root),
+        "timestamp": h.timestamp,
+        "slot": chain.genesis().slot(h.timestamp),
+        "producer": hex::encode(h.producer),
+        "size": codec::encode_value(block).map_or(0, |b| b.len()),
+        "tx": block.transactions.iter().map(|t| hex::encode(t.txid())).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs a chain or wallet method; `None` if `method` is not one.
+pub(super) fn dispatch(
+    ctx: &RpcContext,
+    method: &str,
+    params: &Value,
+) -> Option<Result<Value, RpcError>> {
+    let result = match method {
+        "getbalance" => getbalance(ctx, params),
+        "listunspent" => listunspent(ctx, params),
+        "sendtoaddress" => sendtoaddress(ctx, params),
+        "sendrawtransaction" => sendrawtransaction(ctx, params),
+        "gettransaction" => gettransaction(ctx, params),
+        "getrawmempool" => super::methods::no_params(params).and_then(|_| {
+            let chain = chain(ctx)?;
+            Ok(json!(chain
+                .mempool_txids()
+                .iter()
+                .map(hex::encode)
+                .collect::<Vec<_>>()))
+        }),
+        "getmempoolinfo" => super::methods::no_params(params).and_then(|_| {
+            let (size, bytes) = chain(ctx)?.mempool_size();
+            Ok(json!({ "size": size, "bytes": bytes, "min_fee_units": MIN_FEE }))
+        }),
+        "getblockcount" => {
+            super::methods::no_params(params).and_then(|_| Ok(json!(chain(ctx)?.tip().height)))
+        }
+        "getbestblockhash" => super::methods::no_params(params)
+            .and_then(|_| Ok(json!(hex::encode(chain(ctx)?.tip().hash)))),
+        "getblock" => getblock(ctx, params),
+        "getblockchaininfo" => getblockchaininfo(ctx, params),
+        "masternodelist" => masternodelist(ctx, params),
+        _ => return None,
+    };
+    Some(result)
+}
+
+fn wallet_address(ctx: &RpcContext, params: &Value, index: usize) -> Result<Address, RpcError> {
+    let chain = chain(ctx)?;
+    match super::methods::param(params, index, "address") {
+        Some(Value::String(text)) => Address::parse(text, chain.genesis().network)
+            .map_err(|e| RpcError::params(format!("address: {e}"))),
+        Some(_) => Err(RpcError::params("address must be a string")),
+        None => ctx
+            .wallet
+            .as_ref()
+            .map(|w| w.address())
+            .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet")),
+    }
+}
+
+fn getbalance(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let address = wallet_address(ctx, params, 0)?;
+    let units = chain(ctx)?
+        .store()
+        .balance(&address)
+        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+    Ok(amount(units))
+}
+
+fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let chain = chain(ctx)?;
+    let address = wallet_address(ctx, params, 0)?;
+    let utxos = chain
+        .store()
+        .utxos_for(&address)
+        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+    let spendable: std::collections::HashSet<_> = chain
+        .spendable(&address)
+        .map_err(|e| refused(&e))?
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    let network = chain.genesis().network;
+    Ok(json!(utxos
+        .iter()
+        .map(|(o, out)| json!({
+            "txid": hex::encode(o.txid),
+            "vout": o.index,
+            "address": out.address.to_text(network),
+            "amount": amount(out.value),
+            "units": out.value,
+            "spent_in_mempool": !spendable.contains(o),
+        }))
+        .collect::<Vec<_>>()))
+}
+
+fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let chain = chain(ctx)?;
+    let wallet = ctx
+        .wallet
+        .as_ref()
+        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let to_text = super::methods::string_param(params, 0, "address")?;
+    let to = Address::parse(to_text, chain.genesis().network)
+        .map_err(|e| RpcError::params(format!("address: {e}")))?;
+    let units = super::methods::param(params, 1, "amount")
+        .ok_or_else(|| RpcError::params("missing parameter 1 (amount)"))
+        .and_then(|v| amount_from_json(v).map_err(|e| RpcError::params(format!("amount: {e}"))))?;
+    let fee = match super::methods::param(params, 2, "fee") {
+        Some(v) => amount_from_json(v).map_err(|e| RpcError::params(format!("fee: {e}")))?,
+        None => MIN_FEE,
+    };
+    let spendable = chain
+        .spendable(&wallet.address())
+        .map_err(|e| refused(&e))?;
+    let tx = wallet
+        .build_payment(chain.magic(), &spendable, to, units, fee)
+        .map_err(|e| RpcError::new(codes::WALLET, format!("{} ({})", e, e.kind())))?;
+    submit(ctx, chain, tx)
+}
+
+fn sendrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let chain = chain(ctx)?;
+    let text = super::methods::string_param(params, 0, "hex")?;
+    let bytes = hex::decode(text).map_err(|_| RpcError::params("hex: not hexadecimal"))?;
+    let tx = Chain::decode_tx(&bytes).map_err(|e| RpcError::params(e.to_string()))?;
+    submit(ctx, chain, tx)
+}
+
+fn gettransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let chain = chain(ctx)?;
+    let txid = hash_param(params, 0, "txid")?;
+    let status = chain.transaction(&txid).map_err(|e| refused(&e))?;
+    let Some(status) = status else {
+        return Err(RpcError::new(
+            codes::NOT_FOUND,
+            "no such transaction in the chain or the mempool",
+        ));
+    };
+    let tally = chain.tally(&txid);
+    let total = chain.total_weight();
+    let (tx, location) = match &status {
+        TxStatus::Pooled(tx) => (tx, json!({ "status": "mempool" })),
+        TxStatus::InBlock(height, tx) => {
+            let hash = chain
+                .store()
+                .block(*height)
+                .ok()
+                .flatten()
+                .map(|b| hex::encode(b.hash()));
+            (
+                tx,
+                json!({
+                    "status": "block",
+                    "height": height,
+                    "blockhash": hash,
+                    "confirmations": chain.tip().height.saturating_sub(*height) + 1,
+                }),
+            )
+        }
+    };
+    let in_block = matches!(status, TxStatus::InBlock(..));
+    let mut out = tx_json(chain, tx);
+    if let (Value::Object(o), Value::Object(l)) = (&mut out, location) {
+        o.extend(l);
+        o.insert("final".into(), json!(tally.finalized || in_block));
+        o.insert(
+            "votes".into(),
+            json!({
+                "accept_weight": tally.accept,
+                "reject_weight": tally.reject,
+                "voters": tally.voters,
+                "total_weight": total,
+                "threshold_weight": (total * 2).div_ceil(3),
+                "finalized_by_votes": tally.finalized,
+                "finality_ms": tally.finality_secs.map(|s| (s * 1000.0).round() as u64),
+            }),
+        );
+        o.insert(
+            "hex".into(),
+            json!(codec::encode_value(tx).map(hex::encode).unwrap_or_default()),
+        );
+    }
+    Ok(out)
+}
+
+fn getblock(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let chain = chain(ctx)?;
+    let which = super::methods::param(params, 0, "block")
+        .ok_or_else(|| RpcError::params("missing parameter 0 (block hash or height)"))?;
+    let store = chain.store();
+    let found = match which {
+        Value::Number(n) => {
+            let h = n
+                .as_u64()
+                .ok_or_else(|| RpcError::params("height must be a non-negative integer"))?;
+            store.block(h)
+        }
+        Value::String(s) if s.len() == 64 => {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(s, &mut hash)
+                .map_err(|_| RpcError::params("block hash must be 64 hex digits"))?;
+            store.block_by_hash(&hash)
+        }
+        Value::String(s) => match s.parse::<u64>() {
+            Ok(h) => store.block(h),
+            Err(_) => return Err(RpcError::params("block: a 64-hex-digit hash or a height")),
+        },
+        _ => return Err(RpcError::params("block: a 64-hex-digit hash or a height")),
+    }
+    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+    let block = found.ok_or_else(|| RpcError::new(codes::NOT_FOUND, "no such block"))?;
+    Ok(block_json(chain, &block))
+}
+
+fn getblockchaininfo(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    super::methods::no_params(params)?;
+    let chain = chain(ctx)?;
+    let tip = chain.tip();
+    let genesis = chain.genesis();
+    let best = chain.best_seen();
+    Ok(json!({
+        "chain": genesis.network.name(),
+        "blocks": tip.height,
+        "bestblockhash": hex::encode(tip.hash),
+        "best_timestamp": tip.timestamp,
+        "genesis_hash": hex::encode(chain.genesis_hash()),
+        "best_seen_height": best,
+        "sync_progress": chain.progress(),
+        "syncing": tip.height < best,
+        "block_interval_secs": genesis.block_interval_secs,
+        "masternodes": genesis.masternodes().len(),
+        "total_weight": chain.total_weight(),
+        "masternode": chain.is_masternode(),
+        "utxos": chain.store().utxo_count().unwrap_or(0),
+        "equivocations": chain.equivocations(),
+    }))
+}
+
+fn masternodelist(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    super::methods::no_params(params)?;
+    let chain = chain(ctx)?;
+    let own = ctx.node.node_id();
+    let genesis = chain.genesis();
+    let next_slot = genesis.slot(crate::protocol::version::unix_now().as_secs()) + 1;
+    let next = genesis.producer(next_slot).copied();
+    Ok(json!(genesis
+        .masternodes()
+        .iter()
+        .map(|m| {
+            let node_id = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key)
+                .ok()
+                .map(|k| NodeId::from_public_key(&k));
+            json!({
+                "public_key": hex::encode(m.public_key),
+                "node_id": node_id.map(|n| n.to_string()),
+                "tier": format!("{:?}", m.tier).to_lowercase(),
+                "weight": m.tier.weight(),
+                "self": node_id == Some(own),
+                "connected": node_id.is_some_and(|n| ctx.node.peers().contains(&n)),
+                "produces_next_slot": next == Some(m.public_key),
+            })
+        })
+        .collect::<Vec<_>>()))
+}
