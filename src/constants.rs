@@ -179,3 +179,12 @@ pub const SYNC_MAX_ATTEMPTS: usize = 4;
 /// Most votes held for transactions not (yet) known, e.g. a vote that
 /// overtook its transaction on another path.
 pub const MAX_PENDING_VOTES: usize = 10_000;
+
+/// Deepest fork a node switches away from (see `chain::state`).
+///
+/// Bitcoin has no limit; Zebra treats 99 blocks as final (its
+/// `MAX_BLOCK_REORG_HEIGHT`). Our transactions are final by votes in
+/// seconds, so blocks only order them: 100 blocks covers any partition an
+/// operator would not notice, and bounds the work and the undo data a fork
+/// can make a node replay.
+pub const MAX_REORG_DEPTH: u64 = 100;

@@ -455,7 +455,11 @@ impl Node {
             self.inner.sync.clone(),
         );
         tokio::spawn(syncer.run(self.inner.shutdown.clone()));
-        tokio::spawn(produce_loop(chain, self.inner.shutdown.clone()));
+        tokio::spawn(produce_loop(
+            chain,
+            self.inner.peers.clone(),
+            self.inner.shutdown.clone(),
+        ));
     }
 
     /// Restores the bans stored in the chain's database and stores every
@@ -1058,7 +1062,13 @@ fn penalize_masternode(inner: &Inner, voter: [u8; 32]) {
 ///
 /// Checks the clock ten times per slot (at most every second, at least
 /// every 50 ms), so a block comes within a tenth of a slot of its start.
-async fn produce_loop(chain: Chain, shutdown: CancellationToken) {
+///
+/// # Correctness
+/// A masternode of a multi-masternode chain does not produce while it has
+/// no peer (alone, it would only build a branch the others abandon) or
+/// while it is behind the best height it heard of (it would fork off a
+/// stale tip).
+async fn produce_loop(chain: Chain, peers: Arc<PeerSet>, shutdown: CancellationToken) {
     if !chain.is_masternode() {
         return;
     }
@@ -1070,6 +1080,10 @@ async fn produce_loop(chain: Chain, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        let alone = peers.is_empty() && chain.genesis().masternodes().len() > 1;
+        if alone || chain.tip().height < chain.best_seen() {
+            continue;
         }
         let now = crate::protocol::version::unix_now().as_secs();
         if let Err(error) = chain.produce_if_scheduled(now) {

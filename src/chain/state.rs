@@ -32,14 +32,18 @@
 //! against the UTXO set as updated by the transactions before it in the
 //! block.
 //!
-//! # Competing blocks
-//! Two valid blocks with the same parent resolve deterministically: the one
-//! in the **earlier slot** wins; in the same slot (which only a misbehaving
-//! producer signs twice) the **lower block hash** wins. A node whose tip
-//! loses rolls it back (one atomic write, from the block's undo record),
-//! returns its transactions to the mempool and applies the winner. Only the
-//! tip is ever replaced: a block competing with an ancestor of the tip is
-//! refused as stale.
+//! # Competing chains (fork choice)
+//! Two valid branches from one parent resolve deterministically: the
+//! **longer** wins; at equal length the first differing block decides: the
+//! one in the **earlier slot** wins, and in the same slot (which only a
+//! misbehaving producer signs twice) the **lower block hash**. A node on
+//! the losing branch rolls its blocks back (one atomic write each, from the
+//! blocks' undo records), applies the winning branch block by block with
+//! full validation (restoring its own chain if a block is invalid), and
+//! returns the abandoned transactions to the mempool. Forks deeper than
+//! [`MAX_REORG_DEPTH`] blocks are refused: transactions are final by votes
+//! long before that, and a deeper rewrite is an attack or a partition that
+//! needs an operator.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -52,7 +56,7 @@ use super::genesis::Genesis;
 use super::mempool::{Mempool, MempoolError};
 use super::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView, MIN_FEE};
 use super::votes::{Verdict, Vote, VoteBook, VoteError, VoteOutcome};
-use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_PENDING_VOTES};
+use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_PENDING_VOTES, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
 use crate::crypto::NodeIdentity;
 use crate::layers::Offence;
@@ -923,66 +927,135 @@ impl Chain {
         block: Block,
         source: &'static str,
     ) -> Result<BlockOutcome, ChainError> {
+        self.reorg_locked(state, vec![block], source)
+    }
+
+    /// The hash of our block at `height`.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn hash_at(&self, height: u64) -> Result<Option<BlockHash>, ChainError> {
+        Ok(self.inner.store.block(height)?.map(|b| b.hash()))
+    }
+
+    /// Switches to `branch` (consecutive blocks whose first one forks off our
+    /// chain) when it wins by the fork-choice rule; see the module docs.
+    ///
+    /// # Errors
+    /// [`BlockError::Stale`] when our chain wins or the fork is deeper than
+    /// [`MAX_REORG_DEPTH`]; the error of an invalid branch block (our
+    /// chain is restored then); a storage error.
+    pub fn reorg(
+        &self,
+        branch: Vec<Block>,
+        source: &'static str,
+    ) -> Result<BlockOutcome, ChainError> {
+        let mut state = self.state();
+        self.reorg_locked(&mut state, branch, source)
+    }
+
+    fn reorg_locked(
+        &self,
+        state: &mut State,
+        branch: Vec<Block>,
+        source: &'static str,
+    ) -> Result<BlockOutcome, ChainError> {
         let tip = state.tip;
         let store = &self.inner.store;
-        let Some(current) = store.block(tip.height)? else {
-            return Err(StoreError::Corrupt {
-                table: "blocks",
-                message: format!("tip block {} missing", tip.height),
-            }
-            .into());
+        let Some(first) = branch.first() else {
+            return Ok(BlockOutcome::Known);
         };
-        if block.header.prev_hash != current.header.prev_hash {
-            return Err(BlockError::Stale {
-                height: block.header.height,
-                tip: tip.height,
-            }
-            .into());
-        }
-        let Some(parent_block) = store.block(tip.height - 1)? else {
-            return Err(StoreError::Corrupt {
-                table: "blocks",
-                message: format!("block {} missing", tip.height - 1),
-            }
-            .into());
-        };
-        let parent = Tip {
-            height: tip.height - 1,
-            hash: current.header.prev_hash,
-            timestamp: parent_block.header.timestamp,
-        };
-        let genesis = &self.inner.genesis;
-        let rank = |b: &Block| (genesis.slot(b.header.timestamp), b.hash());
-        if rank(&block) >= rank(&current) {
+        let fork = first.header.height;
+        let stale = || -> ChainError {
             let e = BlockError::Stale {
-                height: block.header.height,
+                height: fork,
                 tip: tip.height,
             };
             Self::count_rejected(&e);
-            return Err(e.into());
+            e.into()
+        };
+        if fork == 0 || fork > tip.height || tip.height - fork + 1 > MAX_REORG_DEPTH {
+            return Err(stale());
         }
-        // Validate against the parent's UTXO set: roll back, check, and
-        // restore the old tip if the challenger is invalid.
-        let removed = store.rollback_tip()?;
-        state.tip = parent;
-        if let Err(e) = self.validate_block(&block, &parent) {
-            Self::count_rejected(&e);
-            store.apply_block(&removed)?;
+        let Some(parent_block) = store.block(fork - 1)? else {
+            return Err(stale());
+        };
+        if first.header.prev_hash != parent_block.hash() {
+            return Err(stale());
+        }
+        let Some(ours) = store.block(fork)? else {
+            return Err(stale());
+        };
+        if ours.hash() == first.hash() {
+            return Ok(BlockOutcome::Known);
+        }
+        // Longer wins; at equal length the first differing block decides:
+        // earlier slot, then lower hash.
+        let new_height = fork + branch.len() as u64 - 1;
+        let genesis = &self.inner.genesis;
+        let rank = |b: &Block| (genesis.slot(b.header.timestamp), b.hash());
+        let wins =
+            new_height > tip.height || (new_height == tip.height && rank(first) < rank(&ours));
+        if !wins {
+            return Err(stale());
+        }
+        // Roll back to the fork's parent, keeping what we remove.
+        let mut removed = Vec::new();
+        while state.tip.height >= fork {
+            let block = store.rollback_tip()?;
+            let height = block.header.height;
+            let prev = store
+                .block(height - 1)?
+                .map_or(genesis.timestamp, |b| b.header.timestamp);
+            state.tip = Tip {
+                height: height - 1,
+                hash: block.header.prev_hash,
+                timestamp: prev,
+            };
+            removed.push(block);
+        }
+        removed.reverse();
+        let mut applied = 0usize;
+        let mut failure = None;
+        for block in &branch {
+            if let Err(e) = self.validate_block(block, &state.tip) {
+                Self::count_rejected(&e);
+                failure = Some(ChainError::Block(e));
+                break;
+            }
+            if let Err(e) = self.apply_locked(state, block, source) {
+                failure = Some(e);
+                break;
+            }
+            applied += 1;
+        }
+        if let Some(error) = failure {
+            // Put our chain back: it was valid.
+            for _ in 0..applied {
+                store.rollback_tip()?;
+            }
+            for block in &removed {
+                store.apply_block(block)?;
+            }
             state.tip = tip;
-            return Err(e.into());
+            metrics::gauge!("timed_chain_height").set(tip.height as f64);
+            return Err(error);
         }
-        self.apply_locked(state, &block, source)?;
         tracing::warn!(
-            height = tip.height,
-            old = %hex::encode(tip.hash),
-            new = %hex::encode(block.hash()),
-            "tip replaced by a competing block from an earlier slot"
+            fork_height = fork,
+            old_tip = %hex::encode(tip.hash),
+            new_tip = %hex::encode(state.tip.hash),
+            rolled_back = removed.len(),
+            applied,
+            "switched to a better chain"
         );
         metrics::counter!("timed_tip_replacements_total").increment(1);
-        // The loser's transactions go back to the pool when still valid.
-        for tx in removed.transactions {
+        // Transactions of the abandoned blocks go back to the pool when
+        // still valid.
+        for tx in removed.into_iter().flat_map(|b| b.transactions) {
             let _ = self.resubmit_locked(state, tx);
         }
+        self.update_mempool_gauges(state);
         Ok(BlockOutcome::ReplacedTip)
     }
 

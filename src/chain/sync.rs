@@ -13,10 +13,15 @@
 //! A request that fails or times out ([`SYNC_REQUEST_TIMEOUT`]), or whose
 //! blocks are invalid, is retried on another peer, up to
 //! [`SYNC_MAX_ATTEMPTS`] peers per batch. A peer that sent an invalid block
-//! is penalised with the block's offence (`invalid_data`, `malformed`); a
-//! peer whose first block does not link to our tip is asked once for the
-//! block at our tip's height, which resolves a competing tip by the chain's
-//! rule (see [`super::state`]).
+//! is penalised with the block's offence (`invalid_data`, `malformed`).
+//!
+//! # Forks
+//! When a peer's first block does not link to our tip, the peer is on
+//! another branch. We ask it for blocks from 1, 2, 4, ... below our tip
+//! (at most [`MAX_REORG_DEPTH`] back) until its answer links to our chain,
+//! skip the blocks we share, and offer the rest to [`Chain::reorg`], which
+//! switches if that branch wins by the fork-choice rule (see
+//! [`super::state`]).
 //!
 //! Progress is logged with the height, the target, the percentage and the
 //! blocks per second, and exported as `timed_sync_progress` and
@@ -39,8 +44,8 @@ use tower::{Service, ServiceExt};
 
 use super::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{
-    MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, SYNC_INTERVAL, SYNC_MAX_ATTEMPTS,
-    SYNC_REQUEST_TIMEOUT,
+    MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, SYNC_INTERVAL,
+    SYNC_MAX_ATTEMPTS, SYNC_REQUEST_TIMEOUT,
 };
 use crate::crypto::NodeId;
 use crate::layers::Offence;
@@ -163,17 +168,11 @@ impl Syncer {
     async fn batch(&mut self) -> Batch {
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut answered = false;
-        let mut overlap = false;
         for _ in 0..SYNC_MAX_ATTEMPTS {
             let Some(peer) = self.peers.pick_excluding(&tried) else {
                 break;
             };
-            let tip = self.chain.tip();
-            let start = if overlap && tip.height > 0 {
-                tip.height
-            } else {
-                tip.height + 1
-            };
+            let start = self.chain.tip().height + 1;
             let request = Request::GetBlocks(GetBlocks {
                 start,
                 count: MAX_BLOCKS_PER_RESPONSE as u32,
@@ -244,20 +243,13 @@ impl Syncer {
                 tried.insert(peer.info.node_id);
                 continue;
             }
-            if unlinked && !overlap {
-                // Our tip may have lost to a competitor: ask for its height.
-                overlap = true;
-                continue;
-            }
             if unlinked {
-                // A fork deeper than the tip: this peer cannot help.
+                // The peer is on another branch: find where it forks off
+                // ours and switch if its branch wins.
+                if self.resolve_fork(&peer).await {
+                    return Batch::Progress;
+                }
                 tried.insert(peer.info.node_id);
-                overlap = false;
-                continue;
-            }
-            if blocks.tip_height > self.chain.tip().height && !blocks.blocks.is_empty() {
-                // Only blocks we had (the overlap): ask again past them.
-                overlap = false;
                 continue;
             }
             if blocks.tip_height <= self.chain.tip().height {
@@ -271,6 +263,98 @@ impl Syncer {
             Batch::UpToDate
         } else {
             Batch::Failed
+        }
+    }
+
+    /// Asks `peer` for blocks further and further back (1, 2, 4, ... up to
+    /// [`MAX_REORG_DEPTH`] below our tip) until its answer links to our
+    /// chain, then offers the branch after the fork point to
+    /// [`Chain::reorg`]; true if we switched.
+    async fn resolve_fork(&self, peer: &PeerHandle) -> bool {
+        let tip = self.chain.tip();
+        let mut back = 1u64;
+        while back <= MAX_REORG_DEPTH.saturating_mul(2) {
+            let start = tip.height.saturating_sub(back).max(1);
+            let Some(blocks) = self.request(peer, start).await else {
+                return false;
+            };
+            let mut decoded = Vec::with_capacity(blocks.len());
+            for raw in &blocks {
+                match Chain::decode_block(raw) {
+                    Ok(b) => decoded.push(b),
+                    Err(e) => {
+                        self.bad_data(peer, &ChainError::Block(e));
+                        return false;
+                    }
+                }
+            }
+            // Skip the blocks we share; the first different one is the fork.
+            let mut fork_at = None;
+            for (i, block) in decoded.iter().enumerate() {
+                let h = block.header.height;
+                match self.chain.hash_at(h) {
+                    Ok(Some(ours)) if ours == block.hash() => continue,
+                    Ok(_) => {
+                        fork_at = Some(i);
+                        break;
+                    }
+                    Err(_) => return false,
+                }
+            }
+            let Some(i) = fork_at else {
+                // All shared: nothing to resolve here.
+                return false;
+            };
+            let linked = match decoded[i].header.height.checked_sub(1) {
+                Some(parent) => {
+                    matches!(self.chain.hash_at(parent), Ok(Some(p)) if p == decoded[i].header.prev_hash)
+                }
+                None => false,
+            };
+            if !linked {
+                if start == 1 {
+                    return false;
+                }
+                back = back.saturating_mul(2);
+                continue;
+            }
+            let branch = decoded.split_off(i);
+            let fork = branch[0].header.height;
+            return match self.chain.reorg(branch, "sync") {
+                Ok(_) => {
+                    tracing::info!(peer = %peer.info.node_id, fork_height = fork, height = self.chain.tip().height, "switched to the peer's branch");
+                    true
+                }
+                Err(e) => {
+                    if e.offence().is_some_and(|o| o != Offence::Conflicting) {
+                        self.bad_data(peer, &e);
+                    } else {
+                        tracing::debug!(peer = %peer.info.node_id, fork_height = fork, error = %e, "kept our branch");
+                    }
+                    false
+                }
+            };
+        }
+        false
+    }
+
+    /// One `GetBlocks` from `start` to `peer`; its blocks, or `None`.
+    async fn request(&self, peer: &PeerHandle, start: u64) -> Option<Vec<serde_bytes::ByteBuf>> {
+        let mut client = peer.client.clone();
+        let request = Request::GetBlocks(GetBlocks {
+            start,
+            count: MAX_BLOCKS_PER_RESPONSE as u32,
+        });
+        let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
+            client.ready().await?.call(request).await
+        })
+        .await;
+        match answer {
+            Ok(Ok(Response::Blocks(b))) => {
+                self.chain.saw_height(b.tip_height);
+                Some(b.blocks)
+            }
+            _ => None,
         }
     }
 
