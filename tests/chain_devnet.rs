@@ -250,8 +250,53 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
             i + 1
         );
     }
-    let blocks = call(rpc[0], "getrawmempool", json!([])).unwrap();
-    assert_eq!(blocks, json!([]));
+    let pool = call(rpc[0], "getrawmempool", json!([])).unwrap();
+    assert_eq!(pool, json!([]));
+
+    // Bad RPC input gets typed errors.
+    let code = |r: Result<Value, String>| -> i64 {
+        let e: Value = serde_json::from_str(&r.unwrap_err()).unwrap();
+        e["code"].as_i64().unwrap()
+    };
+    assert_eq!(
+        code(call(rpc[0], "sendtoaddress", json!(["TIME1nope", "1"]))),
+        -32602
+    );
+    assert_eq!(
+        code(call(rpc[0], "sendtoaddress", json!([a2, "-1"]))),
+        -32602
+    );
+    assert_eq!(
+        code(call(rpc[0], "sendtoaddress", json!([a2, "1000000"]))),
+        -32005
+    );
+    assert_eq!(
+        code(call(rpc[0], "gettransaction", json!(["00".repeat(32)]))),
+        -32002
+    );
+    assert_eq!(code(call(rpc[0], "gettransaction", json!(["xyz"]))), -32602);
+    assert_eq!(code(call(rpc[0], "getblock", json!([1_000_000]))), -32002);
+    assert_eq!(
+        code(call(rpc[0], "sendrawtransaction", json!(["zz"]))),
+        -32602
+    );
+    assert_eq!(
+        code(call(rpc[0], "sendrawtransaction", json!(["00ff"]))),
+        -32602
+    );
+    // Replaying the confirmed payment is refused as already in the chain.
+    let raw = call(rpc[0], "gettransaction", json!([txid])).unwrap()["hex"].clone();
+    assert_eq!(
+        code(call(rpc[0], "sendrawtransaction", json!([raw]))),
+        -32004
+    );
+    let info = call(rpc[0], "getmempoolinfo", json!([])).unwrap();
+    assert_eq!(info["size"], 0);
+    let best = call(rpc[0], "getbestblockhash", json!([])).unwrap();
+    let block = call(rpc[0], "getblock", json!([best])).unwrap();
+    assert!(block["height"].as_u64().unwrap() >= 1, "{block}");
+    let nodes = call(rpc[0], "masternodelist", json!([])).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 4);
 
     // A fifth node, started now, syncs everything from the four.
     let chain = chain_section(&devnet_dir.join("node1").join("config.toml"));
@@ -355,6 +400,8 @@ fn a_node_killed_during_sync_restarts_consistent_and_completes() {
         let h = height(rpc)?;
         (h >= 50).then_some(h)
     });
+    // A ban made just before the kill must survive it.
+    call(rpc, "setban", json!(["203.0.113.9", "add", 3600])).unwrap();
     node.0.kill().unwrap();
     node.0.wait().unwrap();
     assert!(
@@ -370,6 +417,11 @@ fn a_node_killed_during_sync_restarts_consistent_and_completes() {
     assert!(
         reopened >= at,
         "reopened at {reopened} after the kill at {at}"
+    );
+    let bans = call(rpc, "listbanned", json!([])).unwrap();
+    assert!(
+        bans.to_string().contains("203.0.113.9"),
+        "bans after SIGKILL: {bans}"
     );
     let target = height(seed_rpc).unwrap();
     wait_for("sync complete", Duration::from_secs(60), || {
