@@ -1,6 +1,8 @@
 //! A real Prometheus scrapes a 3-node devnet; every query of the Grafana
 //! dashboard must return data, and `promtool check metrics` must accept a
-//! scrape.
+//! scrape. A payment from node 1 to node 2, final by votes before the queries
+//! run, gives the finality histogram (which has no series before its first
+//! sample) its data.
 //!
 //! Needs the `prometheus` and `promtool` binaries (Debian's `prometheus`
 //! package; `.ci/run` installs it). Without them the test is skipped with a
@@ -12,7 +14,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 struct Killer(Vec<Child>);
 
@@ -93,6 +95,23 @@ fn query(prometheus: SocketAddr, expr: &str) -> Option<usize> {
     v["data"]["result"].as_array().map(Vec::len)
 }
 
+/// One JSON-RPC call through the crate's client (no token: devnet nodes
+/// require none).
+fn rpc(addr: SocketAddr, method: &str, params: Value) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(timed::rpc::client::call(
+            &format!("http://{addr}/"),
+            None,
+            method,
+            params,
+        ))
+        .map_err(|e| e.to_string())
+}
+
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -103,6 +122,23 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// The chain metrics (docs/METRICS.md) the dashboard must show.
+const CHAIN_METRICS: &[&str] = &[
+    "timed_chain_height",
+    "timed_blocks_applied_total",
+    "timed_blocks_rejected_total",
+    "timed_tip_replacements_total",
+    "timed_sync_progress",
+    "timed_sync_target_height",
+    "timed_mempool_transactions",
+    "timed_mempool_bytes",
+    "timed_transactions_total",
+    "timed_txs_finalized_total",
+    "timed_finality_seconds_bucket",
+    "timed_votes_total",
+    "timed_vote_equivocations_total",
+];
 
 fn dashboard_queries() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/timed.json"))
@@ -140,6 +176,8 @@ fn every_dashboard_query_returns_data_from_a_devnet() {
             "devnet",
             "--nodes",
             "3",
+            "--block-interval",
+            "1",
             "--first-ip",
             "127.0.80.1",
             "--dir",
@@ -152,6 +190,9 @@ fn every_dashboard_query_returns_data_from_a_devnet() {
     killer.0.push(devnet);
     let metrics: Vec<SocketAddr> = (1..=3)
         .map(|i| format!("127.0.80.{i}:24202").parse().unwrap())
+        .collect();
+    let rpc_addrs: Vec<SocketAddr> = (1..=3)
+        .map(|i| format!("127.0.80.{i}:24201").parse().unwrap())
         .collect();
     // Every node serves metrics and sees its two peers.
     wait_until("the devnet's metrics", Duration::from_secs(60), || {
@@ -195,6 +236,30 @@ fn every_dashboard_query_returns_data_from_a_devnet() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Pay node 2 from node 1; the votes that finalize it record the first
+    // sample of timed_finality_seconds. Sent now, it is final by the time
+    // Prometheus is up.
+    let to = rpc(rpc_addrs[1], "listunspent", json!([]))
+        .ok()
+        .and_then(|u| Some(u.as_array()?.first()?["address"].as_str()?.to_owned()))
+        .expect("node 2's wallet has genesis outputs");
+    let mut txid = String::new();
+    wait_until(
+        "sendtoaddress on node 1",
+        Duration::from_secs(15),
+        || match rpc(rpc_addrs[0], "sendtoaddress", json!([to, "1.5"])) {
+            Ok(id) => {
+                txid = id.as_str().unwrap().to_owned();
+                true
+            }
+            Err(e) => {
+                eprintln!("sendtoaddress: {e}; retrying");
+                false
+            }
+        },
+    );
+    let sent = Instant::now();
+
     // A real Prometheus scraping every node every 2 s.
     let port = TcpListener::bind("127.0.80.100:0")
         .unwrap()
@@ -227,26 +292,48 @@ fn every_dashboard_query_returns_data_from_a_devnet() {
         query(prometheus, "count_over_time(up{job=\"timed\"}[1m]) >= 3") == Some(3)
     });
 
+    let mut tx = Value::Null;
+    wait_until(
+        "the payment final on node 1",
+        Duration::from_secs(20),
+        || {
+            tx = rpc(rpc_addrs[0], "gettransaction", json!([txid])).unwrap_or(Value::Null);
+            tx["final"] == json!(true)
+        },
+    );
+    eprintln!(
+        "payment {txid}: final by votes {}, finality {} ms (checked {:?} after sendtoaddress)",
+        tx["votes"]["finalized_by_votes"],
+        tx["votes"]["finality_ms"],
+        sent.elapsed()
+    );
+
     let queries = dashboard_queries();
-    assert!(queries.len() >= 19, "{} queries", queries.len());
-    let mut empty = Vec::new();
-    for (title, expr) in &queries {
-        let mut found = 0;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            found = query(prometheus, expr).unwrap_or(0);
-            if found > 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+    assert!(queries.len() >= 36, "{} queries", queries.len());
+    for metric in CHAIN_METRICS {
+        assert!(
+            queries.iter().any(|(_, expr)| expr.contains(metric)),
+            "no dashboard query uses {metric}"
+        );
+    }
+    // Every query must return a series; all are retried together (new
+    // samples arrive every 2 s), within one bounded wait.
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        empty.retain(|(_, expr)| query(prometheus, expr).unwrap_or(0) == 0);
+        if empty.is_empty() || Instant::now() >= deadline {
+            break;
         }
-        if found == 0 {
-            empty.push(format!("{title}: {expr}"));
-        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
         empty.is_empty(),
         "queries without data:\n{}",
-        empty.join("\n")
+        empty
+            .iter()
+            .map(|(title, expr)| format!("{title}: {expr}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -926,3 +926,44 @@ async fn a_refused_version_is_answered_with_disconnect() {
     .await
     .unwrap();
 }
+
+#[test]
+fn chain_messages() {
+    use timed::protocol::message::{Blocks, GetBlocks};
+    let get = Message::GetBlocks(GetBlocks {
+        start: 5,
+        count: 500,
+    });
+    let bytes = encode_message(&get).unwrap();
+    assert_eq!(hex::encode(&bytes), "070000000500000000000000f4010000");
+    assert_eq!(decode_message(&bytes).unwrap(), get);
+    let empty = Message::Blocks(Blocks {
+        tip_height: 7,
+        blocks: vec![],
+    });
+    assert_eq!(
+        hex::encode(encode_message(&empty).unwrap()),
+        "0800000007000000000000000000000000000000"
+    );
+    let one = Message::Blocks(Blocks {
+        tip_height: 1,
+        blocks: vec![serde_bytes::ByteBuf::from(vec![0xaa; 416])],
+    });
+    let bytes = encode_message(&one).unwrap();
+    assert_eq!(bytes.len(), 444);
+    assert_eq!(
+        hex::encode(&bytes[..28]),
+        "08000000010000000000000001000000000000000a00100000000000".replace("0a001000", "a0010000")
+    );
+    assert_eq!(
+        hex::encode(encode_message(&Message::GetMempool).unwrap()),
+        "09000000"
+    );
+    assert_eq!(
+        hex::encode(encode_message(&Message::Mempool(vec![])).unwrap()),
+        "0a0000000000000000000000"
+    );
+    // Limits: more than 500 blocks asked for is refused.
+    let too_many = unhex("07000000050000000000000000f5010000");
+    assert!(decode_message(&too_many).is_err());
+}

@@ -112,6 +112,21 @@ impl Mempool {
     /// # Errors
     /// A [`MempoolError`]; the pool is unchanged then.
     pub fn insert(&mut self, tx: Transaction, fee: u64) -> Result<Vec<Txid>, MempoolError> {
+        self.insert_protecting(tx, fee, |_| false)
+    }
+
+    /// As [`Mempool::insert`], but never evicts a transaction for which
+    /// `protected` is true (e.g. one already final by votes: evicting it
+    /// would let a conflicting payment in).
+    ///
+    /// # Errors
+    /// A [`MempoolError`]; the pool is unchanged then.
+    pub fn insert_protecting(
+        &mut self,
+        tx: Transaction,
+        fee: u64,
+        protected: impl Fn(&Txid) -> bool,
+    ) -> Result<Vec<Txid>, MempoolError> {
         let txid = tx.txid();
         if self.entries.contains_key(&txid) {
             return Err(MempoolError::Duplicate);
@@ -130,19 +145,27 @@ impl Mempool {
         if count + 1 > self.max_txs || bytes + size > self.max_bytes {
             let mut by_rate: Vec<(&Txid, &Entry)> = self.entries.iter().collect();
             by_rate.sort_by_key(|(_, e)| e.fee_rate());
+            let mut lowest = None;
             for (id, entry) in by_rate {
                 if count < self.max_txs && bytes + size <= self.max_bytes {
                     break;
                 }
+                if protected(id) {
+                    continue;
+                }
+                lowest.get_or_insert(entry.fee_rate());
                 if entry.fee_rate() >= rate {
-                    return Err(MempoolError::Full {
-                        fee_rate: rate,
-                        lowest: entry.fee_rate(),
-                    });
+                    break;
                 }
                 victims.push(*id);
                 count -= 1;
                 bytes -= entry.size;
+            }
+            if count + 1 > self.max_txs || bytes + size > self.max_bytes {
+                return Err(MempoolError::Full {
+                    fee_rate: rate,
+                    lowest: lowest.unwrap_or(u64::MAX),
+                });
             }
         }
         for id in &victims {

@@ -312,6 +312,8 @@ struct State {
     first_seen: HashMap<Txid, Instant>,
     finality: HashMap<Txid, Tally>,
     finality_order: VecDeque<Txid>,
+    conflicts: HashMap<Txid, Vec<OutPoint>>,
+    conflict_order: VecDeque<Txid>,
     last_produced_slot: Option<u64>,
 }
 
@@ -434,6 +436,8 @@ impl Chain {
             first_seen: HashMap::new(),
             finality: HashMap::new(),
             finality_order: VecDeque::new(),
+            conflicts: HashMap::new(),
+            conflict_order: VecDeque::new(),
             last_produced_slot: None,
         };
         metrics::gauge!("timed_chain_height").set(height as f64);
@@ -566,7 +570,10 @@ impl Chain {
                 return Err(e.into());
             }
         };
-        let result = state.mempool.insert(tx.clone(), fee);
+        let st = &mut *state;
+        let result = st
+            .mempool
+            .insert_protecting(tx.clone(), fee, |id| st.votes.is_final(id));
         let votes = match result {
             Ok(evicted) => {
                 for id in evicted {
@@ -593,6 +600,11 @@ impl Chain {
             }
             Err(e) => {
                 metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
+                if matches!(e, MempoolError::Conflict(_)) {
+                    // Remember its inputs: a masternode accepting it after
+                    // accepting the pooled one equivocates.
+                    Self::remember_conflict(&mut state, txid, &tx);
+                }
                 if matches!(e, MempoolError::Conflict(_)) && self.inner.masternode {
                     let vote = Vote {
                         txid,
@@ -669,12 +681,13 @@ impl Chain {
         voter: [u8; 32],
         vote: Vote,
     ) -> Result<VoteHandled, ChainError> {
-        let Some(inputs) = state.mempool.get(&vote.txid).map(|e| {
+        let pooled = state.mempool.get(&vote.txid).map(|e| {
             e.tx.inputs
                 .iter()
                 .map(|i| i.prevout)
                 .collect::<Vec<OutPoint>>()
-        }) else {
+        });
+        let Some(inputs) = pooled.or_else(|| state.conflicts.get(&vote.txid).cloned()) else {
             if self.inner.store.tx_height(&vote.txid)?.is_some() {
                 metrics::counter!("timed_votes_total", "result" => "late").increment(1);
                 return Ok(VoteHandled::Late);
@@ -819,11 +832,42 @@ impl Chain {
 
     /// Checks `block` as a child of `parent` (its hash, height and
     /// timestamp) against the current UTXO set.
-    fn validate_block(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
+    /// The checks that need no parent: version, a timestamp not before the
+    /// genesis nor in the future, a height its slot allows (every block is
+    /// in a later slot than its parent), the slot's scheduled producer and
+    /// its signature. Run on every block first, so that a block ahead of the
+    /// tip costs its sender as much as any other forgery and never moves the
+    /// sync target.
+    fn check_header(&self, block: &Block) -> Result<(), BlockError> {
         let header = &block.header;
         if header.version != 1 {
             return Err(BlockError::Version(header.version));
         }
+        let genesis = &self.inner.genesis;
+        if header.timestamp < genesis.timestamp {
+            return Err(BlockError::Timestamp("before the genesis"));
+        }
+        if header.timestamp > now_secs() + MAX_BLOCK_FUTURE_DRIFT_SECS {
+            return Err(BlockError::Timestamp("in the future"));
+        }
+        let slot = genesis.slot(header.timestamp);
+        if header.height > slot {
+            return Err(BlockError::Timestamp("height beyond what its slot allows"));
+        }
+        if genesis.producer(slot) != Some(&header.producer) {
+            return Err(BlockError::WrongProducer { slot });
+        }
+        let key = PublicKey::from_bytes(SignatureScheme::Ed25519, &header.producer)
+            .map_err(|_| BlockError::Signature)?;
+        let signature = Signature::from_bytes(SignatureScheme::Ed25519, &header.signature)
+            .map_err(|_| BlockError::Signature)?;
+        key.verify(&header.signing_digest(self.inner.magic), &signature)
+            .map_err(|_| BlockError::Signature)
+    }
+
+    fn validate_block(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
+        let header = &block.header;
+        self.check_header(block)?;
         let size = codec::encode_value(block).map_or(usize::MAX, |b| b.len());
         if size > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge(size));
@@ -834,22 +878,9 @@ impl Chain {
             });
         }
         let genesis = &self.inner.genesis;
-        let slot = genesis.slot(header.timestamp);
-        if header.timestamp < genesis.timestamp || slot <= genesis.slot(parent.timestamp) {
+        if genesis.slot(header.timestamp) <= genesis.slot(parent.timestamp) {
             return Err(BlockError::Timestamp("slot not after the parent's"));
         }
-        if header.timestamp > now_secs() + MAX_BLOCK_FUTURE_DRIFT_SECS {
-            return Err(BlockError::Timestamp("in the future"));
-        }
-        if genesis.producer(slot) != Some(&header.producer) {
-            return Err(BlockError::WrongProducer { slot });
-        }
-        let key = PublicKey::from_bytes(SignatureScheme::Ed25519, &header.producer)
-            .map_err(|_| BlockError::Signature)?;
-        let signature = Signature::from_bytes(SignatureScheme::Ed25519, &header.signature)
-            .map_err(|_| BlockError::Signature)?;
-        key.verify(&header.signing_digest(self.inner.magic), &signature)
-            .map_err(|_| BlockError::Signature)?;
         if !block.merkle_matches() {
             return Err(BlockError::MerkleRoot);
         }
@@ -882,11 +913,13 @@ impl Chain {
         block: Block,
         source: &'static str,
     ) -> Result<BlockOutcome, ChainError> {
+        self.check_header(&block)
+            .inspect_err(Self::count_rejected)?;
         let mut state = self.state();
         let tip = state.tip;
         let height = block.header.height;
-        self.saw_height(height);
         if height > tip.height + 1 {
+            self.saw_height(height);
             return Ok(BlockOutcome::Ahead);
         }
         let hash = block.hash();
@@ -894,6 +927,7 @@ impl Chain {
             if block.header.prev_hash != tip.hash {
                 // Maybe it extends a competitor of our tip we have not seen.
                 if height >= 2 {
+                    self.saw_height(height);
                     return Ok(BlockOutcome::Ahead);
                 }
                 return Err(BlockError::Linkage { height }.into());
@@ -1059,13 +1093,49 @@ impl Chain {
         Ok(BlockOutcome::ReplacedTip)
     }
 
+    /// Remembers (bounded) the inputs of a transaction refused as a
+    /// conflict, so that votes on it are still checked for equivocation.
+    fn remember_conflict(state: &mut State, txid: Txid, tx: &Transaction) {
+        if state.conflicts.contains_key(&txid) {
+            return;
+        }
+        if state.conflict_order.len() >= MAX_FINALITY_RECORDS {
+            if let Some(old) = state.conflict_order.pop_front() {
+                state.conflicts.remove(&old);
+            }
+        }
+        state.conflict_order.push_back(txid);
+        state
+            .conflicts
+            .insert(txid, tx.inputs.iter().map(|i| i.prevout).collect());
+    }
+
+    /// Puts a transaction of an abandoned block back in the pool; a
+    /// masternode votes on it again (every node forgot its votes when the
+    /// block was applied), so it can be final and in a block again.
     fn resubmit_locked(&self, state: &mut State, tx: Transaction) -> Result<(), ChainError> {
         let txid = tx.txid();
         if self.inner.store.tx_height(&txid)?.is_some() {
             return Ok(());
         }
         let fee = tx.validate(self.inner.magic, &self.inner.store)?;
-        state.mempool.insert(tx, fee)?;
+        let st = &mut *state;
+        let evicted = st
+            .mempool
+            .insert_protecting(tx, fee, |id| st.votes.is_final(id))?;
+        for id in evicted {
+            state.first_seen.remove(&id);
+            state.votes.forget(&id);
+        }
+        state.first_seen.insert(txid, Instant::now());
+        if self.inner.masternode {
+            let vote = Vote {
+                txid,
+                verdict: Verdict::Accept,
+            };
+            let _ = self.record_vote_locked(state, self.own_key(), vote);
+            self.publish_vote(vote);
+        }
         Ok(())
     }
 

@@ -29,9 +29,13 @@
 //! tip: there is no other sync state.
 //!
 //! # Security
-//! A peer can claim any height. A claim only makes us ask: the target falls
-//! back to what the answers show, and a peer that answers with nothing
-//! useful is simply not asked again in that batch.
+//! A peer can claim any height. A claim only makes us ask: a peer whose
+//! answer claims a tip past the requested height but carries no block is
+//! charged a protocol violation, and when no peer can give us more the
+//! target falls back to our own tip (so a false claim cannot keep a
+//! masternode from producing: it does not produce while behind the
+//! target). Gossiped blocks raise the target only once their header (slot,
+//! producer, signature) checks out.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -201,7 +205,17 @@ impl Syncer {
                 }
             };
             answered = true;
-            self.chain.saw_height(blocks.tip_height);
+            if blocks.blocks.is_empty() && blocks.tip_height >= start {
+                // A peer whose tip is past `start` has the block at `start`:
+                // an empty answer means the claim is false.
+                tracing::info!(peer = %peer.info.node_id, claimed = blocks.tip_height, start, "peer claims blocks it does not serve");
+                (self.penalize)(&peer, Offence::ProtocolViolation);
+                tried.insert(peer.info.node_id);
+                continue;
+            }
+            if !blocks.blocks.is_empty() {
+                self.chain.saw_height(blocks.tip_height);
+            }
             let mut applied = 0u64;
             let mut unlinked = false;
             let mut bad = false;
@@ -259,6 +273,9 @@ impl Syncer {
             }
             tried.insert(peer.info.node_id);
         }
+        // Nobody gave us more: whatever heights were claimed (in versions,
+        // gossip or answers), none is backed by blocks we can get now.
+        self.chain.settle_best_seen(self.chain.tip().height);
         if answered {
             Batch::UpToDate
         } else {
@@ -351,7 +368,9 @@ impl Syncer {
         .await;
         match answer {
             Ok(Ok(Response::Blocks(b))) => {
-                self.chain.saw_height(b.tip_height);
+                if !b.blocks.is_empty() {
+                    self.chain.saw_height(b.tip_height);
+                }
                 Some(b.blocks)
             }
             _ => None,
