@@ -216,39 +216,31 @@ impl Syncer {
             if !blocks.blocks.is_empty() {
                 self.chain.saw_height(blocks.tip_height);
             }
-            let mut applied = 0u64;
-            let mut unlinked = false;
+            // Validation and the fsync of each block are blocking work: run
+            // the batch off the async workers.
+            let chain = self.chain.clone();
+            let raws = blocks.blocks.clone();
+            let applied_batch =
+                tokio::task::spawn_blocking(move || apply_batch(&chain, &raws)).await;
+            let Ok(BatchResult {
+                applied,
+                unlinked,
+                error,
+            }) = applied_batch
+            else {
+                return Batch::Failed;
+            };
             let mut bad = false;
-            for raw in &blocks.blocks {
-                let block = match Chain::decode_block(raw) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.bad_data(&peer, &ChainError::Block(e));
-                        bad = true;
-                        break;
-                    }
-                };
-                match self.chain.handle_block(block, "sync") {
-                    Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => applied += 1,
-                    Ok(BlockOutcome::Known) => {}
-                    Ok(BlockOutcome::Ahead) => {
-                        unlinked = true;
-                        break;
-                    }
-                    Err(ChainError::Store(e)) => {
-                        tracing::error!(error = %e, "storage failed during sync");
-                        return Batch::Failed;
-                    }
-                    Err(e) => {
-                        if e.offence().is_some_and(|o| o != Offence::Conflicting) {
-                            self.bad_data(&peer, &e);
-                            bad = true;
-                        } else {
-                            unlinked = true;
-                        }
-                        break;
-                    }
+            match error {
+                Some(ChainError::Store(e)) => {
+                    tracing::error!(error = %e, "storage failed during sync");
+                    return Batch::Failed;
                 }
+                Some(e) => {
+                    self.bad_data(&peer, &e);
+                    bad = true;
+                }
+                None => {}
             }
             if applied > 0 {
                 return Batch::Progress;
@@ -418,6 +410,53 @@ impl Syncer {
         }
         true
     }
+}
+
+/// What applying one answer did.
+struct BatchResult {
+    applied: u64,
+    unlinked: bool,
+    /// Invalid data (or a storage failure) that ended the batch.
+    error: Option<ChainError>,
+}
+
+/// Decodes and applies `raws` in order until one fails or does not link.
+fn apply_batch(chain: &Chain, raws: &[serde_bytes::ByteBuf]) -> BatchResult {
+    let mut result = BatchResult {
+        applied: 0,
+        unlinked: false,
+        error: None,
+    };
+    for raw in raws {
+        let block = match Chain::decode_block(raw) {
+            Ok(b) => b,
+            Err(e) => {
+                result.error = Some(ChainError::Block(e));
+                break;
+            }
+        };
+        match chain.handle_block(block, "sync") {
+            Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => result.applied += 1,
+            Ok(BlockOutcome::Known) => {}
+            Ok(BlockOutcome::Ahead) => {
+                result.unlinked = true;
+                break;
+            }
+            Err(e @ ChainError::Store(_)) => {
+                result.error = Some(e);
+                break;
+            }
+            Err(e) => {
+                if e.offence().is_some_and(|o| o != Offence::Conflicting) {
+                    result.error = Some(e);
+                } else {
+                    result.unlinked = true;
+                }
+                break;
+            }
+        }
+    }
+    result
 }
 
 fn log_progress(height: u64, target: u64, first: u64, started: Instant) {
