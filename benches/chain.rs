@@ -35,24 +35,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use futures::{SinkExt, StreamExt};
 use tempfile::TempDir;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio_util::codec::Framed;
 
 use timed::chain::genesis::Genesis;
 use timed::chain::state::{BlockOutcome, Chain, ChainOptions};
 use timed::chain::{Address, Block, OutPoint, Transaction, TxOut, UtxoView, COIN};
-use timed::constants::DEFAULT_MAX_FRAME_LEN;
 use timed::crypto::{NodeIdentity, PublicKey, Signature, SignatureScheme};
 use timed::network::Network;
 use timed::node::{Node, NodeConfig, PeerTarget};
 use timed::peer::HandshakeConfig;
 use timed::protocol::{codec, VersionParams};
 use timed::storage::{Store, DB_FILE};
-use timed::transport::noise::{handshake, CryptoBackend, LocalKeys};
-use timed::transport::{FrameCodec, RekeyPolicy};
+use timed::transport::noise::CryptoBackend;
 use timed::wallet::Wallet;
 
 /// Blocks of the seed chain for `chain/sync`.
@@ -66,10 +61,10 @@ const WALLETS: usize = 10;
 const PAYMENT: u64 = COIN / 100;
 /// Each payment's fee.
 const FEE: u64 = 1_000;
-/// One bulk message: 1 MiB (as in `benches/transport.rs`).
-const MSG_LEN: usize = 1 << 20;
-/// The bulk reference's Noise prologue magic (as in `benches/transport.rs`).
-const BULK_MAGIC: [u8; 4] = *b"TDEV";
+
+#[path = "support/bulk.rs"]
+mod bulk;
+use bulk::{noise_pair, noise_round, MSG_LEN};
 /// Longest a single sync may take before the bench gives up.
 const SYNC_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -607,59 +602,6 @@ fn sync_once(rt: &Runtime, fx: &Fixture, seed: &Seed, ip: [u8; 4]) -> Duration {
     });
     assert_eq!(chain.tip().hash, seed.chain.tip().hash);
     elapsed
-}
-
-type FramedNoise = Framed<TcpStream, FrameCodec>;
-
-/// As `noise_pair` in `benches/transport.rs`: a connected pair of encrypted
-/// framed streams over loopback TCP, with the node's default backend.
-async fn noise_pair(backend: CryptoBackend) -> (FramedNoise, FramedNoise) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let mut dialed = dialed.unwrap();
-    let mut accepted = accepted.unwrap().0;
-    dialed.set_nodelay(true).unwrap();
-    accepted.set_nodelay(true).unwrap();
-    let a = LocalKeys::new(&NodeIdentity::generate(), backend).unwrap();
-    let b = LocalKeys::new(&NodeIdentity::generate(), backend).unwrap();
-    let (ra, rb) = tokio::join!(
-        handshake(&mut dialed, &a, BULK_MAGIC, true, None),
-        handshake(&mut accepted, &b, BULK_MAGIC, false, None)
-    );
-    let codec = |session| FrameCodec::new(session, DEFAULT_MAX_FRAME_LEN, RekeyPolicy::default());
-    (
-        Framed::new(dialed, codec(ra.unwrap().0)),
-        Framed::new(accepted, codec(rb.unwrap().0)),
-    )
-}
-
-/// As `noise_round` in `benches/transport.rs`: `n` messages from `tx` to
-/// `rx`, timed from the first write until the receiver read them all.
-async fn noise_round(
-    mut tx: FramedNoise,
-    mut rx: FramedNoise,
-    payload: Bytes,
-    n: u64,
-) -> (FramedNoise, FramedNoise, Duration) {
-    let start = Instant::now();
-    let writer = tokio::spawn(async move {
-        for _ in 0..n {
-            tx.send(payload.clone()).await.unwrap();
-        }
-        tx
-    });
-    let reader = tokio::spawn(async move {
-        for _ in 0..n {
-            let frame = rx.next().await.unwrap().unwrap();
-            assert_eq!(frame.len(), MSG_LEN);
-        }
-        let elapsed = start.elapsed();
-        (rx, elapsed)
-    });
-    let tx = writer.await.unwrap();
-    let (rx, elapsed) = reader.await.unwrap();
-    (tx, rx, elapsed)
 }
 
 fn sync(c: &mut Criterion, fx: &Fixture) {

@@ -38,9 +38,10 @@ use timed::protocol::VersionParams;
 use timed::transport::noise::{handshake, CryptoBackend, LocalKeys};
 use timed::transport::{FrameCodec, RekeyPolicy};
 
-/// One bulk message: 1 MiB.
-const MSG_LEN: usize = 1 << 20;
-const MAGIC: [u8; 4] = *b"TDEV";
+#[path = "support/bulk.rs"]
+mod bulk;
+use bulk::{noise_pair, noise_round, tcp_pair, FramedNoise, MAGIC, MSG_LEN};
+
 /// Not the protocol's suite: a reference for the cost of the cipher.
 const AESGCM_REFERENCE: &str = "Noise_XX_25519_AESGCM_SHA256";
 
@@ -57,37 +58,6 @@ fn current_thread_runtime() -> Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A connected loopback TCP pair (dialer, acceptor).
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let dialed = dialed.unwrap();
-    let accepted = accepted.unwrap().0;
-    dialed.set_nodelay(true).unwrap();
-    accepted.set_nodelay(true).unwrap();
-    (dialed, accepted)
-}
-
-type FramedNoise = Framed<TcpStream, FrameCodec>;
-
-/// A connected pair of encrypted framed streams over loopback TCP
-/// (initiator, responder), both with `backend`.
-async fn noise_pair(backend: CryptoBackend) -> (FramedNoise, FramedNoise) {
-    let (mut dialed, mut accepted) = tcp_pair().await;
-    let a = LocalKeys::new(&NodeIdentity::generate(), backend).unwrap();
-    let b = LocalKeys::new(&NodeIdentity::generate(), backend).unwrap();
-    let (ra, rb) = tokio::join!(
-        handshake(&mut dialed, &a, MAGIC, true, None),
-        handshake(&mut accepted, &b, MAGIC, false, None)
-    );
-    let codec = |session| FrameCodec::new(session, DEFAULT_MAX_FRAME_LEN, RekeyPolicy::default());
-    (
-        Framed::new(dialed, codec(ra.unwrap().0)),
-        Framed::new(accepted, codec(rb.unwrap().0)),
-    )
 }
 
 /// As [`noise_pair`] with ring's AES-256-GCM instead of ChaCha20-Poly1305
@@ -122,33 +92,6 @@ async fn plain_round(
         let mut buf = vec![0u8; MSG_LEN];
         for _ in 0..n {
             rx.read_exact(&mut buf).await.unwrap();
-        }
-        let elapsed = start.elapsed();
-        (rx, elapsed)
-    });
-    let tx = writer.await.unwrap();
-    let (rx, elapsed) = reader.await.unwrap();
-    (tx, rx, elapsed)
-}
-
-/// As [`plain_round`], over encrypted frames.
-async fn noise_round(
-    mut tx: FramedNoise,
-    mut rx: FramedNoise,
-    payload: Bytes,
-    n: u64,
-) -> (FramedNoise, FramedNoise, Duration) {
-    let start = Instant::now();
-    let writer = tokio::spawn(async move {
-        for _ in 0..n {
-            tx.send(payload.clone()).await.unwrap();
-        }
-        tx
-    });
-    let reader = tokio::spawn(async move {
-        for _ in 0..n {
-            let frame = rx.next().await.unwrap().unwrap();
-            assert_eq!(frame.len(), MSG_LEN);
         }
         let elapsed = start.elapsed();
         (rx, elapsed)

@@ -9,7 +9,7 @@
 //! # Transactions
 //! A transaction is accepted into the mempool when its structure, its
 //! signatures and its inputs check out against the UTXO set, its fee is at
-//! least [`MIN_FEE`] and it does not spend an output a pooled transaction
+//! least [`MIN_FEE`](super::transaction::MIN_FEE) and it does not spend an output a pooled transaction
 //! already spends (no replace-by-fee). A masternode then signs an `Accept`
 //! vote for it; for a valid transaction that conflicts with one it accepted
 //! first it signs a `Reject` vote.
@@ -54,7 +54,7 @@ use super::address::Address;
 use super::block::{Block, BlockHash, MAX_BLOCK_BYTES};
 use super::genesis::Genesis;
 use super::mempool::{Mempool, MempoolError};
-use super::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView, MIN_FEE};
+use super::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView};
 use super::votes::{Verdict, Vote, VoteBook, VoteError, VoteOutcome};
 use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_PENDING_VOTES, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
@@ -363,7 +363,15 @@ impl UtxoView for Overlay<'_> {
     }
 }
 
-impl Overlay<'_> {
+impl<'a> Overlay<'a> {
+    fn new(store: &'a Store) -> Self {
+        Overlay {
+            store,
+            created: HashMap::new(),
+            spent: HashSet::new(),
+        }
+    }
+
     fn apply(&mut self, tx: &Transaction) {
         for input in &tx.inputs {
             self.spent.insert(input.prevout);
@@ -570,34 +578,8 @@ impl Chain {
                 return Err(e.into());
             }
         };
-        let st = &mut *state;
-        let result = st
-            .mempool
-            .insert_protecting(tx.clone(), fee, |id| st.votes.is_final(id));
-        let votes = match result {
-            Ok(evicted) => {
-                for id in evicted {
-                    state.first_seen.remove(&id);
-                    state.votes.forget(&id);
-                }
-                state.first_seen.insert(txid, Instant::now());
-                metrics::counter!("timed_transactions_total", "result" => "accepted").increment(1);
-                let mut votes = state.pending_votes.remove(&txid).unwrap_or_default();
-                state.pending_count = state.pending_count.saturating_sub(votes.len());
-                if self.inner.masternode {
-                    votes.insert(
-                        0,
-                        (
-                            self.own_key(),
-                            Vote {
-                                txid,
-                                verdict: Verdict::Accept,
-                            },
-                        ),
-                    );
-                }
-                votes
-            }
+        let own_vote = match self.pool_locked(&mut state, tx.clone(), fee) {
+            Ok(vote) => vote,
             Err(e) => {
                 metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
                 if matches!(e, MempoolError::Conflict(_)) {
@@ -617,17 +599,10 @@ impl Chain {
                 return Err(e.into());
             }
         };
-        let own = self.own_key();
-        let mut publish = None;
-        for (voter, vote) in votes {
-            let _ = self.record_vote_locked(&mut state, voter, vote);
-            if voter == own {
-                publish = Some(vote);
-            }
-        }
+        metrics::counter!("timed_transactions_total", "result" => "accepted").increment(1);
         self.update_mempool_gauges(&state);
         drop(state);
-        if let Some(vote) = publish {
+        if let Some(vote) = own_vote {
             self.publish_vote(vote);
         }
         tracing::debug!(txid = %hex::encode(txid), fee, "transaction accepted");
@@ -865,9 +840,16 @@ impl Chain {
             .map_err(|_| BlockError::Signature)
     }
 
+    /// [`Chain::check_header`], then [`Chain::validate_body`].
     fn validate_block(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
-        let header = &block.header;
         self.check_header(block)?;
+        self.validate_body(block, parent)
+    }
+
+    /// The checks that need the parent and the UTXO set, for a block whose
+    /// header passed [`Chain::check_header`].
+    fn validate_body(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
+        let header = &block.header;
         let size = codec::encode_value(block).map_or(usize::MAX, |b| b.len());
         if size > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge(size));
@@ -884,11 +866,7 @@ impl Chain {
         if !block.merkle_matches() {
             return Err(BlockError::MerkleRoot);
         }
-        let mut overlay = Overlay {
-            store: &self.inner.store,
-            created: HashMap::new(),
-            spent: HashSet::new(),
-        };
+        let mut overlay = Overlay::new(&self.inner.store);
         let mut txids = HashSet::with_capacity(block.transactions.len());
         for (index, tx) in block.transactions.iter().enumerate() {
             let txid = tx.txid();
@@ -932,7 +910,8 @@ impl Chain {
                 }
                 return Err(BlockError::Linkage { height }.into());
             }
-            self.validate_block(&block, &tip)
+            // The header was checked above.
+            self.validate_body(&block, &tip)
                 .inspect_err(Self::count_rejected)?;
             self.apply_locked(&mut state, &block, source)?;
             return Ok(BlockOutcome::Applied);
@@ -1119,6 +1098,22 @@ impl Chain {
             return Ok(());
         }
         let fee = tx.validate(self.inner.magic, &self.inner.store)?;
+        if let Some(vote) = self.pool_locked(state, tx, fee)? {
+            self.publish_vote(vote);
+        }
+        Ok(())
+    }
+
+    /// Adds a validated `tx` to the pool (never evicting a final one),
+    /// counts the votes held for it and, on a masternode, records its own
+    /// Accept; returns that vote for the caller to publish.
+    fn pool_locked(
+        &self,
+        state: &mut State,
+        tx: Transaction,
+        fee: u64,
+    ) -> Result<Option<Vote>, MempoolError> {
+        let txid = tx.txid();
         let st = &mut *state;
         let evicted = st
             .mempool
@@ -1128,15 +1123,16 @@ impl Chain {
             state.votes.forget(&id);
         }
         state.first_seen.insert(txid, Instant::now());
-        if self.inner.masternode {
-            let vote = Vote {
-                txid,
-                verdict: Verdict::Accept,
-            };
-            let _ = self.record_vote_locked(state, self.own_key(), vote);
-            self.publish_vote(vote);
+        let held = state.pending_votes.remove(&txid).unwrap_or_default();
+        state.pending_count = state.pending_count.saturating_sub(held.len());
+        let own = self.inner.masternode.then_some(Vote {
+            txid,
+            verdict: Verdict::Accept,
+        });
+        for (voter, vote) in own.map(|v| (self.own_key(), v)).into_iter().chain(held) {
+            let _ = self.record_vote_locked(state, voter, vote);
         }
-        Ok(())
+        Ok(own)
     }
 
     fn apply_locked(
@@ -1208,11 +1204,7 @@ impl Chain {
             .filter_map(|id| state.mempool.get(&id).map(|e| (e.fee_rate(), e.tx.clone())))
             .collect();
         candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
-        let mut overlay = Overlay {
-            store: &self.inner.store,
-            created: HashMap::new(),
-            spent: HashSet::new(),
-        };
+        let mut overlay = Overlay::new(&self.inner.store);
         let mut transactions = Vec::new();
         let mut bytes = 512usize;
         for (_, tx) in candidates {
@@ -1308,11 +1300,6 @@ impl Chain {
         let state = self.state();
         utxos.retain(|(o, _)| state.mempool.spender(o).is_none());
         Ok(utxos)
-    }
-
-    /// Minimum fee of a transaction.
-    pub const fn min_fee() -> u64 {
-        MIN_FEE
     }
 }
 

@@ -138,7 +138,7 @@ impl Syncer {
             }
             let height = self.chain.tip().height;
             let target = self.chain.best_seen();
-            self.export(height, target);
+            self.export(target);
             if last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
                 last_log = Instant::now();
                 logged = true;
@@ -150,7 +150,7 @@ impl Syncer {
         }
         let height = self.chain.tip().height;
         let target = self.chain.best_seen();
-        self.export(height, target);
+        self.export(target);
         if height > first {
             if logged || height - first >= MAX_BLOCKS_PER_RESPONSE as u64 {
                 log_progress(height, target, first, started);
@@ -162,10 +162,9 @@ impl Syncer {
         }
     }
 
-    fn export(&self, height: u64, target: u64) {
+    fn export(&self, target: u64) {
         metrics::gauge!("timed_sync_target_height").set(target as f64);
         metrics::gauge!("timed_sync_progress").set(self.chain.progress());
-        let _ = height;
     }
 
     /// One batch, retried on up to [`SYNC_MAX_ATTEMPTS`] peers.
@@ -177,27 +176,13 @@ impl Syncer {
                 break;
             };
             let start = self.chain.tip().height + 1;
-            let request = Request::GetBlocks(GetBlocks {
-                start,
-                count: MAX_BLOCKS_PER_RESPONSE as u32,
-            });
-            let mut client = peer.client.clone();
-            let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
-                client.ready().await?.call(request).await
-            })
-            .await;
-            let blocks = match answer {
-                Ok(Ok(Response::Blocks(b))) => b,
-                Ok(Ok(_)) => {
+            let blocks = match ask(&peer, get_blocks(start)).await {
+                Asked::Answer(Response::Blocks(b)) => b,
+                Asked::Answer(_) | Asked::Failed => {
                     tried.insert(peer.info.node_id);
                     continue;
                 }
-                Ok(Err(error)) => {
-                    tracing::debug!(peer = %peer.info.node_id, %error, "sync request failed");
-                    tried.insert(peer.info.node_id);
-                    continue;
-                }
-                Err(_) => {
+                Asked::TimedOut => {
                     tracing::info!(peer = %peer.info.node_id, timeout_s = SYNC_REQUEST_TIMEOUT.as_secs(), "sync request timed out; trying another peer");
                     (self.penalize)(&peer, Offence::Timeout);
                     tried.insert(peer.info.node_id);
@@ -349,17 +334,8 @@ impl Syncer {
 
     /// One `GetBlocks` from `start` to `peer`; its blocks, or `None`.
     async fn request(&self, peer: &PeerHandle, start: u64) -> Option<Vec<serde_bytes::ByteBuf>> {
-        let mut client = peer.client.clone();
-        let request = Request::GetBlocks(GetBlocks {
-            start,
-            count: MAX_BLOCKS_PER_RESPONSE as u32,
-        });
-        let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
-            client.ready().await?.call(request).await
-        })
-        .await;
-        match answer {
-            Ok(Ok(Response::Blocks(b))) => {
+        match ask(peer, get_blocks(start)).await {
+            Asked::Answer(Response::Blocks(b)) => {
                 if !b.blocks.is_empty() {
                     self.chain.saw_height(b.tip_height);
                 }
@@ -387,12 +363,7 @@ impl Syncer {
         let Some(peer) = self.peers.pick_excluding(&HashSet::new()) else {
             return false;
         };
-        let mut client = peer.client.clone();
-        let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
-            client.ready().await?.call(Request::GetMempool).await
-        })
-        .await;
-        let Ok(Ok(Response::Mempool(txs))) = answer else {
+        let Asked::Answer(Response::Mempool(txs)) = ask(&peer, Request::GetMempool).await else {
             return false;
         };
         let mut added = 0usize;
@@ -409,6 +380,42 @@ impl Syncer {
             tracing::info!(peer = %peer.info.node_id, added, "mempool fetched from a peer");
         }
         true
+    }
+}
+
+/// How a request to one peer went.
+enum Asked {
+    /// The peer answered (with the response kind the request asks for:
+    /// the connection matches responses to requests).
+    Answer(Response),
+    /// The connection failed or refused the request.
+    Failed,
+    /// No answer within [`SYNC_REQUEST_TIMEOUT`].
+    TimedOut,
+}
+
+/// The `GetBlocks` request for blocks from `start`.
+fn get_blocks(start: u64) -> Request {
+    Request::GetBlocks(GetBlocks {
+        start,
+        count: MAX_BLOCKS_PER_RESPONSE as u32,
+    })
+}
+
+/// Sends `request` to `peer` and waits at most [`SYNC_REQUEST_TIMEOUT`].
+async fn ask(peer: &PeerHandle, request: Request) -> Asked {
+    let mut client = peer.client.clone();
+    let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
+        client.ready().await?.call(request).await
+    })
+    .await;
+    match answer {
+        Ok(Ok(response)) => Asked::Answer(response),
+        Ok(Err(error)) => {
+            tracing::debug!(peer = %peer.info.node_id, %error, "sync request failed");
+            Asked::Failed
+        }
+        Err(_) => Asked::TimedOut,
     }
 }
 

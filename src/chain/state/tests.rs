@@ -7,6 +7,7 @@ use super::*;
 use crate::chain::genesis::{
     Genesis, GenesisMasternode, DEVNET_OUTPUTS_PER_NODE, DEVNET_OUTPUT_VALUE,
 };
+use crate::chain::transaction::MIN_FEE;
 use crate::chain::transaction::{TxIn, COIN};
 use crate::chain::votes::Tier;
 use crate::network::Network;
