@@ -136,10 +136,11 @@ fn unlimited() -> RateLimitConfig {
     let huge = KindLimit {
         count: 1_000_000_000,
         per_secs: 1,
+        burst: None,
     };
     RateLimitConfig {
-        tx: huge,
-        vote: huge,
+        tx: Some(huge),
+        vote: Some(huge),
         block: huge,
         addr: huge,
         get_peers: huge,
@@ -148,7 +149,8 @@ fn unlimited() -> RateLimitConfig {
         get_blocks: huge,
         get_mempool: huge,
         other: huge,
-        per_ip: huge,
+        per_ip: Some(huge),
+        ..RateLimitConfig::default()
     }
 }
 
@@ -176,7 +178,7 @@ fn stack_configs(auth: Option<bool>) -> Vec<MiddlewareConfig> {
 
 /// The config-built (boxed per layer) stack around the trivial handler.
 fn dynamic_stack(configs: &[MiddlewareConfig]) -> InboundService {
-    MiddlewareStack::build(configs, MAGIC).wrap(BoxCloneService::new(Accept))
+    MiddlewareStack::build(configs, MAGIC, Default::default()).wrap(BoxCloneService::new(Accept))
 }
 
 /// The same layers composed statically, all five.
@@ -186,7 +188,7 @@ fn static_stack_with_auth(
     ServiceBuilder::new()
         .layer(BlacklistLayer::new(blacklist.clone()))
         .layer(ScoringLayer::new(&ScoringConfig::default(), blacklist))
-        .layer(RateLimitLayer::new(&unlimited()))
+        .layer(RateLimitLayer::new(&unlimited(), Default::default()))
         .layer(DedupLayer::new(&DedupConfig::default()))
         .layer(AuthLayer::new(&auth_config(false), MAGIC))
         .service(Accept)
@@ -199,7 +201,7 @@ fn static_stack_without_auth(
     ServiceBuilder::new()
         .layer(BlacklistLayer::new(blacklist.clone()))
         .layer(ScoringLayer::new(&ScoringConfig::default(), blacklist))
-        .layer(RateLimitLayer::new(&unlimited()))
+        .layer(RateLimitLayer::new(&unlimited(), Default::default()))
         .layer(DedupLayer::new(&DedupConfig::default()))
         .service(Accept)
 }
@@ -334,7 +336,7 @@ fn per_layer(c: &mut Criterion) {
     group.bench_function("rate_limit", |b| {
         b.iter_custom(|iters| {
             sequential(&rt, &pool, iters, || {
-                RateLimitLayer::new(&unlimited()).layer(Accept)
+                RateLimitLayer::new(&unlimited(), Default::default()).layer(Accept)
             })
         });
     });

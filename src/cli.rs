@@ -323,6 +323,12 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     tracing::info!("shutting down");
     node.shutdown();
     stop.cancel();
+    // Everything the pool journal holds reaches the disk before we exit.
+    if let Some(chain) = node.chain() {
+        if !chain.flush(Duration::from_secs(10)) {
+            tracing::error!("the mempool could not be written to disk before exit");
+        }
+    }
     // Let connections send their Disconnect.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())

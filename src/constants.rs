@@ -169,8 +169,14 @@ pub const MAX_BLOCK_FUTURE_DRIFT_SECS: u64 = 15;
 /// How often a node compares its height with its peers' when idle.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How long one `GetBlocks` may take before it is retried on another peer.
-pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sync waits for one request in all, including waiting for a
+/// connection busy with another request of ours.
+///
+/// The connection's own request timeout (20 s by default) is what fails a
+/// slow answer and charges the peer, once; this longer deadline is never
+/// charged and only keeps sync from waiting forever on a stuck connection
+/// (two request timeouts: one for the request ahead of ours, one for ours).
+pub const SYNC_REQUEST_DEADLINE: Duration = Duration::from_secs(45);
 
 /// Attempts on different peers for one batch before sync waits for the next
 /// round.
@@ -188,3 +194,51 @@ pub const MAX_PENDING_VOTES: usize = 10_000;
 /// operator would not notice, and bounds the work and the undo data a fork
 /// can make a node replay.
 pub const MAX_REORG_DEPTH: u64 = 100;
+
+/// Transactions per second one peer's gossip is handled at before it is
+/// throttled (its burst is a whole mempool, see
+/// [`crate::layers::rate_limit::GossipScale`]).
+///
+/// # Correctness
+/// Honest load is never an offence, so this budget only paces work; it
+/// must sit above what an honest peer relays in steady state. A chain with
+/// 2 MiB blocks of ~250-byte transactions clears about 8,000 transactions
+/// per block, i.e. ~14/s with 600 s slots and ~4,000/s with the devnet's
+/// 2 s slots; a payment burst from one wallet reaches the RPC's accept rate
+/// (hundreds per second). 100/s with a burst of the whole mempool (5,000 by
+/// default) lets the largest honest burst through at once and paces a
+/// sustained stream without losing any of it (excess waits: backpressure).
+///
+/// # Security
+/// A transaction costs about 65 µs (envelope verify ~30 µs, validation
+/// ~35 µs): 100/s from each of 64 inbound peers is ~0.4 s of one core per
+/// second at worst, and `dedup` drops the copies before the verify.
+pub const GOSSIP_TX_RATE: u32 = 100;
+
+/// Gossip beyond this many times a budget is charged as an offence.
+///
+/// An honest peer stays within 1× (it is slowed down by backpressure before
+/// it could exceed it); 10× cannot come from load, only from a peer that
+/// ignores flow control and keeps sending what is dropped.
+pub const GOSSIP_ABUSE_FACTOR: u32 = 10;
+
+/// Longest a message waits for its budget before it is dropped instead.
+///
+/// Waiting is backpressure: the connection reads nothing meanwhile, so TCP
+/// slows the sender and nothing is lost. One second covers every budget that
+/// refills at least once a second (transactions, votes, blocks, sync
+/// requests) and stays far below the 20 s keepalive timeout the wait also
+/// delays; slower budgets (pings, address requests) drop their excess.
+pub const THROTTLE_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Default most inbound handshakes in progress at once.
+///
+/// Zebra caps handshakes in flight; geth allows 50 pending. A full Noise
+/// plus version exchange takes three round trips (milliseconds on a LAN,
+/// well under a second across the world), so 32 pending slots let 32 honest
+/// peers in at once, while a flood of stalled sockets, each evicting the
+/// oldest (see `node`), must open more than 32 sockets per handshake time
+/// (e.g. 3,200 per second against a 10 ms handshake) to keep one honest
+/// peer out: far beyond the per-IP accept rate of any number of addresses a
+/// flooder normally holds.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 32;

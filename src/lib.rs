@@ -69,6 +69,7 @@ pub mod constants;
 pub mod crypto;
 pub mod handlers;
 pub mod layers;
+pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;

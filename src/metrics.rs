@@ -36,7 +36,7 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_uptime_seconds", Kind::Gauge, "", "Seconds since the node started."),
     ("timed_peers", Kind::Gauge, "direction", "Connected peers by direction (inbound, outbound)."),
     ("timed_handshakes_total", Kind::Counter, "result", "Connection setups by result: ok, or the error kind (timeout, forged_identity, wrong_genesis, ...)."),
-    ("timed_connections_refused_total", Kind::Counter, "reason", "Sockets closed before the handshake: banned, accept_rate, max_inbound, max_per_ip."),
+    ("timed_connections_refused_total", Kind::Counter, "reason", "Connections refused: before the handshake (banned, accept_rate, max_per_ip) or right after it (max_inbound)."),
     ("timed_messages_total", Kind::Counter, "kind, direction", "Messages by kind (ping, gossip, ...) and direction (in, out)."),
     ("timed_bytes_total", Kind::Counter, "direction", "Bytes on the wire (encrypted records) by direction (in, out)."),
     ("timed_layer_decisions_total", Kind::Counter, "layer, decision, reason", "Middleware decisions: accepted, or rejected with a reason (duplicate, banned, peer_limit, ...)."),
@@ -45,7 +45,9 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_blacklist_violations_total", Kind::Counter, "reason", "Violations recorded against IPs, by cause."),
     ("timed_score_penalties_total", Kind::Counter, "offence", "Score penalties by offence."),
     ("timed_peer_score", Kind::Gauge, "stat", "Peer scores across connected peers: min, mean, max."),
-    ("timed_rate_limit_hits_total", Kind::Counter, "kind, scope", "Messages refused by the rate limit, by message kind and scope (peer, ip)."),
+    ("timed_rate_limit_hits_total", Kind::Counter, "kind, scope", "Messages refused by the rate limit, by message kind and scope: peer, ip (dropped, free), abuse (charged)."),
+    ("timed_gossip_throttled_total", Kind::Counter, "kind", "Messages over their budget, delayed or dropped without a charge (honest load is never an offence)."),
+    ("timed_late_responses_total", Kind::Counter, "kind", "Answers that came after their request timed out, dropped without a further charge."),
     ("timed_dedup_hits_total", Kind::Counter, "", "Duplicates dropped by dedup."),
     ("timed_auth_batch_size", Kind::Histogram, "", "Signatures per batch of the batch verifier."),
     ("timed_ping_rtt_seconds", Kind::Histogram, "", "Keepalive round-trip times."),
@@ -163,6 +165,10 @@ pub fn register_defaults(network: &str) {
         .increment(0);
     metrics::counter!("timed_rate_limit_hits_total", "kind" => "ping", "scope" => "peer")
         .increment(0);
+    for kind in ["tx", "vote", "block"] {
+        metrics::counter!("timed_gossip_throttled_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("timed_late_responses_total", "kind" => "get_blocks").increment(0);
     metrics::counter!("timed_dedup_hits_total").increment(0);
     metrics::counter!("timed_send_queue_overflows_total").increment(0);
     metrics::counter!("timed_gossip_relayed_total", "kind" => "tx").increment(0);

@@ -4,12 +4,25 @@
 //!
 //! # Inbound connections
 //! 1. Pre-handshake gate, before a single byte is read: the ban list (IPs,
-//!    IPv6 /64s and subnets), the accept rate per IP, the inbound limit and
-//!    the per-IP limit. A refused socket is closed at once.
-//! 2. Noise and version exchange under one deadline (`peer::handshake`).
-//! 3. One connection per node id (see [`crate::peer::set`]).
+//!    IPv6 /64s and subnets), the accept rate per IP and the per-IP limit.
+//!    A refused socket is closed at once.
+//! 2. Noise and version exchange under one deadline (`peer::handshake`), as
+//!    one of at most `max_pending_handshakes` pending handshakes.
+//! 3. The inbound limit (established connections only) and one connection
+//!    per node id (see [`crate::peer::set`]).
 //! 4. The connection task runs the peer's messages through a middleware
 //!    stack built for it from the config.
+//!
+//! # Security
+//! Unauthenticated sockets cannot hold the slots honest peers need: a
+//! connection counts against `max_inbound` only once it has authenticated,
+//! and pending handshakes have their own bound. When that bound is reached,
+//! a new socket evicts the *oldest* pending handshake instead of being
+//! refused: a flood of sockets that never send a byte (or stall after the
+//! first Noise message) then only shortens how long each stalled socket
+//! lives, while an honest handshake, which completes in a few round trips,
+//! gets through. Lines a remote party can trigger are rate-limited
+//! ([`crate::logging`]).
 //!
 //! Misbehaviour during setup (garbage, forged identity, stalling, broken
 //! frames) and on the wire counts as a violation of the peer's IP in the
@@ -24,7 +37,7 @@
 //! Every connection runs inside a tracing span `conn` with the fields
 //! `conn.id`, `peer.addr`, `direction` and (once authenticated) `node.id`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -44,9 +57,11 @@ use tracing::{field, Instrument};
 
 use crate::chain::state::Chain;
 use crate::chain::sync::{Penalizer, SyncHandle, Syncer};
+use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
 use crate::crypto::{NodeId, NodeIdentity};
 use crate::handlers::{Handlers, Router};
 use crate::layers::blacklist::{ip_key, Blacklist, PersistedBan};
+use crate::layers::rate_limit::GossipScale;
 use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
 use crate::layers::{Inbound, Offence, PeerContext, ScoreHandle};
 use crate::peer::client::Client;
@@ -56,6 +71,7 @@ use crate::peer::connection::{
 use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig, PeerInfo};
 use crate::peer::queue::{SendQueue, DEFAULT_QUEUE_BYTES};
 use crate::peer::set::{Admission, PeerSet};
+use crate::protocol::message::capabilities;
 use crate::protocol::{DisconnectReason, Envelope, GossipKind, Message, MessageId};
 use crate::storage::StoredBan;
 use crate::transport::noise::{CryptoBackend, HandshakeError, LocalKeys};
@@ -117,8 +133,10 @@ impl FromStr for PeerTarget {
 /// Connection limits of the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Most inbound connections (including those still in the handshake).
+    /// Most established (authenticated) inbound connections.
     pub max_inbound: usize,
+    /// Most inbound handshakes in progress; a new one evicts the oldest.
+    pub max_pending_handshakes: usize,
     /// Most outbound connections.
     pub max_outbound: usize,
     /// Most inbound connections from one IP (IPv6: one /64).
@@ -135,6 +153,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_inbound: 64,
+            max_pending_handshakes: crate::constants::DEFAULT_MAX_PENDING_HANDSHAKES,
             max_outbound: 16,
             max_per_ip: 4,
             accepts_per_ip_per_minute: 30,
@@ -164,6 +183,9 @@ pub struct NodeConfig {
     /// The chain this node follows, validates, stores and serves; `None`
     /// for a network-only node (gossip is accepted and counted).
     pub chain: Option<Chain>,
+    /// What the gossip budgets of `rate_limit` are sized for (taken from
+    /// the chain when there is one).
+    pub gossip: GossipScale,
 }
 
 impl NodeConfig {
@@ -179,6 +201,7 @@ impl NodeConfig {
             middleware: MiddlewareConfig::default_stack(),
             send_queue_bytes: DEFAULT_QUEUE_BYTES,
             chain: None,
+            gossip: GossipScale::default(),
         }
     }
 }
@@ -261,13 +284,15 @@ type Report = tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectErro
 
 /// Counts a connection slot and frees it on drop.
 struct Slot {
-    counter: Arc<AtomicUsize>,
+    counter: Option<Arc<AtomicUsize>>,
     per_ip: Option<(IpCounts, IpAddr)>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some(counter) = &self.counter {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some((map, ip)) = &self.per_ip {
             let mut map = crate::sync::lock(map);
             if let Some(n) = map.get_mut(ip) {
@@ -298,6 +323,23 @@ struct Inner {
     outbound: Arc<AtomicUsize>,
     per_ip: IpCounts,
     accept_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Inbound handshakes in progress, oldest (lowest connection id)
+    /// first, with the switch that evicts each.
+    pending: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+/// Removes a pending handshake from the registry when it ends, however it
+/// ends.
+struct PendingHandshake {
+    inner: Arc<Inner>,
+    conn_id: u64,
+    evicted: CancellationToken,
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.inner.pending).remove(&self.conn_id);
+    }
 }
 
 /// A running node. Clones share it; call [`Node::shutdown`] to stop it.
@@ -322,10 +364,22 @@ impl Node {
     /// # Errors
     /// [`NodeError::Bind`] if the listen address is unavailable.
     pub async fn start(identity: &NodeIdentity, mut config: NodeConfig) -> Result<Node, NodeError> {
+        let version = &mut config.handshake.version;
+        version.capabilities |= capabilities::RELAY;
         if let Some(chain) = &config.chain {
             // Peers must follow the same genesis: the chain's, whatever the
             // version parameters said.
-            config.handshake.version.genesis_hash = chain.genesis_hash();
+            version.genesis_hash = chain.genesis_hash();
+            // This node serves blocks and its mempool, and votes if it is a
+            // masternode; peers ask only what is announced here.
+            version.capabilities |= capabilities::FULL_NODE;
+            if chain.is_masternode() {
+                version.capabilities |= capabilities::MASTERNODE;
+            }
+            config.gossip = GossipScale {
+                masternodes: chain.genesis().masternodes().len().max(1),
+                mempool_max_txs: chain.mempool_max_txs(),
+            };
         }
         let keys = LocalKeys::new(identity, config.backend)?;
         let listener =
@@ -339,9 +393,18 @@ impl Node {
             addr: config.listen,
             source,
         })?;
+        // Listening on port 0 (any free port): announce the port we got.
+        if let Some(announced) = config.handshake.version.listen_addr.as_mut() {
+            if announced.port == 0 {
+                announced.port = local_addr.port();
+            }
+        }
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let stack =
-            MiddlewareStack::build(&config.middleware, config.handshake.version.network.magic());
+        let stack = MiddlewareStack::build(
+            &config.middleware,
+            config.handshake.version.network.magic(),
+            config.gossip,
+        );
         let blacklist = stack.blacklist().clone();
         let peers = Arc::new(PeerSet::new(identity.node_id()));
         let hook_events = events.clone();
@@ -397,6 +460,7 @@ impl Node {
                 outbound: Arc::new(AtomicUsize::new(0)),
                 per_ip: Arc::new(Mutex::new(HashMap::new())),
                 accept_limiter: DefaultKeyedRateLimiter::keyed(accept_quota),
+                pending: Mutex::new(BTreeMap::new()),
                 config,
             }),
             local_addr,
@@ -537,6 +601,19 @@ impl Node {
         &self.inner.config
     }
 
+    /// Resets the negative scores of peers last seen from an IP matching
+    /// `pred` (the operator lifted their bans); returns how many.
+    pub fn forgive_scores(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
+        self.middleware()
+            .layers()
+            .iter()
+            .map(|l| match l {
+                BuiltLayer::Scoring(s) => s.book().forgive(&pred),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// The half-life of peer scores (the scoring layer's, or its default).
     pub fn score_half_life(&self) -> Duration {
         self.middleware()
@@ -563,6 +640,7 @@ impl Node {
         let stack = Arc::new(MiddlewareStack::build_with_blacklist(
             configs,
             magic,
+            self.inner.config.gossip,
             self.inner.blacklist.clone(),
         ));
         let described = stack.describe();
@@ -623,6 +701,47 @@ impl Node {
     /// Signs `payload` as this node and gossips it to every peer. The id is
     /// marked as seen so the echo from the network is dropped.
     pub fn publish(&self, kind: GossipKind, payload: Vec<u8>) -> MessageId {
+        let envelope = self.sign(kind, payload);
+        let id = envelope.id();
+        let sent = self.inner.peers.broadcast(&Message::Gossip(envelope), None);
+        tracing::debug!(%id, kind = kind.name(), peers = sent, "published");
+        id
+    }
+
+    /// Sends `peer` (only) what the chain wants re-announced: the pooled
+    /// transactions, parents first, and this masternode's own votes on
+    /// them, each in a fresh envelope signed by this node. Signing runs off
+    /// the async workers.
+    fn announce_pool(&self, chain: &Chain, queue: &Arc<SendQueue>, peer: &Arc<PeerContext>) {
+        let chain = chain.clone();
+        let node = self.clone();
+        let queue = queue.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let signed = tokio::task::spawn_blocking(move || {
+                chain
+                    .announcements(MAX_MEMPOOL_RESPONSE_TXS, MAX_MEMPOOL_RESPONSE_BYTES)
+                    .into_iter()
+                    .map(|(kind, payload)| node.sign(kind, payload))
+                    .collect::<Vec<Envelope>>()
+            })
+            .await
+            .unwrap_or_default();
+            let count = signed.len();
+            for envelope in signed {
+                if !connection::enqueue(&queue, &peer, &Message::Gossip(envelope)) {
+                    break;
+                }
+            }
+            if count > 0 {
+                tracing::debug!(peer = %peer.node_id, count, "pool announced to a new peer");
+            }
+        });
+    }
+
+    /// Signs `payload` as this node in a fresh envelope and marks its id as
+    /// seen, so the echo from the network is dropped.
+    fn sign(&self, kind: GossipKind, payload: Vec<u8>) -> Envelope {
         let timestamp_ms = crate::protocol::version::unix_now().as_millis() as u64;
         let magic = self.inner.config.handshake.version.network.magic();
         let envelope = Envelope::sign(&self.inner.identity, magic, kind, timestamp_ms, payload);
@@ -634,9 +753,7 @@ impl Node {
                 }
             }
         }
-        let sent = self.inner.peers.broadcast(&Message::Gossip(envelope), None);
-        tracing::debug!(%id, kind = kind.name(), peers = sent, "published");
-        id
+        envelope
     }
 
     /// Dials `target` once; on success the connection runs in its own task.
@@ -671,7 +788,7 @@ impl Node {
         (id, span)
     }
 
-    /// The pre-handshake gate; returns the inbound slot or why not.
+    /// The pre-handshake gate; returns the per-IP slot or why not.
     fn admit_inbound(&self, addr: SocketAddr) -> Result<Slot, &'static str> {
         let inner = &self.inner;
         let ip = addr.ip();
@@ -682,7 +799,7 @@ impl Node {
         if inner.accept_limiter.check_key(&key).is_err() {
             return Err("accept_rate");
         }
-        if inner.inbound.load(Ordering::Relaxed) >= inner.config.limits.max_inbound {
+        if inner.config.limits.max_inbound == 0 {
             return Err("max_inbound");
         }
         let mut per_ip = crate::sync::lock(&inner.per_ip);
@@ -691,11 +808,39 @@ impl Node {
             return Err("max_per_ip");
         }
         *count += 1;
-        inner.inbound.fetch_add(1, Ordering::Relaxed);
         Ok(Slot {
-            counter: inner.inbound.clone(),
+            counter: None,
             per_ip: Some((inner.per_ip.clone(), key)),
         })
+    }
+
+    /// Registers the inbound handshake `conn_id` as pending; when
+    /// `max_pending_handshakes` are already pending, the oldest is evicted
+    /// to make room (see the module docs).
+    fn register_pending(&self, conn_id: u64) -> PendingHandshake {
+        let evicted = CancellationToken::new();
+        let max = self.inner.config.limits.max_pending_handshakes.max(1);
+        let mut pending = crate::sync::lock(&self.inner.pending);
+        while pending.len() >= max {
+            let Some((old, token)) = pending.pop_first() else {
+                break;
+            };
+            token.cancel();
+            metrics::counter!("timed_handshakes_total", "result" => "evicted").increment(1);
+            if crate::logging::allow("handshake_evicted") {
+                tracing::info!(
+                    evicted.conn_id = old,
+                    max_pending = max,
+                    "pending handshakes full: evicting the oldest"
+                );
+            }
+        }
+        pending.insert(conn_id, evicted.clone());
+        PendingHandshake {
+            inner: self.inner.clone(),
+            conn_id,
+            evicted,
+        }
     }
 
     async fn accept_loop(self, listener: TcpListener) {
@@ -708,12 +853,21 @@ impl Node {
                 Ok((stream, addr)) => match self.admit_inbound(addr) {
                     Ok(slot) => {
                         let (conn_id, span) = self.span(addr, Direction::Inbound);
+                        let pending = self.register_pending(conn_id);
                         let node = self.clone();
                         tokio::spawn(
                             async move {
                                 let _slot = slot;
-                                node.handle(stream, addr, Direction::Inbound, None, None, conn_id)
-                                    .await
+                                node.handle(
+                                    stream,
+                                    addr,
+                                    Direction::Inbound,
+                                    None,
+                                    None,
+                                    conn_id,
+                                    Some(pending),
+                                )
+                                .await
                             }
                             .instrument(span),
                         );
@@ -721,7 +875,9 @@ impl Node {
                     Err(reason) => {
                         // Dropping the stream closes it before any byte is read.
                         drop(stream);
-                        tracing::info!(peer.addr = %addr, reason, "connection refused before the handshake");
+                        if crate::logging::allow("connection_refused") {
+                            tracing::info!(peer.addr = %addr, reason, "connection refused before the handshake");
+                        }
                         metrics::counter!("timed_connections_refused_total", "reason" => reason)
                             .increment(1);
                         self.emit(NodeEvent::Refused { addr, reason });
@@ -729,7 +885,9 @@ impl Node {
                 },
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
+                    if crate::logging::allow("accept_failed") {
+                        tracing::warn!(%error, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -744,6 +902,7 @@ impl Node {
                 _ = ticker.tick() => {}
             }
             self.inner.blacklist.prune();
+            crate::logging::flush();
             for layer in self.middleware().layers() {
                 if let BuiltLayer::RateLimit(l) = layer {
                     l.prune();
@@ -835,7 +994,7 @@ impl Node {
             }
             inner.outbound.fetch_add(1, Ordering::Relaxed);
             let _slot = Slot {
-                counter: inner.outbound.clone(),
+                counter: Some(inner.outbound.clone()),
                 per_ip: None,
             };
             let stream =
@@ -858,6 +1017,7 @@ impl Node {
                 target.node_id,
                 report,
                 conn_id,
+                None,
             )
             .await
         }
@@ -866,6 +1026,7 @@ impl Node {
     }
 
     /// Runs setup and then the connection; true if it was established.
+    #[allow(clippy::too_many_arguments)]
     async fn handle(
         &self,
         stream: TcpStream,
@@ -874,13 +1035,24 @@ impl Node {
         expected: Option<NodeId>,
         mut report: Option<Report>,
         conn_id: u64,
+        pending: Option<PendingHandshake>,
     ) -> bool {
         let inner = &self.inner;
         let config = &inner.config;
+        let evicted = pending
+            .as_ref()
+            .map(|p| p.evicted.clone())
+            .unwrap_or_default();
         let setup = tokio::select! {
             _ = inner.shutdown.cancelled() => return false,
+            _ = evicted.cancelled() => {
+                // A newer socket took this pending slot (dropping the
+                // stream closes it).
+                return false;
+            }
             r = establish(stream, direction, expected, &inner.keys, &config.handshake, self.best_height()) => r,
         };
+        drop(pending);
         let conn = match setup {
             Ok(conn) => conn,
             Err(error) => {
@@ -891,6 +1063,16 @@ impl Node {
         let info = Arc::new(conn.info.clone());
         metrics::counter!("timed_handshakes_total", "result" => "ok").increment(1);
         tracing::Span::current().record("node.id", field::display(info.node_id));
+        // The inbound limit counts authenticated connections only.
+        let inbound_full = direction == Direction::Inbound
+            && inner.inbound.load(Ordering::Relaxed) >= config.limits.max_inbound;
+        let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
+            inner.inbound.fetch_add(1, Ordering::Relaxed);
+            Slot {
+                counter: Some(inner.inbound.clone()),
+                per_ip: None,
+            }
+        });
 
         // The peer's context, stack, queue and client.
         let stack = self.middleware();
@@ -900,7 +1082,7 @@ impl Node {
         });
         let score = scoring
             .as_ref()
-            .map(|s| s.book().handle(info.node_id))
+            .map(|s| s.book().handle(info.node_id, addr.ip()))
             .unwrap_or_else(ScoreHandle::default);
         let context = Arc::new(PeerContext::new(
             info.node_id,
@@ -918,14 +1100,33 @@ impl Node {
             client,
             queue: queue.clone(),
         });
-        let refused_by_score = scoring.as_ref().is_some_and(|s| !s.readmit(&context));
+        if inbound_full {
+            // Said with a Disconnect after our Version (the connection task
+            // sends it and ends at once).
+            metrics::counter!("timed_connections_refused_total", "reason" => "max_inbound")
+                .increment(1);
+            if crate::logging::allow("inbound_full") {
+                tracing::info!(
+                    max_inbound = config.limits.max_inbound,
+                    "inbound connections full: refusing"
+                );
+            }
+            context.close_with(
+                DisconnectReason::TooManyPeers,
+                format!("{} inbound connections already", config.limits.max_inbound),
+            );
+        }
+        let refused_by_score =
+            inbound_full || scoring.as_ref().is_some_and(|s| !s.readmit(&context));
         if refused_by_score {
             // The context is closed: the connection task says goodbye and
             // ends at once; the peer never enters the set.
             if let Some(report) = report.take() {
-                let _ = report.send(Err(Arc::new(ConnectError::Limit(
-                    "score below the disconnect threshold",
-                ))));
+                let _ = report.send(Err(Arc::new(ConnectError::Limit(if inbound_full {
+                    "max_inbound"
+                } else {
+                    "score below the disconnect threshold"
+                }))));
             }
         }
         let admission = if refused_by_score {
@@ -933,6 +1134,7 @@ impl Node {
         } else {
             inner.peers.admit(handle)
         };
+        let admitted = !matches!(admission, Admission::Refused);
         match admission {
             Admission::Admitted => {}
             Admission::Replaced(old) => {
@@ -952,17 +1154,23 @@ impl Node {
                 // Run the connection anyway so it says goodbye properly.
             }
         }
-        tracing::info!(
-            user_agent = %info.version.user_agent,
-            best_height = info.version.best_height,
-            "peer connected"
-        );
+        if crate::logging::allow("peer_connected") {
+            tracing::info!(
+                user_agent = %info.version.user_agent,
+                best_height = info.version.best_height,
+                capabilities = info.version.capabilities,
+                "peer connected"
+            );
+        }
         self.emit(NodeEvent::Connected(info.clone()));
-        if let Some(chain) = &config.chain {
+        if let (Some(chain), true) = (&config.chain, admitted) {
             if info.version.best_height > chain.tip().height {
                 chain.saw_height(info.version.best_height);
                 inner.sync.wake();
             }
+            // What we hold that the peer may have missed (our pool after a
+            // restart, payments made while we had no peers).
+            self.announce_pool(chain, &queue, &context);
         }
         let stack = stack.wrap(BoxCloneService::new(inner.router.clone()));
         let parts = ConnectionParts {
@@ -990,17 +1198,19 @@ impl Node {
         if direction == Direction::Inbound && error.is_misbehaviour() {
             inner.blacklist.record_violation(addr.ip(), error.kind());
         }
-        match &error {
-            ConnectionError::Shutdown
-            | ConnectionError::Closed
-            | ConnectionError::Policy(DisconnectReason::Duplicate)
-            | ConnectionError::PeerDisconnected {
-                reason: DisconnectReason::Shutdown | DisconnectReason::Duplicate,
-                ..
-            } => {
-                tracing::info!(reason = %error, reason.kind = error.kind(), "peer disconnected")
+        if crate::logging::allow("peer_disconnected") {
+            match &error {
+                ConnectionError::Shutdown
+                | ConnectionError::Closed
+                | ConnectionError::Policy(DisconnectReason::Duplicate)
+                | ConnectionError::PeerDisconnected {
+                    reason: DisconnectReason::Shutdown | DisconnectReason::Duplicate,
+                    ..
+                } => {
+                    tracing::info!(reason = %error, reason.kind = error.kind(), "peer disconnected")
+                }
+                _ => tracing::warn!(error = %error, error.kind = error.kind(), "peer disconnected"),
             }
-            _ => tracing::warn!(error = %error, error.kind = error.kind(), "peer disconnected"),
         }
         self.emit(NodeEvent::Disconnected {
             peer: info,
@@ -1017,7 +1227,9 @@ impl Node {
         report: Option<Report>,
     ) {
         let error = Arc::new(error);
-        tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
+        if crate::logging::allow("handshake_failed") {
+            tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
+        }
         metrics::counter!("timed_handshakes_total", "result" => error.kind()).increment(1);
         if direction == Direction::Inbound && error.is_misbehaviour() {
             self.inner

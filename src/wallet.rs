@@ -165,6 +165,9 @@ impl AmountError {
 pub struct Wallet {
     key: SecretKey,
     address: Address,
+    /// Held from coin selection until the payment is pooled, so two
+    /// concurrent payments never pick the same coins.
+    payments: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Wallet {
@@ -180,7 +183,11 @@ impl Wallet {
     /// here may use either signature scheme.
     pub fn from_secret(key: SecretKey) -> Self {
         let address = Address::from_public_key(&key.public_key());
-        Wallet { key, address }
+        Wallet {
+            key,
+            address,
+            payments: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// A fresh ed25519 wallet from the operating system's RNG (not saved).
@@ -235,6 +242,12 @@ impl Wallet {
         Ok(Self::from_secret(SecretKey::Ed25519(
             ed25519_dalek::SigningKey::from_bytes(&seed),
         )))
+    }
+
+    /// Serialises payments: hold the guard from coin selection until the
+    /// payment is in the mempool (which then marks its coins spent).
+    pub async fn lock_payments(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.payments.lock().await
     }
 
     /// The wallet's address.

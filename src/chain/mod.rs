@@ -1,7 +1,6 @@
-//! The chain model: addresses and UTXO transactions, TIME Coin style.
-//!
-//! Work in progress for wave 1 step 4: blocks, masternode votes, the
-//! mempool, storage and sync build on these types.
+//! The chain model, TIME Coin style: addresses and UTXO transactions,
+//! blocks, masternode votes and finality, the mempool, the chain state and
+//! sync.
 
 pub mod address;
 pub mod block;
@@ -14,4 +13,5 @@ pub mod votes;
 
 pub use address::{Address, AddressError};
 pub use block::{Block, BlockHash, BlockHeader};
+pub use state::{Coin, CoinStatus};
 pub use transaction::{OutPoint, Transaction, TxError, TxIn, TxOut, Txid, UtxoView, COIN, MIN_FEE};

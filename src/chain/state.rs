@@ -50,22 +50,22 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use super::address::Address;
 use super::block::{Block, BlockHash, MAX_BLOCK_BYTES};
 use super::genesis::Genesis;
 use super::mempool::{Mempool, MempoolError};
 use super::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView};
-use super::votes::{Verdict, Vote, VoteBook, VoteError, VoteOutcome};
-use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_PENDING_VOTES, MAX_REORG_DEPTH};
+use super::votes::{Vote, VoteBook, VoteError, VoteOutcome};
+use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
 use crate::crypto::NodeIdentity;
 use crate::layers::Offence;
 use crate::protocol::{codec, GossipKind};
 use crate::storage::{Store, StoreError, DB_FILE};
 
-/// Most finality records kept for `gettransaction` after a transaction left
-/// the vote book.
-const MAX_FINALITY_RECORDS: usize = 10_000;
+mod journal;
+mod pool;
+
+pub use pool::{Coin, CoinStatus};
 
 /// Publishes a payload as a signed envelope of this node.
 pub type Publisher = Arc<dyn Fn(GossipKind, Vec<u8>) + Send + Sync>;
@@ -205,16 +205,18 @@ impl ChainError {
     pub fn offence(&self) -> Option<Offence> {
         match self {
             ChainError::Encoding { .. } => Some(Offence::Malformed),
-            ChainError::Tx(TxError::MissingInput { .. }) => Some(Offence::Conflicting),
+            // An honest relay under load sends these too: a child that
+            // overtook its parent on another path, one of two conflicting
+            // payments (each node relays the one it saw first), a block
+            // that lost a race, a vote seen twice. Never charged.
+            ChainError::Tx(TxError::MissingInput { .. })
+            | ChainError::Mempool(_)
+            | ChainError::AlreadyInChain
+            | ChainError::Block(BlockError::Stale { .. })
+            | ChainError::Vote(VoteError::Duplicate | VoteError::Equivocation { .. }) => None,
             ChainError::Tx(_) => Some(Offence::InvalidData),
-            ChainError::Mempool(MempoolError::Conflict(_)) => Some(Offence::Conflicting),
-            ChainError::Mempool(MempoolError::TooLarge) => Some(Offence::InvalidData),
-            ChainError::Mempool(_) | ChainError::AlreadyInChain => None,
-            ChainError::Block(BlockError::Stale { .. }) => Some(Offence::Conflicting),
             ChainError::Block(_) => Some(Offence::InvalidData),
             ChainError::Vote(VoteError::NotMasternode) => Some(Offence::ProtocolViolation),
-            ChainError::Vote(VoteError::Duplicate) => Some(Offence::Conflicting),
-            ChainError::Vote(VoteError::Equivocation { .. }) => None,
             ChainError::WrongGenesis { .. } | ChainError::Store(_) => None,
         }
     }
@@ -244,6 +246,9 @@ pub enum VoteHandled {
     Late,
     /// An equivocation, recorded: the voter is penalised.
     Equivocation,
+    /// Counted before (the same voter's vote on the same transaction, e.g.
+    /// re-announced): nothing new.
+    Duplicate,
 }
 
 /// The tip.
@@ -302,6 +307,14 @@ impl Default for ChainOptions {
     }
 }
 
+/// A finality seen here: the tally when it happened and the journal
+/// sequence number its votes were written under.
+#[derive(Clone, Copy, Debug)]
+struct FinalityRecord {
+    tally: Tally,
+    seq: u64,
+}
+
 struct State {
     tip: Tip,
     mempool: Mempool,
@@ -310,7 +323,10 @@ struct State {
     pending_order: VecDeque<Txid>,
     pending_count: usize,
     first_seen: HashMap<Txid, Instant>,
-    finality: HashMap<Txid, Tally>,
+    /// Pooled transactions that are final: by votes, with every pooled
+    /// parent final too.
+    final_txs: HashSet<Txid>,
+    finality: HashMap<Txid, FinalityRecord>,
     finality_order: VecDeque<Txid>,
     conflicts: HashMap<Txid, Vec<OutPoint>>,
     conflict_order: VecDeque<Txid>,
@@ -327,12 +343,20 @@ struct Inner {
     genesis: Genesis,
     genesis_hash: BlockHash,
     magic: [u8; 4],
-    store: Store,
+    store: Arc<Store>,
+    journal: Arc<journal::Journal>,
     identity: NodeIdentity,
     masternode: bool,
     state: Mutex<State>,
     publisher: OnceLock<Publisher>,
     best_seen: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Commit what is journaled and stop the writer thread.
+        self.journal.close();
+    }
 }
 
 impl std::fmt::Debug for Chain {
@@ -442,6 +466,7 @@ impl Chain {
             pending_order: VecDeque::new(),
             pending_count: 0,
             first_seen: HashMap::new(),
+            final_txs: HashSet::new(),
             finality: HashMap::new(),
             finality_order: VecDeque::new(),
             conflicts: HashMap::new(),
@@ -449,11 +474,13 @@ impl Chain {
             last_produced_slot: None,
         };
         metrics::gauge!("timed_chain_height").set(height as f64);
-        Ok(Chain {
+        let store = Arc::new(store);
+        let chain = Chain {
             inner: Arc::new(Inner {
                 magic: genesis.network.magic(),
                 genesis,
                 genesis_hash,
+                journal: journal::Journal::start(store.clone()),
                 store,
                 identity: identity.clone(),
                 masternode,
@@ -461,7 +488,17 @@ impl Chain {
                 publisher: OnceLock::new(),
                 best_seen: std::sync::atomic::AtomicU64::new(height),
             }),
-        })
+        };
+        let (restored, dropped) = chain.restore_pool()?;
+        if restored + dropped > 0 {
+            tracing::info!(
+                restored,
+                dropped,
+                final_txs = chain.state().final_txs.len(),
+                "mempool restored from the store"
+            );
+        }
+        Ok(chain)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -541,255 +578,6 @@ impl Chain {
             return 1.0;
         }
         (self.tip().height as f64 / best as f64).min(1.0)
-    }
-
-    // ----- transactions -------------------------------------------------
-
-    /// Decodes a transaction payload.
-    ///
-    /// # Errors
-    /// [`ChainError::Encoding`].
-    pub fn decode_tx(bytes: &[u8]) -> Result<Transaction, ChainError> {
-        codec::decode_value(bytes).map_err(|e| ChainError::Encoding {
-            what: "transaction",
-            message: e.to_string(),
-        })
-    }
-
-    /// Validates `tx` and adds it to the mempool; a masternode votes on it.
-    /// Returns its id and fee.
-    ///
-    /// # Errors
-    /// Why it was refused; nothing changed then (except that a masternode
-    /// votes `Reject` on a valid transaction conflicting with one pooled).
-    pub fn submit_tx(&self, tx: Transaction) -> Result<(Txid, u64), ChainError> {
-        let txid = tx.txid();
-        let mut state = self.state();
-        if state.mempool.get(&txid).is_some() {
-            return Err(MempoolError::Duplicate.into());
-        }
-        if self.inner.store.tx_height(&txid)?.is_some() {
-            return Err(ChainError::AlreadyInChain);
-        }
-        let fee = match tx.validate(self.inner.magic, &self.inner.store) {
-            Ok(fee) => fee,
-            Err(e) => {
-                metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
-                return Err(e.into());
-            }
-        };
-        let own_vote = match self.pool_locked(&mut state, tx.clone(), fee) {
-            Ok(vote) => vote,
-            Err(e) => {
-                metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
-                if matches!(e, MempoolError::Conflict(_)) {
-                    // Remember its inputs: a masternode accepting it after
-                    // accepting the pooled one equivocates.
-                    Self::remember_conflict(&mut state, txid, &tx);
-                }
-                if matches!(e, MempoolError::Conflict(_)) && self.inner.masternode {
-                    let vote = Vote {
-                        txid,
-                        verdict: Verdict::Reject,
-                    };
-                    let _ = self.record_vote_locked(&mut state, self.own_key(), vote);
-                    drop(state);
-                    self.publish_vote(vote);
-                }
-                return Err(e.into());
-            }
-        };
-        metrics::counter!("timed_transactions_total", "result" => "accepted").increment(1);
-        self.update_mempool_gauges(&state);
-        drop(state);
-        if let Some(vote) = own_vote {
-            self.publish_vote(vote);
-        }
-        tracing::debug!(txid = %hex::encode(txid), fee, "transaction accepted");
-        Ok((txid, fee))
-    }
-
-    fn own_key(&self) -> [u8; 32] {
-        *self.inner.identity.public_key().as_bytes()
-    }
-
-    fn publish_vote(&self, vote: Vote) {
-        if let Ok(bytes) = codec::encode_value(&vote) {
-            self.publish(GossipKind::Vote, bytes);
-        }
-    }
-
-    fn update_mempool_gauges(&self, state: &State) {
-        metrics::gauge!("timed_mempool_transactions").set(state.mempool.len() as f64);
-        metrics::gauge!("timed_mempool_bytes").set(state.mempool.bytes() as f64);
-    }
-
-    // ----- votes --------------------------------------------------------
-
-    /// Decodes a vote payload.
-    ///
-    /// # Errors
-    /// [`ChainError::Encoding`].
-    pub fn decode_vote(bytes: &[u8]) -> Result<Vote, ChainError> {
-        codec::decode_value(bytes).map_err(|e| ChainError::Encoding {
-            what: "vote",
-            message: e.to_string(),
-        })
-    }
-
-    /// Handles `vote` signed by `voter` (the envelope's verified originator).
-    ///
-    /// # Errors
-    /// Not a masternode, or a duplicate vote.
-    pub fn handle_vote(&self, voter: [u8; 32], vote: Vote) -> Result<VoteHandled, ChainError> {
-        let mut state = self.state();
-        if state.votes.masternodes().tier(&voter).is_none() {
-            metrics::counter!("timed_votes_total", "result" => "not_masternode").increment(1);
-            return Err(VoteError::NotMasternode.into());
-        }
-        self.record_vote_locked(&mut state, voter, vote)
-    }
-
-    fn record_vote_locked(
-        &self,
-        state: &mut State,
-        voter: [u8; 32],
-        vote: Vote,
-    ) -> Result<VoteHandled, ChainError> {
-        let pooled = state.mempool.get(&vote.txid).map(|e| {
-            e.tx.inputs
-                .iter()
-                .map(|i| i.prevout)
-                .collect::<Vec<OutPoint>>()
-        });
-        let Some(inputs) = pooled.or_else(|| state.conflicts.get(&vote.txid).cloned()) else {
-            if self.inner.store.tx_height(&vote.txid)?.is_some() {
-                metrics::counter!("timed_votes_total", "result" => "late").increment(1);
-                return Ok(VoteHandled::Late);
-            }
-            return self.hold_vote(state, voter, vote);
-        };
-        match state.votes.record(voter, vote, &inputs) {
-            Ok(outcome) => {
-                let label = match outcome {
-                    VoteOutcome::Counted => "counted",
-                    VoteOutcome::Finalized => "finalized",
-                    VoteOutcome::Conflicted => "conflicted",
-                };
-                metrics::counter!("timed_votes_total", "result" => label).increment(1);
-                if outcome == VoteOutcome::Finalized {
-                    self.finalized(state, vote.txid);
-                }
-                Ok(VoteHandled::Counted(outcome))
-            }
-            Err(VoteError::Equivocation { first }) => {
-                metrics::counter!("timed_votes_total", "result" => "equivocation").increment(1);
-                tracing::warn!(
-                    voter = %hex::encode(voter),
-                    first = %hex::encode(first),
-                    second = %hex::encode(vote.txid),
-                    "masternode equivocation: accepted two transactions spending one output"
-                );
-                Ok(VoteHandled::Equivocation)
-            }
-            Err(e) => {
-                metrics::counter!("timed_votes_total", "result" => e.kind()).increment(1);
-                Err(e.into())
-            }
-        }
-    }
-
-    fn hold_vote(
-        &self,
-        state: &mut State,
-        voter: [u8; 32],
-        vote: Vote,
-    ) -> Result<VoteHandled, ChainError> {
-        let held = state.pending_votes.entry(vote.txid).or_default();
-        if held.iter().any(|(v, _)| *v == voter) {
-            metrics::counter!("timed_votes_total", "result" => "duplicate").increment(1);
-            return Err(VoteError::Duplicate.into());
-        }
-        if held.is_empty() {
-            state.pending_order.push_back(vote.txid);
-        }
-        held.push((voter, vote));
-        state.pending_count += 1;
-        while state.pending_count > MAX_PENDING_VOTES {
-            let Some(old) = state.pending_order.pop_front() else {
-                break;
-            };
-            if let Some(v) = state.pending_votes.remove(&old) {
-                state.pending_count = state.pending_count.saturating_sub(v.len());
-            }
-        }
-        metrics::counter!("timed_votes_total", "result" => "pending").increment(1);
-        Ok(VoteHandled::Pending)
-    }
-
-    fn finalized(&self, state: &mut State, txid: Txid) {
-        let secs = state
-            .first_seen
-            .get(&txid)
-            .map(|t| t.elapsed().as_secs_f64());
-        if let Some(s) = secs {
-            metrics::histogram!("timed_finality_seconds").record(s);
-        }
-        metrics::counter!("timed_txs_finalized_total").increment(1);
-        let (accept, reject, voters) = state.votes.tally(&txid);
-        if state.finality_order.len() >= MAX_FINALITY_RECORDS {
-            if let Some(old) = state.finality_order.pop_front() {
-                state.finality.remove(&old);
-            }
-        }
-        state.finality_order.push_back(txid);
-        state.finality.insert(
-            txid,
-            Tally {
-                accept,
-                reject,
-                voters,
-                finalized: true,
-                finality_secs: secs,
-            },
-        );
-        tracing::info!(
-            txid = %hex::encode(txid),
-            accept,
-            voters,
-            finality_ms = secs.map(|s| (s * 1000.0) as u64),
-            "transaction final"
-        );
-    }
-
-    /// The votes on `txid`.
-    pub fn tally(&self, txid: &Txid) -> Tally {
-        let state = self.state();
-        let (accept, reject, voters) = state.votes.tally(txid);
-        let recorded = state.finality.get(txid).copied();
-        match recorded {
-            Some(mut t) if voters <= t.voters => {
-                t.finalized = true;
-                t
-            }
-            _ => Tally {
-                accept,
-                reject,
-                voters,
-                finalized: state.votes.is_final(txid) || recorded.is_some(),
-                finality_secs: recorded.and_then(|r| r.finality_secs),
-            },
-        }
-    }
-
-    /// The total vote weight.
-    pub fn total_weight(&self) -> u64 {
-        self.state().votes.masternodes().total_weight()
-    }
-
-    /// Equivocations seen so far.
-    pub fn equivocations(&self) -> usize {
-        self.state().votes.equivocations().len()
     }
 
     // ----- blocks -------------------------------------------------------
@@ -1068,71 +856,14 @@ impl Chain {
         for tx in removed.into_iter().flat_map(|b| b.transactions) {
             let _ = self.resubmit_locked(state, tx);
         }
+        // Pooled transactions that spent outputs of the abandoned blocks
+        // that did not come back are invalid now.
+        let invalid = self.revalidate_pool(state);
+        if invalid > 0 {
+            tracing::info!(invalid, "pooled transactions invalidated by the reorg");
+        }
         self.update_mempool_gauges(state);
         Ok(BlockOutcome::ReplacedTip)
-    }
-
-    /// Remembers (bounded) the inputs of a transaction refused as a
-    /// conflict, so that votes on it are still checked for equivocation.
-    fn remember_conflict(state: &mut State, txid: Txid, tx: &Transaction) {
-        if state.conflicts.contains_key(&txid) {
-            return;
-        }
-        if state.conflict_order.len() >= MAX_FINALITY_RECORDS {
-            if let Some(old) = state.conflict_order.pop_front() {
-                state.conflicts.remove(&old);
-            }
-        }
-        state.conflict_order.push_back(txid);
-        state
-            .conflicts
-            .insert(txid, tx.inputs.iter().map(|i| i.prevout).collect());
-    }
-
-    /// Puts a transaction of an abandoned block back in the pool; a
-    /// masternode votes on it again (every node forgot its votes when the
-    /// block was applied), so it can be final and in a block again.
-    fn resubmit_locked(&self, state: &mut State, tx: Transaction) -> Result<(), ChainError> {
-        let txid = tx.txid();
-        if self.inner.store.tx_height(&txid)?.is_some() {
-            return Ok(());
-        }
-        let fee = tx.validate(self.inner.magic, &self.inner.store)?;
-        if let Some(vote) = self.pool_locked(state, tx, fee)? {
-            self.publish_vote(vote);
-        }
-        Ok(())
-    }
-
-    /// Adds a validated `tx` to the pool (never evicting a final one),
-    /// counts the votes held for it and, on a masternode, records its own
-    /// Accept; returns that vote for the caller to publish.
-    fn pool_locked(
-        &self,
-        state: &mut State,
-        tx: Transaction,
-        fee: u64,
-    ) -> Result<Option<Vote>, MempoolError> {
-        let txid = tx.txid();
-        let st = &mut *state;
-        let evicted = st
-            .mempool
-            .insert_protecting(tx, fee, |id| st.votes.is_final(id))?;
-        for id in evicted {
-            state.first_seen.remove(&id);
-            state.votes.forget(&id);
-        }
-        state.first_seen.insert(txid, Instant::now());
-        let held = state.pending_votes.remove(&txid).unwrap_or_default();
-        state.pending_count = state.pending_count.saturating_sub(held.len());
-        let own = self.inner.masternode.then_some(Vote {
-            txid,
-            verdict: Verdict::Accept,
-        });
-        for (voter, vote) in own.map(|v| (self.own_key(), v)).into_iter().chain(held) {
-            let _ = self.record_vote_locked(state, voter, vote);
-        }
-        Ok(own)
     }
 
     fn apply_locked(
@@ -1148,17 +879,28 @@ impl Chain {
             hash,
             timestamp: block.header.timestamp,
         };
+        let mut confirmed = Vec::new();
+        let mut orphans_of_confirmed = Vec::new();
         for tx in &block.transactions {
             let txid = tx.txid();
-            state.first_seen.remove(&txid);
-            state.votes.forget(&txid);
+            if state.mempool.get(&txid).is_some() {
+                confirmed.push(txid);
+                orphans_of_confirmed.extend(state.mempool.children_of(&txid));
+            } else {
+                // Never pooled here: forget its votes all the same.
+                state.first_seen.remove(&txid);
+                state.votes.forget(&txid);
+            }
             if let Some(v) = state.pending_votes.remove(&txid) {
                 state.pending_count = state.pending_count.saturating_sub(v.len());
             }
         }
-        for conflict in state.mempool.remove_block(&block.transactions) {
-            state.first_seen.remove(&conflict);
-            state.votes.forget(&conflict);
+        let conflicts = state.mempool.remove_block(&block.transactions);
+        self.dropped_from_pool(state, &confirmed);
+        self.dropped_from_pool(state, &conflicts);
+        // A child waiting for this parent's finality may be final now.
+        for child in orphans_of_confirmed {
+            self.try_finalize(state, child);
         }
         self.update_mempool_gauges(state);
         metrics::gauge!("timed_chain_height").set(block.header.height as f64);
@@ -1195,19 +937,20 @@ impl Chain {
         {
             return Ok(None);
         }
-        // Final transactions, highest fee rate first, valid in sequence.
-        let mut candidates: Vec<(u64, Transaction)> = state
+        // Final transactions, parents before children, then highest fee
+        // rate first, each valid after the ones before it (a child whose
+        // parent did not fit is skipped by that check).
+        let candidates: Vec<Transaction> = state
             .mempool
-            .txids()
+            .txids_parents_first()
             .into_iter()
-            .filter(|id| state.votes.is_final(id))
-            .filter_map(|id| state.mempool.get(&id).map(|e| (e.fee_rate(), e.tx.clone())))
+            .filter(|id| state.final_txs.contains(id))
+            .filter_map(|id| state.mempool.get(&id).map(|e| e.tx.clone()))
             .collect();
-        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         let mut overlay = Overlay::new(&self.inner.store);
         let mut transactions = Vec::new();
         let mut bytes = 512usize;
-        for (_, tx) in candidates {
+        for tx in candidates {
             let size = tx.size();
             if bytes + size > MAX_BLOCK_BYTES {
                 continue;
@@ -1274,7 +1017,8 @@ impl Chain {
         let state = self.state();
         let mut out = Vec::new();
         let mut bytes = 0;
-        for id in state.mempool.txids() {
+        // Parents first, so the receiver can validate them in order.
+        for id in state.mempool.txids_parents_first() {
             let Some(e) = state.mempool.get(&id) else {
                 continue;
             };
@@ -1288,18 +1032,6 @@ impl Chain {
             out.push(b);
         }
         out
-    }
-
-    /// Outputs of `address` that are in the chain and not spent by a pooled
-    /// transaction.
-    ///
-    /// # Errors
-    /// A storage error.
-    pub fn spendable(&self, address: &Address) -> Result<Vec<(OutPoint, TxOut)>, ChainError> {
-        let mut utxos = self.inner.store.utxos_for(address)?;
-        let state = self.state();
-        utxos.retain(|(o, _)| state.mempool.spender(o).is_none());
-        Ok(utxos)
     }
 }
 

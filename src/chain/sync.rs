@@ -10,10 +10,17 @@
 //! `tip_height` is the sync target; the round goes on while the tip is
 //! below it.
 //!
-//! A request that fails or times out ([`SYNC_REQUEST_TIMEOUT`]), or whose
-//! blocks are invalid, is retried on another peer, up to
-//! [`SYNC_MAX_ATTEMPTS`] peers per batch. A peer that sent an invalid block
-//! is penalised with the block's offence (`invalid_data`, `malformed`).
+//! A request that fails or times out, or whose blocks are invalid, is
+//! retried on another peer, up to [`SYNC_MAX_ATTEMPTS`] peers per batch. A
+//! peer that sent an invalid block is penalised with the block's offence
+//! (`invalid_data`, `malformed`).
+//!
+//! # Correctness
+//! A slow answer costs the peer one `Timeout` at most: the connection's
+//! request timeout is the only timeout that charges (sync does not charge
+//! its own), and an answer that arrives after it is dropped quietly by the
+//! connection. [`SYNC_REQUEST_DEADLINE`] only bounds how long sync waits
+//! for a connection that is busy with other requests.
 //!
 //! # Forks
 //! When a peer's first block does not link to our tip, the peer is on
@@ -49,11 +56,11 @@ use tower::{Service, ServiceExt};
 use super::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{
     MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, SYNC_INTERVAL,
-    SYNC_MAX_ATTEMPTS, SYNC_REQUEST_TIMEOUT,
+    SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,
 };
 use crate::crypto::NodeId;
 use crate::layers::Offence;
-use crate::peer::client::{Request, Response};
+use crate::peer::client::{ClientError, Request, Response};
 use crate::peer::set::{PeerHandle, PeerSet};
 use crate::protocol::message::GetBlocks;
 
@@ -172,7 +179,7 @@ impl Syncer {
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut answered = false;
         for _ in 0..SYNC_MAX_ATTEMPTS {
-            let Some(peer) = self.peers.pick_excluding(&tried) else {
+            let Some(peer) = self.peers.pick_serving(&tried) else {
                 break;
             };
             let start = self.chain.tip().height + 1;
@@ -183,8 +190,8 @@ impl Syncer {
                     continue;
                 }
                 Asked::TimedOut => {
-                    tracing::info!(peer = %peer.info.node_id, timeout_s = SYNC_REQUEST_TIMEOUT.as_secs(), "sync request timed out; trying another peer");
-                    (self.penalize)(&peer, Offence::Timeout);
+                    // The connection charged the timeout (once); just move on.
+                    tracing::info!(peer = %peer.info.node_id, "sync request timed out; trying another peer");
                     tried.insert(peer.info.node_id);
                     continue;
                 }
@@ -360,7 +367,7 @@ impl Syncer {
     /// Asks one peer for its mempool and submits what is valid; true once
     /// a peer answered.
     async fn fetch_mempool(&self) -> bool {
-        let Some(peer) = self.peers.pick_excluding(&HashSet::new()) else {
+        let Some(peer) = self.peers.pick_serving(&HashSet::new()) else {
             return false;
         };
         let Asked::Answer(Response::Mempool(txs)) = ask(&peer, Request::GetMempool).await else {
@@ -390,7 +397,8 @@ enum Asked {
     Answer(Response),
     /// The connection failed or refused the request.
     Failed,
-    /// No answer within [`SYNC_REQUEST_TIMEOUT`].
+    /// No answer within the connection's request timeout (which charged
+    /// the peer), or none within [`SYNC_REQUEST_DEADLINE`] (not charged).
     TimedOut,
 }
 
@@ -402,16 +410,23 @@ fn get_blocks(start: u64) -> Request {
     })
 }
 
-/// Sends `request` to `peer` and waits at most [`SYNC_REQUEST_TIMEOUT`].
+/// Sends `request` to `peer` and waits for the answer (the connection's
+/// request timeout applies), at most [`SYNC_REQUEST_DEADLINE`] in all.
 async fn ask(peer: &PeerHandle, request: Request) -> Asked {
     let mut client = peer.client.clone();
-    let answer = tokio::time::timeout(SYNC_REQUEST_TIMEOUT, async {
+    let answer = tokio::time::timeout(SYNC_REQUEST_DEADLINE, async {
         client.ready().await?.call(request).await
     })
     .await;
     match answer {
         Ok(Ok(response)) => Asked::Answer(response),
         Ok(Err(error)) => {
+            if matches!(
+                error.downcast_ref::<ClientError>(),
+                Some(ClientError::Timeout(_))
+            ) {
+                return Asked::TimedOut;
+            }
             tracing::debug!(peer = %peer.info.node_id, %error, "sync request failed");
             Asked::Failed
         }

@@ -297,6 +297,13 @@ impl VoteBook {
             .map_or((0, 0, 0), |t| (t.accept, t.reject, t.voters.len()))
     }
 
+    /// True when `voter`'s vote on `txid` was counted.
+    pub fn has_voted(&self, txid: &Txid, voter: &[u8; 32]) -> bool {
+        self.tallies
+            .get(txid)
+            .is_some_and(|t| t.voters.contains(voter))
+    }
+
     /// Every equivocation seen.
     pub fn equivocations(&self) -> &[Equivocation] {
         &self.equivocations
@@ -306,11 +313,18 @@ impl VoteBook {
     pub fn forget(&mut self, txid: &Txid) {
         if let Some(t) = self.tallies.remove(txid) {
             for o in &t.inputs {
-                self.finalized_spends.remove(o);
+                if self.finalized_spends.get(o) == Some(txid) {
+                    self.finalized_spends.remove(o);
+                }
+                // Only this transaction's voters can have accepted it.
+                for voter in &t.voters {
+                    if self.accepted_spends.get(&(*voter, *o)) == Some(txid) {
+                        self.accepted_spends.remove(&(*voter, *o));
+                    }
+                }
             }
         }
         self.finalized.remove(txid);
-        self.accepted_spends.retain(|_, t| t != txid);
     }
 }
 

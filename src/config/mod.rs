@@ -104,8 +104,10 @@ pub struct P2pSection {
     /// Peers to keep connected, `HOST:PORT` or `NODE_ID@HOST:PORT`.
     #[serde(deserialize_with = "peer_targets", serialize_with = "peer_targets_out")]
     pub peers: Vec<PeerTarget>,
-    /// Most inbound connections.
+    /// Most established (authenticated) inbound connections.
     pub max_inbound: usize,
+    /// Most inbound handshakes in progress; a new one evicts the oldest.
+    pub max_pending_handshakes: usize,
     /// Most outbound connections.
     pub max_outbound: usize,
     /// Most inbound connections per IP (IPv6: per /64).
@@ -153,6 +155,7 @@ impl Default for P2pSection {
             external_addr: None,
             peers: Vec::new(),
             max_inbound: limits.max_inbound,
+            max_pending_handshakes: limits.max_pending_handshakes,
             max_outbound: limits.max_outbound,
             max_per_ip: limits.max_per_ip,
             accepts_per_ip_per_minute: limits.accepts_per_ip_per_minute,
@@ -439,6 +442,9 @@ impl Config {
         if p.max_per_ip == 0 {
             return Err(invalid("p2p.max_per_ip", "must be at least 1"));
         }
+        if p.max_pending_handshakes == 0 {
+            return Err(invalid("p2p.max_pending_handshakes", "must be at least 1"));
+        }
         if p.handshake_timeout_secs == 0 {
             return Err(invalid("p2p.handshake_timeout_secs", "must be at least 1"));
         }
@@ -713,6 +719,7 @@ impl Config {
         node.backend = p.crypto_backend;
         node.limits = ConnectionLimits {
             max_inbound: p.max_inbound,
+            max_pending_handshakes: p.max_pending_handshakes,
             max_outbound: p.max_outbound,
             max_per_ip: p.max_per_ip,
             accepts_per_ip_per_minute: p.accepts_per_ip_per_minute,
@@ -760,6 +767,7 @@ listen = "{listen}"
 # external_addr = "203.0.113.7:24000"  # address announced to peers
 peers = []                          # "HOST:PORT" or "NODE_ID@HOST:PORT"
 max_inbound = 64
+max_pending_handshakes = 32         # a new handshake evicts the oldest beyond this
 max_outbound = 16
 max_per_ip = 4
 accepts_per_ip_per_minute = 30

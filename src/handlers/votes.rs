@@ -86,7 +86,7 @@ impl Service<Inbound> for VoteHandler {
             .and_then(|vote| self.chain.handle_vote(voter, vote));
         let outcome = match result {
             Ok(VoteHandled::Counted(_) | VoteHandled::Pending) => Ok(Outcome::Accepted),
-            Ok(VoteHandled::Late) => Ok(Outcome::Handled),
+            Ok(VoteHandled::Late | VoteHandled::Duplicate) => Ok(Outcome::Handled),
             Ok(VoteHandled::Equivocation) => {
                 if let Some(hook) = &self.on_equivocation {
                     hook(voter);

@@ -84,22 +84,41 @@ impl DedupConfig {
     }
 }
 
-#[derive(Debug)]
+/// How long a reservation may stay pending before another copy may take
+/// it over.
+///
+/// A reservation normally ends when its message leaves the stack (the
+/// [`Reservation`] guard releases it even when the connection drops the
+/// future); this bound is the backstop, longer than any honest handling
+/// (the handlers' slowest work, a block's validation, takes milliseconds).
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
 enum Entry {
-    /// Being handled by the inner service.
-    Pending,
+    /// Being handled by the inner service since the instant.
+    Pending(Instant),
     /// Handled; expires at the instant.
     Seen(Instant),
 }
 
 #[derive(Debug, Default)]
 struct Cache {
-    entries: HashMap<MessageId, Entry>,
-    /// Insertion order, for expiry and eviction.
-    order: VecDeque<(MessageId, Instant)>,
+    /// Every id with its state and the sequence number of its latest record
+    /// in `order`.
+    entries: HashMap<MessageId, (Entry, u64)>,
+    /// Every record (pending and seen) in insertion order, with its time
+    /// and sequence number, for expiry and eviction.
+    order: VecDeque<(MessageId, Instant, u64)>,
+    /// The next record's sequence number.
+    next: u64,
 }
 
 /// The node-wide id cache.
+///
+/// # Correctness
+/// Pending reservations are records too: they count against `capacity`,
+/// expire with the TTL, and one pending longer than [`PENDING_TIMEOUT`] no
+/// longer blocks the id, so no dropped future can hold an envelope out.
 #[derive(Debug)]
 pub struct DedupCache {
     cache: Mutex<Cache>,
@@ -121,45 +140,69 @@ impl DedupCache {
         crate::sync::lock(&self.cache)
     }
 
-    /// Reserves `id`; false if it is already pending or seen.
-    pub fn reserve(&self, id: MessageId) -> bool {
-        let now = Instant::now();
-        let mut cache = self.lock();
-        // Expire from the front: insertion order is expiry order.
-        while let Some(&(old, at)) = cache.order.front() {
+    /// Records `entry` for `id` at `now`, expiring and evicting from the
+    /// front first.
+    fn record(&self, cache: &mut Cache, id: MessageId, entry: Entry, now: Instant) {
+        while let Some(&(old, at, seq)) = cache.order.front() {
             if now.saturating_duration_since(at) < self.ttl && cache.order.len() < self.capacity {
                 break;
             }
             cache.order.pop_front();
             // Remove the entry only if this record is its latest one.
-            if let Some(Entry::Seen(until)) = cache.entries.get(&old) {
-                if *until <= at + self.ttl {
-                    cache.entries.remove(&old);
-                }
+            if cache
+                .entries
+                .get(&old)
+                .is_some_and(|(_, latest)| *latest == seq)
+            {
+                cache.entries.remove(&old);
             }
         }
-        match cache.entries.get(&id) {
-            Some(Entry::Pending) => false,
-            Some(Entry::Seen(until)) if *until > now => false,
-            _ => {
-                cache.entries.insert(id, Entry::Pending);
-                true
+        let seq = cache.next;
+        cache.next += 1;
+        cache.entries.insert(id, (entry, seq));
+        cache.order.push_back((id, now, seq));
+    }
+
+    /// Reserves `id`; false if it is already pending or seen.
+    pub fn reserve(&self, id: MessageId) -> bool {
+        let now = Instant::now();
+        let mut cache = self.lock();
+        let taken = match cache.entries.get(&id) {
+            Some((Entry::Pending(since), _)) => {
+                now.saturating_duration_since(*since) < PENDING_TIMEOUT
             }
+            Some((Entry::Seen(until), _)) => *until > now,
+            None => false,
+        };
+        if taken {
+            return false;
         }
+        self.record(&mut cache, id, Entry::Pending(now), now);
+        true
+    }
+
+    /// Reserves `id` and returns a guard that releases the reservation
+    /// unless committed, whatever happens to the caller; `None` if the id
+    /// is already pending or seen.
+    pub fn reservation(self: &Arc<Self>, id: MessageId) -> Option<Reservation> {
+        self.reserve(id).then(|| Reservation {
+            cache: self.clone(),
+            id,
+            settled: false,
+        })
     }
 
     /// Marks a reserved id as seen (the inner service accepted it).
     pub fn commit(&self, id: MessageId) {
         let now = Instant::now();
         let mut cache = self.lock();
-        cache.entries.insert(id, Entry::Seen(now + self.ttl));
-        cache.order.push_back((id, now));
+        self.record(&mut cache, id, Entry::Seen(now + self.ttl), now);
     }
 
     /// Releases a reservation (the inner service refused the message).
     pub fn release(&self, id: MessageId) {
         let mut cache = self.lock();
-        if let Some(Entry::Pending) = cache.entries.get(&id) {
+        if let Some((Entry::Pending(_), _)) = cache.entries.get(&id) {
             cache.entries.remove(&id);
         }
     }
@@ -169,9 +212,50 @@ impl DedupCache {
         self.lock().entries.len()
     }
 
+    /// Ids currently pending.
+    pub fn pending(&self) -> usize {
+        self.lock()
+            .entries
+            .values()
+            .filter(|(e, _)| matches!(e, Entry::Pending(_)))
+            .count()
+    }
+
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A reserved id: committed by [`Reservation::commit`], released by
+/// [`Reservation::release`] or when dropped unsettled (the connection went
+/// away while its message was in the stack).
+#[derive(Debug)]
+pub struct Reservation {
+    cache: Arc<DedupCache>,
+    id: MessageId,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The message was accepted: remember its id for the TTL.
+    pub fn commit(mut self) {
+        self.settled = true;
+        self.cache.commit(self.id);
+    }
+
+    /// The message was refused: another copy may come through.
+    pub fn release(mut self) {
+        self.settled = true;
+        self.cache.release(self.id);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.cache.release(self.id);
+        }
     }
 }
 
@@ -257,7 +341,7 @@ where
         let Some(id) = dedup_id(&request, self.layer.requests) else {
             return Box::pin(self.inner.call(request));
         };
-        if !self.layer.cache.reserve(id) {
+        let Some(reservation) = self.layer.cache.reservation(id) else {
             self.layer.counters.reject(NAME, "duplicate");
             metrics::counter!("timed_dedup_hits_total").increment(1);
             return Box::pin(std::future::ready(Err(Rejection::benign(
@@ -265,15 +349,16 @@ where
                 "duplicate",
             )
             .into())));
-        }
+        };
         self.layer.counters.accept(NAME);
-        let cache = self.layer.cache.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
+            // If this future is dropped before it completes (the connection
+            // closed), the reservation's guard releases the id.
             let result = future.await;
             match &result {
-                Ok(_) => cache.commit(id),
-                Err(_) => cache.release(id),
+                Ok(_) => reservation.commit(),
+                Err(_) => reservation.release(),
             }
             result
         })
@@ -360,6 +445,47 @@ mod tests {
         let mut accepting = layer.layer(handler.clone());
         accepting.call(inbound(&p, envelope(2))).await.unwrap();
         assert_eq!(handler.0.load(Ordering::Relaxed), 1);
+    }
+
+    /// A handler that never answers.
+    #[derive(Clone)]
+    struct Hang;
+    impl Service<Inbound> for Hang {
+        type Response = Outcome;
+        type Error = BoxError;
+        type Future = std::future::Pending<Result<Outcome, BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Inbound) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_releases_its_reservation() {
+        let layer = DedupLayer::new(&DedupConfig::default());
+        let p = peer([127, 0, 0, 1]);
+        let mut hanging = layer.layer(Hang);
+        let future = hanging.call(inbound(&p, envelope(3)));
+        assert_eq!(layer.cache().pending(), 1);
+        // The connection closes while the envelope is in the stack.
+        drop(future);
+        assert_eq!(layer.cache().pending(), 0);
+        let handler = CountingHandler::default();
+        let mut honest = layer.layer(handler.clone());
+        honest.call(inbound(&p, envelope(3))).await.unwrap();
+        assert_eq!(handler.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_reservation_expires() {
+        let cache = DedupCache::new(Duration::from_secs(600), 10);
+        let id = MessageId([9; 32]);
+        assert!(cache.reserve(id));
+        assert!(!cache.reserve(id), "pending blocks a copy");
+        tokio::time::advance(PENDING_TIMEOUT).await;
+        assert!(cache.reserve(id), "a stale reservation does not");
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,6 +59,8 @@ pub struct PeerContext {
     pub disconnect: CancellationToken,
     /// Why the connection was closed by our side, if it was.
     pub close_reason: std::sync::OnceLock<DisconnectReason>,
+    /// The `detail` text of our `Disconnect`, if one was given.
+    pub close_detail: std::sync::OnceLock<String>,
     /// Per-connection counters, for `getpeerinfo`.
     pub stats: PeerStats,
     /// When the connection was established, seconds since the Unix epoch.
@@ -82,6 +84,7 @@ impl PeerContext {
             score,
             disconnect: CancellationToken::new(),
             close_reason: std::sync::OnceLock::new(),
+            close_detail: std::sync::OnceLock::new(),
             stats: PeerStats::default(),
             connected_unix: crate::protocol::version::unix_now().as_secs(),
         }
@@ -91,6 +94,15 @@ impl PeerContext {
     /// first reason given wins.
     pub fn close(&self, reason: DisconnectReason) {
         let _ = self.close_reason.set(reason);
+        self.disconnect.cancel();
+    }
+
+    /// Closes the connection with `reason` and a `detail` text telling the
+    /// peer why (e.g. its score and when it may come back).
+    pub fn close_with(&self, reason: DisconnectReason, detail: String) {
+        if self.close_reason.set(reason).is_ok() {
+            let _ = self.close_detail.set(detail);
+        }
         self.disconnect.cancel();
     }
 
@@ -279,6 +291,11 @@ impl ScoreHandle {
     pub fn value(&self, half_life: Duration) -> f64 {
         let guard = crate::sync::lock(&self.0);
         decayed(guard.0, guard.1, Instant::now(), half_life)
+    }
+
+    /// Sets the score back to 0 (an operator forgave the peer).
+    pub fn reset(&self) {
+        *crate::sync::lock(&self.0) = (0.0, Instant::now());
     }
 
     /// Decays, adds `delta`, clamps, and returns the new value.

@@ -1,13 +1,34 @@
-//! `rate_limit`: GCRA token buckets (governor) per peer and message kind,
-//! plus one aggregate budget per IP shared by all its connections.
+//! `rate_limit`: GCRA budgets (governor) per peer and message kind, plus
+//! one aggregate budget per IP shared by all its connections.
+//!
+//! # Honest load is never an offence
+//! A budget says how fast a peer's messages of one kind are *handled*, not
+//! what the peer may be punished for. A message over its budget is
+//! throttled, never charged:
+//!
+//! 1. if a token comes free within `max_delay_ms`, the message waits for
+//!    it. The connection does not read while a message is in the stack, so
+//!    the wait is backpressure: TCP slows the sender down and nothing is
+//!    lost (an honest burst is smoothed, not dropped);
+//! 2. otherwise (a kind whose budget refills slower than that, like `ping`
+//!    or `get_peers`) the message is dropped with the benign reason
+//!    `throttled`.
+//!
+//! Both count in `timed_gossip_throttled_total{kind}`. Only traffic *far*
+//! beyond any honest rate is an offence: every message also draws from an
+//! abuse budget `abuse_factor` times the kind's budget, and a message that
+//! finds it empty is refused with [`Offence::RateLimitExceeded`].
 //!
 //! # Defaults
-//! Sized from the old TIME Coin node's limits:
+//! The transaction and vote budgets are sized from the network the node
+//! follows ([`GossipScale`]: masternode count and mempool size), see
+//! [`crate::constants::GOSSIP_TX_RATE`]; the other kinds have fixed
+//! budgets (count per period, burst = count unless `burst` is given):
 //!
-//! | kind | limit (burst = count) |
+//! | kind | budget |
 //! |---|---|
-//! | `tx` | 50 per second |
-//! | `vote` | 100 per second |
+//! | `tx` | [`GOSSIP_TX_RATE`](crate::constants::GOSSIP_TX_RATE) per second, burst: the mempool's transaction limit |
+//! | `vote` | the `tx` budget times the number of masternodes |
 //! | `block` | 10 per second |
 //! | `addr` (address announcements) | 10 per minute |
 //! | `get_peers` | 5 per minute |
@@ -16,12 +37,14 @@
 //! | `get_blocks` (sync requests) | 50 per second |
 //! | `get_mempool` | 5 per minute |
 //! | anything else | 20 per second |
-//! | all kinds together, per IP | 500 per second |
+//! | all kinds together, per IP | the sum of the kinds' budgets |
 //!
 //! The per-IP budget is keyed by the IPv4 address or the IPv6 /64, so many
 //! connections from one host (or one IPv6 subscriber) share it.
 //!
 //! # Security
+//! A flooder gains nothing from throttling: it is slowed to the budget (or
+//! dropped), and charged once it exceeds `abuse_factor` times it.
 //! Per-connection buckets live and die with the connection. The per-IP
 //! table is pruned of idle entries by the node's housekeeping timer and
 //! whenever it exceeds [`MAX_TRACKED_IPS`].
@@ -35,12 +58,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use tower::{BoxError, Layer, Service};
 
 use super::blacklist::ip_key;
 use super::{Inbound, LayerCounters, Offence, Outcome, Rejection};
+use crate::constants::{GOSSIP_ABUSE_FACTOR, GOSSIP_TX_RATE, THROTTLE_MAX_DELAY};
 use crate::protocol::{GossipKind, Message};
 
 /// The layer's name in the config and in metrics.
@@ -49,25 +77,91 @@ pub const NAME: &str = "rate_limit";
 /// The per-IP table is pruned at once when it tracks more IPs than this.
 pub const MAX_TRACKED_IPS: usize = 100_000;
 
-/// `count` messages per `per_secs` seconds, with a burst of `count`.
+/// A governor clock on tokio's time, so that paused-time tests drive the
+/// budgets like every other timer of the node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+/// One budget on tokio's clock.
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
+/// Budgets keyed by IP on tokio's clock.
+type IpBuckets =
+    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<std::time::Instant>>;
+
+/// What the node follows, for sizing the gossip budgets: the honest rate of
+/// transaction and vote gossip grows with both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GossipScale {
+    /// Masternodes that vote on every transaction (at least 1 is assumed).
+    pub masternodes: usize,
+    /// Most transactions a mempool holds: the largest burst an honest peer
+    /// relays at once (e.g. re-announcing its pool after a restart).
+    pub mempool_max_txs: usize,
+}
+
+impl Default for GossipScale {
+    fn default() -> Self {
+        GossipScale {
+            masternodes: 1,
+            mempool_max_txs: crate::chain::mempool::DEFAULT_MAX_TXS,
+        }
+    }
+}
+
+/// `count` messages per `per_secs` seconds, with a burst of `burst` (or
+/// `count` when not given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KindLimit {
-    /// Messages allowed per period (and the burst).
+    /// Messages allowed per period.
     pub count: u32,
     /// The period in seconds.
     pub per_secs: u64,
+    /// Messages allowed at once (default: `count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 impl KindLimit {
     const fn new(count: u32, per_secs: u64) -> Self {
-        KindLimit { count, per_secs }
+        KindLimit {
+            count,
+            per_secs,
+            burst: None,
+        }
+    }
+
+    fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.count)
     }
 
     fn quota(&self) -> Option<Quota> {
-        let count = NonZeroU32::new(self.count)?;
+        let burst = NonZeroU32::new(self.burst())?;
+        NonZeroU32::new(self.count)?;
         let period = Duration::from_secs(self.per_secs).checked_div(self.count)?;
-        Quota::with_period(period).map(|q| q.allow_burst(count))
+        Quota::with_period(period).map(|q| q.allow_burst(burst))
+    }
+
+    /// The same budget `factor` times larger (rate and burst).
+    fn scaled(&self, factor: u32) -> KindLimit {
+        KindLimit {
+            count: self.count.saturating_mul(factor),
+            per_secs: self.per_secs,
+            burst: Some(self.burst().saturating_mul(factor)),
+        }
+    }
+
+    /// Messages per second.
+    fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.per_secs.max(1) as f64
     }
 }
 
@@ -75,10 +169,12 @@ impl KindLimit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Transaction envelopes.
-    pub tx: KindLimit,
-    /// Vote envelopes.
-    pub vote: KindLimit,
+    /// Transaction envelopes (default: sized from the network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx: Option<KindLimit>,
+    /// Vote envelopes (default: sized from the network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vote: Option<KindLimit>,
     /// Block envelopes.
     pub block: KindLimit,
     /// Address announcement envelopes.
@@ -95,15 +191,22 @@ pub struct RateLimitConfig {
     pub get_mempool: KindLimit,
     /// Every other message kind.
     pub other: KindLimit,
-    /// All kinds together, per IP (IPv6: per /64).
-    pub per_ip: KindLimit,
+    /// All kinds together, per IP (IPv6: per /64); default: the sum of
+    /// the kinds' budgets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_ip: Option<KindLimit>,
+    /// Traffic beyond this many times a budget is charged as an offence.
+    pub abuse_factor: u32,
+    /// Longest wait for a token before an excess message is dropped, in
+    /// milliseconds.
+    pub max_delay_ms: u64,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            tx: KindLimit::new(50, 1),
-            vote: KindLimit::new(100, 1),
+            tx: None,
+            vote: None,
             block: KindLimit::new(10, 1),
             addr: KindLimit::new(10, 60),
             get_peers: KindLimit::new(5, 60),
@@ -112,13 +215,15 @@ impl Default for RateLimitConfig {
             get_blocks: KindLimit::new(50, 1),
             get_mempool: KindLimit::new(5, 60),
             other: KindLimit::new(20, 1),
-            per_ip: KindLimit::new(500, 1),
+            per_ip: None,
+            abuse_factor: GOSSIP_ABUSE_FACTOR,
+            max_delay_ms: THROTTLE_MAX_DELAY.as_millis() as u64,
         }
     }
 }
 
 /// The message kinds with their own bucket.
-const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 10] = [
     "tx",
     "vote",
     "block",
@@ -131,11 +236,38 @@ const KINDS: [&str; 10] = [
     "other",
 ];
 
+/// Largest `abuse_factor` accepted.
+const MAX_ABUSE_FACTOR: u32 = 1_000;
+
+/// Longest `max_delay_ms` accepted: a message held longer than this would
+/// hold the connection's keepalive pong too.
+const MAX_DELAY_MS: u64 = 10_000;
+
 impl RateLimitConfig {
-    fn limit(&self, kind: &str) -> KindLimit {
+    /// The transaction budget for `scale`: [`GOSSIP_TX_RATE`] per second,
+    /// with a burst of a whole mempool.
+    pub fn tx_limit(&self, scale: &GossipScale) -> KindLimit {
+        self.tx.unwrap_or(KindLimit {
+            count: GOSSIP_TX_RATE,
+            per_secs: 1,
+            burst: Some(clamp_u32(scale.mempool_max_txs.max(1))),
+        })
+    }
+
+    /// The vote budget for `scale`: every masternode votes once on every
+    /// transaction, so the transaction budget times the masternode count.
+    pub fn vote_limit(&self, scale: &GossipScale) -> KindLimit {
+        self.vote.unwrap_or_else(|| {
+            self.tx_limit(scale)
+                .scaled(clamp_u32(scale.masternodes.max(1)))
+        })
+    }
+
+    /// The budget of `kind` for `scale`.
+    pub fn limit(&self, kind: &str, scale: &GossipScale) -> KindLimit {
         match kind {
-            "tx" => self.tx,
-            "vote" => self.vote,
+            "tx" => self.tx_limit(scale),
+            "vote" => self.vote_limit(scale),
             "block" => self.block,
             "addr" => self.addr,
             "get_peers" => self.get_peers,
@@ -147,26 +279,68 @@ impl RateLimitConfig {
         }
     }
 
+    /// The per-IP budget for `scale`: as configured, or one peer using
+    /// every kind's whole budget.
+    pub fn per_ip_limit(&self, scale: &GossipScale) -> KindLimit {
+        self.per_ip.unwrap_or_else(|| {
+            let rate: f64 = KINDS
+                .iter()
+                .map(|k| self.limit(k, scale).per_second())
+                .sum();
+            let burst: u64 = KINDS
+                .iter()
+                .map(|k| u64::from(self.limit(k, scale).burst()))
+                .sum();
+            KindLimit {
+                count: clamp_u32(rate.ceil() as usize),
+                per_secs: 1,
+                burst: Some(clamp_u32(burst as usize)),
+            }
+        })
+    }
+
     /// Checks the parameters.
     ///
     /// # Errors
     /// A message naming the bad parameter.
     pub fn validate(&self) -> Result<(), String> {
-        for kind in KINDS.iter().copied().chain(["per_ip"]) {
-            let limit = if kind == "per_ip" {
-                self.per_ip
-            } else {
-                self.limit(kind)
-            };
-            if limit.quota().is_none() {
-                return Err(format!(
-                    "{kind}: count and per_secs must be at least 1 (got count = {}, per_secs = {})",
-                    limit.count, limit.per_secs
-                ));
-            }
+        let scale = GossipScale::default();
+        for kind in KINDS.iter().copied() {
+            check_limit(kind, &self.limit(kind, &scale))?;
+        }
+        if let Some(per_ip) = &self.per_ip {
+            check_limit("per_ip", per_ip)?;
+        }
+        if !(1..=MAX_ABUSE_FACTOR).contains(&self.abuse_factor) {
+            return Err(format!(
+                "abuse_factor must be between 1 and {MAX_ABUSE_FACTOR} (got {})",
+                self.abuse_factor
+            ));
+        }
+        if self.max_delay_ms > MAX_DELAY_MS {
+            return Err(format!(
+                "max_delay_ms must be at most {MAX_DELAY_MS} (got {})",
+                self.max_delay_ms
+            ));
         }
         Ok(())
     }
+}
+
+fn check_limit(kind: &str, limit: &KindLimit) -> Result<(), String> {
+    if limit.quota().is_none() {
+        return Err(format!(
+            "{kind}: count, per_secs and burst must be at least 1 (got count = {}, per_secs = {}, burst = {})",
+            limit.count,
+            limit.per_secs,
+            limit.burst()
+        ));
+    }
+    Ok(())
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The bucket a message is counted in.
@@ -194,11 +368,39 @@ fn quota_or_one(limit: KindLimit) -> Quota {
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
 }
 
+fn bucket(limit: KindLimit) -> Bucket {
+    RateLimiter::direct_with_clock(quota_or_one(limit), TokioClock)
+}
+
+/// Waits (at most `max_delay`) for a token of `take`; false if none came
+/// free in time.
+async fn acquire(
+    max_delay: Duration,
+    mut take: impl FnMut() -> Result<(), Duration>,
+) -> Result<bool, Duration> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match take() {
+            Ok(()) => return Ok(waited > Duration::ZERO),
+            Err(wait) => {
+                if waited + wait > max_delay {
+                    return Err(wait);
+                }
+                // Never spin on a zero wait.
+                let wait = wait.max(Duration::from_millis(1));
+                tokio::time::sleep(wait).await;
+                waited += wait;
+            }
+        }
+    }
+}
+
 /// The `rate_limit` layer: node-wide per-IP budget, per-connection buckets.
 #[derive(Clone)]
 pub struct RateLimitLayer {
     config: Arc<RateLimitConfig>,
-    per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    scale: GossipScale,
+    per_ip: Arc<IpBuckets>,
     counters: Arc<LayerCounters>,
 }
 
@@ -206,17 +408,23 @@ impl std::fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("config", &self.config)
+            .field("scale", &self.scale)
             .field("tracked_ips", &self.per_ip.len())
             .finish()
     }
 }
 
 impl RateLimitLayer {
-    /// A layer with a fresh per-IP table.
-    pub fn new(config: &RateLimitConfig) -> Self {
+    /// A layer with a fresh per-IP table, its gossip budgets sized for
+    /// `scale`.
+    pub fn new(config: &RateLimitConfig, scale: GossipScale) -> Self {
         RateLimitLayer {
-            per_ip: Arc::new(DefaultKeyedRateLimiter::keyed(quota_or_one(config.per_ip))),
+            per_ip: Arc::new(RateLimiter::dashmap_with_clock(
+                quota_or_one(config.per_ip_limit(&scale)),
+                TokioClock,
+            )),
             config: Arc::new(config.clone()),
+            scale,
             counters: Arc::new(LayerCounters::default()),
         }
     }
@@ -224,6 +432,11 @@ impl RateLimitLayer {
     /// The decision counters.
     pub fn counters(&self) -> &Arc<LayerCounters> {
         &self.counters
+    }
+
+    /// The budget of `kind` in effect.
+    pub fn limit(&self, kind: &str) -> KindLimit {
+        self.config.limit(kind, &self.scale)
     }
 
     /// Forgets IPs whose bucket is full again (idle).
@@ -238,6 +451,12 @@ impl RateLimitLayer {
     }
 }
 
+/// The budget and the abuse budget of one kind on one connection.
+struct KindBuckets {
+    budget: Bucket,
+    abuse: Bucket,
+}
+
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
@@ -245,10 +464,12 @@ impl<S> Layer<S> for RateLimitLayer {
         let buckets = KINDS
             .iter()
             .map(|&k| {
-                (
-                    k,
-                    DefaultDirectRateLimiter::direct(quota_or_one(self.config.limit(k))),
-                )
+                let limit = self.limit(k);
+                let buckets = KindBuckets {
+                    budget: bucket(limit),
+                    abuse: bucket(limit.scaled(self.config.abuse_factor)),
+                };
+                (k, buckets)
             })
             .collect();
         RateLimit {
@@ -264,7 +485,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     layer: RateLimitLayer,
-    buckets: Arc<HashMap<&'static str, DefaultDirectRateLimiter>>,
+    buckets: Arc<HashMap<&'static str, KindBuckets>>,
 }
 
 impl<S> std::fmt::Debug for RateLimit<S> {
@@ -273,23 +494,14 @@ impl<S> std::fmt::Debug for RateLimit<S> {
     }
 }
 
-impl<S> RateLimit<S> {
-    fn refuse(&self, kind: &'static str, scope: &'static str) -> Rejection {
-        let reason = if scope == "ip" {
-            "ip_limit"
-        } else {
-            "peer_limit"
-        };
-        self.layer.counters.reject(NAME, reason);
-        metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => scope)
-            .increment(1);
-        Rejection::offence(NAME, reason, Offence::RateLimitExceeded)
-    }
+/// Counts a message that exceeded its budget (delayed or dropped).
+fn throttled(kind: &'static str) {
+    metrics::counter!("timed_gossip_throttled_total", "kind" => kind).increment(1);
 }
 
 impl<S> Service<Inbound> for RateLimit<S>
 where
-    S: Service<Inbound, Response = Outcome, Error = BoxError>,
+    S: Service<Inbound, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -302,22 +514,69 @@ where
 
     fn call(&mut self, request: Inbound) -> Self::Future {
         let kind = kind_of(&request.message);
-        if let Some(bucket) = self.buckets.get(kind) {
-            if bucket.check().is_err() {
-                let rejection = self.refuse(kind, "peer");
-                return Box::pin(std::future::ready(Err(rejection.into())));
+        let layer = self.layer.clone();
+        let buckets = self.buckets.clone();
+        if buckets.get(kind).is_some_and(|b| b.abuse.check().is_err()) {
+            // Far beyond any honest rate: the one case that is charged.
+            layer.counters.reject(NAME, "abuse");
+            metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => "abuse")
+                .increment(1);
+            return Box::pin(std::future::ready(Err(Rejection::offence(
+                NAME,
+                "abuse",
+                Offence::RateLimitExceeded,
+            )
+            .into())));
+        }
+        // The inner service was made ready for this call: take it, leave a
+        // clone (tower's readiness contract for services called later).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let max_delay = Duration::from_millis(layer.config.max_delay_ms);
+            let clock = TokioClock;
+            if let Some(b) = buckets.get(kind) {
+                let waited = acquire(max_delay, || {
+                    b.budget.check().map_err(|n| n.wait_time_from(clock.now()))
+                })
+                .await;
+                match waited {
+                    Ok(false) => {}
+                    Ok(true) => throttled(kind),
+                    Err(_) => {
+                        throttled(kind);
+                        layer.counters.reject(NAME, "peer_limit");
+                        metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => "peer")
+                            .increment(1);
+                        return Err(Rejection::benign(NAME, "peer_limit").into());
+                    }
+                }
             }
-        }
-        let per_ip = &self.layer.per_ip;
-        if per_ip.check_key(&ip_key(request.peer.ip())).is_err() {
-            let rejection = self.refuse(kind, "ip");
-            return Box::pin(std::future::ready(Err(rejection.into())));
-        }
-        if per_ip.len() > MAX_TRACKED_IPS {
-            per_ip.retain_recent();
-        }
-        self.layer.counters.accept(NAME);
-        Box::pin(self.inner.call(request))
+            let key = ip_key(request.peer.ip());
+            let per_ip = &layer.per_ip;
+            let waited = acquire(max_delay, || {
+                per_ip
+                    .check_key(&key)
+                    .map_err(|n| n.wait_time_from(clock.now()))
+            })
+            .await;
+            match waited {
+                Ok(false) => {}
+                Ok(true) => throttled(kind),
+                Err(_) => {
+                    throttled(kind);
+                    layer.counters.reject(NAME, "ip_limit");
+                    metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => "ip")
+                        .increment(1);
+                    return Err(Rejection::benign(NAME, "ip_limit").into());
+                }
+            }
+            if per_ip.len() > MAX_TRACKED_IPS {
+                per_ip.retain_recent();
+            }
+            layer.counters.accept(NAME);
+            inner.call(request).await
+        })
     }
 }
 
@@ -327,6 +586,7 @@ mod tests {
     use crate::layers::test_support::{inbound, peer, CountingHandler};
     use crate::protocol::Ping;
     use std::sync::atomic::Ordering;
+    use tower::ServiceExt;
 
     fn ping() -> Message {
         Message::Ping(Ping {
@@ -335,49 +595,108 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn per_peer_buckets_allow_the_burst_then_refuse() {
-        let layer = RateLimitLayer::new(&RateLimitConfig::default());
+    fn layer(config: &RateLimitConfig) -> RateLimitLayer {
+        RateLimitLayer::new(config, GossipScale::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excess_pings_are_dropped_free_then_charged_far_beyond_the_budget() {
+        let layer = layer(&RateLimitConfig::default());
         let handler = CountingHandler::default();
         let mut svc = layer.layer(handler.clone());
         let p = peer([127, 0, 0, 1]);
-        let mut refused = 0;
-        for _ in 0..10 {
-            if let Err(e) = svc.call(inbound(&p, ping())).await {
-                let r = Rejection::find(&e).unwrap();
-                assert_eq!(
-                    (r.reason, r.offence),
-                    ("peer_limit", Some(Offence::RateLimitExceeded))
-                );
-                refused += 1;
+        let (mut dropped, mut charged) = (0, 0);
+        for _ in 0..70 {
+            if let Err(e) = svc.ready().await.unwrap().call(inbound(&p, ping())).await {
+                match Rejection::find(&e).unwrap() {
+                    Rejection {
+                        reason: "peer_limit",
+                        offence: None,
+                        ..
+                    } => dropped += 1,
+                    Rejection {
+                        reason: "abuse",
+                        offence: Some(Offence::RateLimitExceeded),
+                        ..
+                    } => charged += 1,
+                    other => panic!("{other:?}"),
+                }
             }
         }
-        assert_eq!(refused, 4, "6 pings per 10 s");
+        // 6 per 10 s pass; up to 10 times that is dropped without a charge;
+        // the rest is charged.
         assert_eq!(handler.0.load(Ordering::Relaxed), 6);
+        assert_eq!(dropped, 54);
+        assert_eq!(charged, 10);
         // Other kinds have their own buckets.
-        svc.call(inbound(&p, Message::GetPeers)).await.unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(inbound(&p, Message::GetPeers))
+            .await
+            .unwrap();
         // A second connection from another IP has fresh buckets.
         let mut other = layer.layer(handler.clone());
         other
             .call(inbound(&peer([127, 0, 0, 2]), ping()))
             .await
             .unwrap();
-        assert_eq!(layer.counters().rejected("peer_limit"), 4);
+        assert_eq!(layer.counters().rejected("peer_limit"), 54);
+        assert_eq!(layer.counters().rejected("abuse"), 10);
     }
 
-    #[tokio::test]
-    async fn connections_from_one_ip_share_the_per_ip_budget() {
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_beyond_a_fast_budget_is_delayed_not_dropped() {
         let config = RateLimitConfig {
-            per_ip: KindLimit::new(10, 1),
+            block: KindLimit::new(10, 1),
             ..RateLimitConfig::default()
         };
-        let layer = RateLimitLayer::new(&config);
+        let layer = layer(&config);
+        let handler = CountingHandler::default();
+        let mut svc = layer.layer(handler.clone());
+        let p = peer([127, 0, 0, 3]);
+        let block = || {
+            let id = crate::crypto::NodeIdentity::from_secret_bytes(&[3; 32]);
+            Message::Gossip(crate::protocol::Envelope::sign(
+                &id,
+                *b"TDEV",
+                GossipKind::Block,
+                1,
+                vec![1],
+            ))
+        };
+        let started = tokio::time::Instant::now();
+        for _ in 0..40 {
+            svc.ready()
+                .await
+                .unwrap()
+                .call(inbound(&p, block()))
+                .await
+                .expect("delayed, never refused");
+        }
+        assert_eq!(handler.0.load(Ordering::Relaxed), 40);
+        // 10 at once, then one per 100 ms: the burst was spread, not lost.
+        let spread = started.elapsed();
+        assert!(
+            spread >= Duration::from_millis(2_900),
+            "{spread:?}: the excess waited for its tokens"
+        );
+        assert_eq!(layer.counters().rejected("peer_limit"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_from_one_ip_share_the_per_ip_budget() {
+        let config = RateLimitConfig {
+            per_ip: Some(KindLimit::new(10, 60)),
+            ..RateLimitConfig::default()
+        };
+        let layer = layer(&config);
         let handler = CountingHandler::default();
         // Five connections from one IPv4 address, 3 messages each.
         let mut ok = 0;
         for _ in 0..5 {
             let mut svc = layer.layer(handler.clone());
-            let p = peer([127, 0, 0, 3]);
+            let p = peer([127, 0, 0, 4]);
             for _ in 0..3 {
                 if svc.call(inbound(&p, Message::GetPeers)).await.is_ok() {
                     ok += 1;
@@ -390,12 +709,44 @@ mod tests {
     }
 
     #[test]
+    fn gossip_budgets_scale_with_the_network() {
+        let config = RateLimitConfig::default();
+        let small = GossipScale {
+            masternodes: 3,
+            mempool_max_txs: 5_000,
+        };
+        let tx = config.tx_limit(&small);
+        assert_eq!((tx.count, tx.burst()), (GOSSIP_TX_RATE, 5_000));
+        let vote = config.vote_limit(&small);
+        assert_eq!((vote.count, vote.burst()), (3 * GOSSIP_TX_RATE, 15_000));
+        let big = GossipScale {
+            masternodes: 200,
+            mempool_max_txs: 5_000,
+        };
+        assert_eq!(config.vote_limit(&big).count, 200 * GOSSIP_TX_RATE);
+        // The per-IP default covers one peer using every budget at once.
+        let per_ip = config.per_ip_limit(&big);
+        assert!(per_ip.count > 201 * GOSSIP_TX_RATE);
+        // An explicit budget wins.
+        let fixed = RateLimitConfig {
+            vote: Some(KindLimit::new(7, 1)),
+            ..RateLimitConfig::default()
+        };
+        assert_eq!(fixed.vote_limit(&big).count, 7);
+    }
+
+    #[test]
     fn zero_limits_are_config_errors() {
         let config = RateLimitConfig {
-            vote: KindLimit::new(0, 1),
+            vote: Some(KindLimit::new(0, 1)),
             ..RateLimitConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("vote"));
+        let config = RateLimitConfig {
+            abuse_factor: 0,
+            ..RateLimitConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("abuse_factor"));
         assert!(RateLimitConfig::default().validate().is_ok());
     }
 }

@@ -22,17 +22,27 @@
 //! IP is banned for an hour.
 //!
 //! # Security
-//! Non-fatal offences reach the ban threshold too. A peer that comes back
-//! while its score is still at or below the disconnect threshold (about 40 s
-//! after a −20 disconnect, with the 10-minute half-life) is refused right
-//! after the handshake and charged a protocol violation (−10): a flooder
-//! that keeps reconnecting with the same identity goes −20, −30, −40, −50
-//! and is banned by score at its fourth attempt. A flooder that rotates
-//! identities starts each at 0, but every disconnect is a violation of its
-//! IP, and the ban list's escalation bans the IP at the third.
+//! Non-fatal offences reach the ban threshold too: every offence costs
+//! score, and a peer whose messages keep failing falls from −20
+//! (disconnect) to −50 (ban) within the messages it already sent.
+//!
+//! A peer that comes back while its score is still at or below the
+//! disconnect threshold is refused right after the handshake with
+//! `Disconnect(ProtocolViolation)` whose detail says its score and in how
+//! many seconds the decay lifts it above the threshold (about 40 s after a
+//! −20 disconnect with the 10-minute half-life). The refusal costs nothing
+//! more: reconnecting is not misbehaviour, and the accept rate per IP
+//! already bounds how often it can be tried. An identity's offences never
+//! fall on an IP it has not misbehaved from (the IP of an offending
+//! connection gets a violation in the ban list, whose escalation bans
+//! repeat offenders, e.g. a flooder rotating identities).
+//!
+//! Scores are forgiven by the operator: `clearbanned` resets every negative
+//! score, and `setban <subnet> remove` those last seen from that subnet.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -170,11 +180,11 @@ impl ScoringConfig {
     }
 }
 
-/// Scores by node id, bounded; entries that decayed to about zero are the
-/// first to go when it is full.
+/// Scores by node id (with the IP each was last seen from), bounded;
+/// entries that decayed to about zero are the first to go when it is full.
 #[derive(Debug)]
 pub struct ScoreBook {
-    scores: Mutex<HashMap<NodeId, ScoreHandle>>,
+    scores: Mutex<HashMap<NodeId, (ScoreHandle, IpAddr)>>,
     half_life: Duration,
 }
 
@@ -187,23 +197,26 @@ impl ScoreBook {
         }
     }
 
-    /// The score handle of `node_id` (new at 0 if unknown).
-    pub fn handle(&self, node_id: NodeId) -> ScoreHandle {
+    /// The score handle of `node_id` (new at 0 if unknown), seen now from
+    /// `ip`.
+    pub fn handle(&self, node_id: NodeId, ip: IpAddr) -> ScoreHandle {
         let mut scores = crate::sync::lock(&self.scores);
-        if let Some(h) = scores.get(&node_id) {
+        if let Some((h, seen)) = scores.get_mut(&node_id) {
+            *seen = ip;
             return h.clone();
         }
         if scores.len() >= SCORE_BOOK_CAPACITY {
             let half_life = self.half_life;
-            scores.retain(|_, h| h.value(half_life).abs() >= 1.0);
+            scores.retain(|_, (h, _)| h.value(half_life).abs() >= 1.0);
             if scores.len() >= SCORE_BOOK_CAPACITY {
                 // Still full of live scores: forget the mildest one.
                 if let Some(k) = scores
                     .iter()
                     .min_by(|a, b| {
-                        a.1.value(half_life)
+                        a.1 .0
+                            .value(half_life)
                             .abs()
-                            .total_cmp(&b.1.value(half_life).abs())
+                            .total_cmp(&b.1 .0.value(half_life).abs())
                     })
                     .map(|(k, _)| *k)
                 {
@@ -211,7 +224,33 @@ impl ScoreBook {
                 }
             }
         }
-        scores.entry(node_id).or_default().clone()
+        scores
+            .entry(node_id)
+            .or_insert_with(|| (ScoreHandle::default(), ip))
+            .0
+            .clone()
+    }
+
+    /// The score of `node_id`, if it has one.
+    pub fn score(&self, node_id: &NodeId) -> Option<f64> {
+        crate::sync::lock(&self.scores)
+            .get(node_id)
+            .map(|(h, _)| h.value(self.half_life))
+    }
+
+    /// Resets to 0 every negative score whose last IP matches `pred`;
+    /// returns how many were forgiven. Live connections share the handles,
+    /// so they are forgiven too.
+    pub fn forgive(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
+        let scores = crate::sync::lock(&self.scores);
+        let mut forgiven = 0;
+        for (handle, ip) in scores.values() {
+            if pred(*ip) && handle.value(self.half_life) < 0.0 {
+                handle.reset();
+                forgiven += 1;
+            }
+        }
+        forgiven
     }
 }
 
@@ -267,15 +306,23 @@ impl ScoringLayer {
             }
         } else if score <= self.config.disconnect_threshold && !peer.disconnect.is_cancelled() {
             self.counters.reject(NAME, "disconnected");
-            tracing::info!(
-                peer.addr = %peer.addr,
-                node.id = %peer.node_id,
-                score,
-                %offence,
-                "score below the disconnect threshold"
-            );
+            if crate::logging::allow("score_disconnect") {
+                tracing::info!(
+                    peer.addr = %peer.addr,
+                    node.id = %peer.node_id,
+                    score,
+                    %offence,
+                    "score below the disconnect threshold"
+                );
+            }
             self.blacklist.record_violation(peer.ip(), "score");
-            peer.close(DisconnectReason::ProtocolViolation);
+            peer.close_with(
+                DisconnectReason::ProtocolViolation,
+                format!(
+                    "score {score:.1} reached the disconnect threshold {:.1} (last offence: {offence})",
+                    self.config.disconnect_threshold
+                ),
+            );
         }
         score
     }
@@ -283,13 +330,15 @@ impl ScoringLayer {
     /// Bans the peer's IP for `ban_secs` and closes the connection.
     fn ban(&self, peer: &PeerContext, score: f64, why: &str) {
         self.counters.reject(NAME, "banned");
-        tracing::warn!(
-            peer.addr = %peer.addr,
-            node.id = %peer.node_id,
-            score,
-            why,
-            "score at the ban threshold: banning"
-        );
+        if crate::logging::allow("score_ban") {
+            tracing::warn!(
+                peer.addr = %peer.addr,
+                node.id = %peer.node_id,
+                score,
+                why,
+                "score at the ban threshold: banning"
+            );
+        }
         self.blacklist.ban_ip(
             peer.ip(),
             Some(Duration::from_secs(self.config.ban_secs)),
@@ -299,30 +348,40 @@ impl ScoringLayer {
     }
 
     /// Decides whether a newly connected peer may stay: a peer whose
-    /// carried-over score is at or below the disconnect threshold is charged
-    /// a protocol violation (banned at the ban threshold) and must be
-    /// refused (returns false). No IP violation is recorded for it: its
-    /// disconnect recorded one already.
+    /// carried-over score is at or below the disconnect threshold is
+    /// refused (returns false; the connection is closed with a detail
+    /// saying when it may come back). The refusal costs nothing: see the
+    /// module docs.
     pub fn readmit(&self, peer: &PeerContext) -> bool {
         let half_life = self.config.half_life();
-        if peer.score.value(half_life) > self.config.disconnect_threshold {
+        let score = peer.score.value(half_life);
+        if score > self.config.disconnect_threshold {
             return true;
         }
-        let score = peer.score.add(self.config.protocol_violation, half_life);
-        metrics::counter!("timed_score_penalties_total", "offence" => "reconnect_below_threshold")
-            .increment(1);
-        if score <= self.config.ban_threshold {
-            self.ban(peer, score, "reconnect_below_threshold");
-        } else {
-            self.counters.reject(NAME, "refused");
+        // |score| halves every half-life: it is above the threshold after
+        // half_life * log2(score / threshold).
+        let wait_secs = (half_life.as_secs_f64()
+            * (score / self.config.disconnect_threshold).log2())
+        .max(0.0)
+        .ceil() as u64
+            + 1;
+        self.counters.reject(NAME, "refused");
+        if crate::logging::allow("score_refused") {
             tracing::info!(
                 peer.addr = %peer.addr,
                 node.id = %peer.node_id,
                 score,
+                retry_after_s = wait_secs,
                 "reconnected below the disconnect threshold: refused"
             );
-            peer.close(DisconnectReason::ProtocolViolation);
         }
+        peer.close_with(
+            DisconnectReason::ProtocolViolation,
+            format!(
+                "score {score:.1} is at or below the disconnect threshold {:.1}; retry in {wait_secs} s",
+                self.config.disconnect_threshold
+            ),
+        );
         false
     }
 
@@ -471,48 +530,63 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_peer_reconnecting_below_the_threshold_is_refused_until_banned() {
+    async fn a_peer_reconnecting_below_the_threshold_is_refused_free_until_it_recovers() {
         let (layer, list) = layer();
         let id = peer([127, 0, 0, 10]).node_id;
+        let ip: IpAddr = [127, 0, 0, 10].into();
         let reconnect = || {
             Arc::new(PeerContext::new(
                 id,
-                std::net::SocketAddr::from(([127, 0, 0, 10], 1)),
+                std::net::SocketAddr::from((ip, 1)),
                 crate::peer::Direction::Inbound,
                 1,
-                layer.book().handle(id),
+                layer.book().handle(id, ip),
             ))
         };
         let first = reconnect();
         assert!(layer.readmit(&first));
         first.score.add(-20.0, Duration::from_secs(600));
-        let mut refused = 0;
-        loop {
+        for _ in 0..10 {
             let p = reconnect();
-            if layer.readmit(&p) {
-                break;
-            }
-            refused += 1;
+            assert!(!layer.readmit(&p), "refused while at or below -20");
             assert!(p.disconnect.is_cancelled());
-            if list.is_banned(p.ip()) {
-                assert_eq!(p.close_reason.get(), Some(&DisconnectReason::Banned));
-                break;
-            }
+            let detail = p.close_detail.get().unwrap();
+            assert!(detail.contains("retry in"), "{detail}");
         }
-        assert_eq!(refused, 3, "-30, -40, -50: banned at the third refusal");
-        assert_eq!(list.banned(first.ip()).unwrap().reason, "score");
-        // Once the score recovers above the threshold, the peer is welcome.
-        tokio::time::advance(Duration::from_secs(3600)).await;
+        let score = layer.book().score(&id).unwrap();
+        assert!(
+            (score + 20.0).abs() < 1e-6,
+            "refusals cost nothing: {score}"
+        );
+        assert!(!list.is_banned(ip), "reconnecting is not misbehaviour");
+        // A little decay lifts it above the threshold: welcome again.
+        tokio::time::advance(Duration::from_secs(60)).await;
         assert!(layer.readmit(&reconnect()));
+    }
+
+    #[test]
+    fn forgiving_resets_negative_scores_by_ip() {
+        let (layer, _) = layer();
+        let a = peer([127, 0, 0, 11]);
+        let b = peer([10, 0, 0, 1]);
+        let ha = layer.book().handle(a.node_id, a.ip());
+        let hb = layer.book().handle(b.node_id, b.ip());
+        ha.add(-30.0, Duration::from_secs(600));
+        hb.add(-30.0, Duration::from_secs(600));
+        let forgiven = layer.book().forgive(|ip| ip.is_loopback());
+        assert_eq!(forgiven, 1);
+        assert_eq!(ha.value(Duration::from_secs(600)), 0.0);
+        assert!(hb.value(Duration::from_secs(600)) < -29.0);
+        assert_eq!(layer.book().forgive(|_| true), 1);
     }
 
     #[test]
     fn the_book_remembers_scores_per_node_id() {
         let (layer, _) = layer();
         let p = peer([127, 0, 0, 9]);
-        let h = layer.book().handle(p.node_id);
+        let h = layer.book().handle(p.node_id, p.ip());
         h.add(-7.0, Duration::from_secs(600));
-        let again = layer.book().handle(p.node_id);
+        let again = layer.book().handle(p.node_id, p.ip());
         assert!(again.value(Duration::from_secs(600)) < -6.9);
     }
 

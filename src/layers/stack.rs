@@ -39,7 +39,7 @@ use tower::{BoxError, Layer};
 use super::auth::{AuthConfig, AuthLayer};
 use super::blacklist::{Blacklist, BlacklistConfig, BlacklistLayer};
 use super::dedup::{DedupConfig, DedupLayer};
-use super::rate_limit::{RateLimitConfig, RateLimitLayer};
+use super::rate_limit::{GossipScale, RateLimitConfig, RateLimitLayer};
 use super::scoring::{ScoringConfig, ScoringLayer};
 use super::{Inbound, LayerCounters, Outcome};
 
@@ -243,8 +243,9 @@ impl MiddlewareStack {
     /// network's, for envelope verification. The ban list is built from the
     /// `blacklist` entry's parameters, or from defaults without one: bans by
     /// `scoring` and at accept work whether or not the `blacklist` layer
-    /// checks every message.
-    pub fn build(configs: &[MiddlewareConfig], magic: [u8; 4]) -> Self {
+    /// checks every message. `scale` sizes the gossip budgets of
+    /// `rate_limit`.
+    pub fn build(configs: &[MiddlewareConfig], magic: [u8; 4], scale: GossipScale) -> Self {
         let blacklist_config = configs
             .iter()
             .find_map(|c| match c {
@@ -253,7 +254,7 @@ impl MiddlewareStack {
             })
             .unwrap_or_default();
         let blacklist = Arc::new(Blacklist::new(&blacklist_config));
-        Self::build_with_blacklist(configs, magic, blacklist)
+        Self::build_with_blacklist(configs, magic, scale, blacklist)
     }
 
     /// Like [`MiddlewareStack::build`], sharing an existing ban list (on a
@@ -261,6 +262,7 @@ impl MiddlewareStack {
     pub fn build_with_blacklist(
         configs: &[MiddlewareConfig],
         magic: [u8; 4],
+        scale: GossipScale,
         blacklist: Arc<Blacklist>,
     ) -> Self {
         let layers = configs
@@ -272,7 +274,9 @@ impl MiddlewareStack {
                 MiddlewareConfig::Scoring(s) => {
                     BuiltLayer::Scoring(ScoringLayer::new(s, blacklist.clone()))
                 }
-                MiddlewareConfig::RateLimit(r) => BuiltLayer::RateLimit(RateLimitLayer::new(r)),
+                MiddlewareConfig::RateLimit(r) => {
+                    BuiltLayer::RateLimit(RateLimitLayer::new(r, scale))
+                }
                 MiddlewareConfig::Dedup(d) => BuiltLayer::Dedup(DedupLayer::new(d)),
                 MiddlewareConfig::Auth(a) => BuiltLayer::Auth(AuthLayer::new(a, magic)),
             })
@@ -342,7 +346,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(parse_entries(&entries(&text)).unwrap(), defaults);
-        let stack = MiddlewareStack::build(&defaults, *b"TDEV");
+        let stack = MiddlewareStack::build(&defaults, *b"TDEV", Default::default());
         assert_eq!(
             stack.describe(),
             "blacklist -> scoring -> rate_limit -> dedup -> auth"

@@ -15,8 +15,9 @@
 //! * At most one request of ours is in flight; its response is matched by
 //!   kind (`Peers` for `GetPeers`, `Pong` by nonce). A response that does not
 //!   arrive within `request_timeout` fails the request and costs the peer
-//!   score; a keepalive pong that does not arrive within `pong_timeout`
-//!   closes the connection.
+//!   one `Timeout` penalty, its only cost: if the answer comes later it is
+//!   dropped quietly (`timed_late_responses_total`). A keepalive pong that
+//!   does not arrive within `pong_timeout` closes the connection.
 //! * The task ends on the first wire error, when the peer leaves, when
 //!   policy (scoring, blacklist, dedup of connections) closes it, or at
 //!   shutdown; in the last two cases it first sends `Disconnect` with the
@@ -368,6 +369,9 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keepalive: Option<(u64, Instant)> = None;
     let mut pending: Option<Pending> = None;
+    // The kind of our last request that timed out: its answer may still
+    // come, and is dropped quietly then (the timeout was its only cost).
+    let mut late: Option<&'static str> = None;
     let mut inflight: Option<StackFuture> = None;
 
     let result = loop {
@@ -395,6 +399,7 @@ pub async fn run(
                     break ConnectionError::PongTimeout(config.pong_timeout);
                 }
                 if let Some(p) = pending.take_if(|p| p.sent + config.request_timeout <= now) {
+                    late = Some(p.request.kind());
                     let _ = p.reply.send(Err(ClientError::Timeout(config.request_timeout)));
                     if let Some(scoring) = &scoring {
                         scoring.penalize(&context, Offence::Timeout);
@@ -475,6 +480,10 @@ pub async fn run(
                                 }
                                 let _ = p.reply.send(Ok(Response::Pong(rtt)));
                             }
+                            None if late == Some(Request::Ping.kind()) => {
+                                late = None;
+                                late_response(Request::Ping.kind());
+                            }
                             None => {
                                 if let Some(scoring) = &scoring {
                                     scoring.penalize(&context, Offence::ProtocolViolation);
@@ -490,6 +499,12 @@ pub async fn run(
                     }
                     Message::Mempool(txs) if pending.as_ref().is_some_and(|p| p.request == Request::GetMempool) => {
                         answer(&mut pending, &scoring, &context, Response::Mempool(txs));
+                    }
+                    Message::Peers(_) | Message::Blocks(_) | Message::Mempool(_)
+                        if late.is_some() && late == response_to(&message) =>
+                    {
+                        late = None;
+                        late_response(message.kind());
                     }
                     Message::Ping(ping) => {
                         // Answered here, but counted against the rate limit
@@ -531,7 +546,7 @@ pub async fn run(
         if reason != DisconnectReason::SendQueueFull {
             let bye = Message::Disconnect(Disconnect {
                 reason,
-                detail: String::new(),
+                detail: context.close_detail.get().cloned().unwrap_or_default(),
             });
             if let Ok(bytes) = encode_message(&bye) {
                 let _ = queue.push(Bytes::from(bytes), Priority::Control);
@@ -544,6 +559,23 @@ pub async fn run(
     }
     context.disconnect.cancel();
     result
+}
+
+/// The kind of request `message` answers, if it is a response.
+fn response_to(message: &Message) -> Option<&'static str> {
+    match message {
+        Message::Peers(_) => Some(Request::GetPeers.kind()),
+        Message::Blocks(_) => Some("get_blocks"),
+        Message::Mempool(_) => Some(Request::GetMempool.kind()),
+        _ => None,
+    }
+}
+
+/// Counts (and logs at debug level) a response that came after its request
+/// timed out: the timeout was charged already, the answer costs nothing.
+fn late_response(kind: &'static str) {
+    metrics::counter!("timed_late_responses_total", "kind" => kind).increment(1);
+    tracing::debug!(kind, "late response dropped");
 }
 
 /// Completes the outstanding request with `response`, recording how long

@@ -249,10 +249,30 @@ impl PeerSet {
         &self,
         exclude: &std::collections::HashSet<NodeId>,
     ) -> Option<Arc<PeerHandle>> {
+        self.pick_where(exclude, |_| true)
+    }
+
+    /// Like [`PeerSet::pick_excluding`], among the peers that announced
+    /// they serve chain data (`FULL_NODE`): a peer is never asked for what
+    /// it did not offer to serve.
+    pub fn pick_serving(
+        &self,
+        exclude: &std::collections::HashSet<NodeId>,
+    ) -> Option<Arc<PeerHandle>> {
+        self.pick_where(exclude, |h| {
+            h.info.version.capabilities & crate::protocol::message::capabilities::FULL_NODE != 0
+        })
+    }
+
+    fn pick_where(
+        &self,
+        exclude: &std::collections::HashSet<NodeId>,
+        eligible: impl Fn(&PeerHandle) -> bool,
+    ) -> Option<Arc<PeerHandle>> {
         let mut peers: Vec<Arc<PeerHandle>> = self
             .snapshot()
             .into_iter()
-            .filter(|h| !h.client.is_closed() && !exclude.contains(&h.info.node_id))
+            .filter(|h| !h.client.is_closed() && !exclude.contains(&h.info.node_id) && eligible(h))
             .collect();
         let mut rng = rand::thread_rng();
         peers.shuffle(&mut rng);

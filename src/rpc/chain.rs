@@ -10,14 +10,16 @@ use super::{codes, RpcContext, RpcError};
 use crate::chain::block::Block;
 use crate::chain::state::{Chain, ChainError, TxStatus};
 use crate::chain::transaction::Transaction;
+use crate::chain::CoinStatus;
 use crate::chain::{Address, MIN_FEE};
 use crate::crypto::NodeId;
 use crate::protocol::{codec, GossipKind};
-use crate::wallet::{amount_from_json, format_amount};
+use crate::wallet::{amount_from_json, format_amount, WalletError};
 
 /// The chain and wallet methods, for `help` and metrics labels.
 pub const NAMES: &[&str] = &[
     "getbalance",
+    "getbalances",
     "listunspent",
     "sendtoaddress",
     "sendrawtransaction",
@@ -62,14 +64,38 @@ fn refused(e: &ChainError) -> RpcError {
     }
 }
 
-/// Validates `tx` into the mempool and gossips it; returns its id.
-fn submit(ctx: &RpcContext, chain: &Chain, tx: Transaction) -> Result<Value, RpcError> {
+/// How long a call waits for its payment to reach the disk before it
+/// answers with an error (the payment stays pooled and is retried).
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Validates `tx` into the mempool and gossips it; returns its id and the
+/// journal position the caller must wait for ([`durable`]) before
+/// answering.
+fn submit(ctx: &RpcContext, chain: &Chain, tx: Transaction) -> Result<(Value, u64), RpcError> {
     let encoded = codec::encode_value(&tx)
         .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
     let (txid, fee) = chain.submit_tx(tx).map_err(|e| refused(&e))?;
+    let seq = chain.journal_seq();
     ctx.node.publish(GossipKind::Transaction, encoded);
-    tracing::info!(txid = %hex::encode(txid), fee, "transaction submitted by RPC");
-    Ok(json!(hex::encode(txid)))
+    if crate::logging::allow("rpc_tx_submitted") {
+        tracing::info!(txid = %hex::encode(txid), fee, "transaction submitted by RPC");
+    }
+    Ok((json!(hex::encode(txid)), seq))
+}
+
+/// Waits until the pool change `seq` is on disk: a payment is acknowledged
+/// only once it survives a crash.
+async fn durable(chain: &Chain, seq: u64, answer: Value) -> Result<Value, RpcError> {
+    match tokio::time::timeout(DURABLE_WAIT, chain.wait_durable(seq)).await {
+        Ok(true) => Ok(answer),
+        _ => Err(RpcError::new(
+            codes::INTERNAL_ERROR,
+            format!(
+                "transaction {} accepted but not yet written to disk (storage is failing)",
+                answer.as_str().unwrap_or("?")
+            ),
+        )),
+    }
 }
 
 fn tx_json(chain: &Chain, tx: &Transaction) -> Value {
@@ -111,16 +137,17 @@ fn block_json(chain: &Chain, block: &Block) -> Value {
 }
 
 /// Runs a chain or wallet method; `None` if `method` is not one.
-pub(super) fn dispatch(
+pub(super) async fn dispatch(
     ctx: &RpcContext,
     method: &str,
     params: &Value,
 ) -> Option<Result<Value, RpcError>> {
     let result = match method {
         "getbalance" => getbalance(ctx, params),
+        "getbalances" => getbalances(ctx, params),
         "listunspent" => listunspent(ctx, params),
-        "sendtoaddress" => sendtoaddress(ctx, params),
-        "sendrawtransaction" => sendrawtransaction(ctx, params),
+        "sendtoaddress" => sendtoaddress(ctx, params).await,
+        "sendrawtransaction" => sendrawtransaction(ctx, params).await,
         "gettransaction" => gettransaction(ctx, params),
         "getrawmempool" => super::methods::no_params(params).and_then(|_| {
             let chain = chain(ctx)?;
@@ -161,43 +188,88 @@ fn wallet_address(ctx: &RpcContext, params: &Value, index: usize) -> Result<Addr
     }
 }
 
+/// The coins of the address in parameter `index` (default: the wallet's).
+fn address_coins(
+    ctx: &RpcContext,
+    params: &Value,
+    index: usize,
+) -> Result<Vec<crate::chain::Coin>, RpcError> {
+    let address = wallet_address(ctx, params, index)?;
+    chain(ctx)?.coins(&address).map_err(|e| refused(&e))
+}
+
+/// Sum of the values of `coins` matching `pred`.
+fn sum(coins: &[crate::chain::Coin], pred: impl Fn(CoinStatus) -> bool) -> u64 {
+    coins
+        .iter()
+        .filter(|c| pred(c.status))
+        .fold(0u64, |acc, c| acc.saturating_add(c.output.value))
+}
+
+/// What the address can spend now: confirmed outputs, outputs of final
+/// pooled payments and its own pooled change (see `getbalances`).
 fn getbalance(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
-    let address = wallet_address(ctx, params, 0)?;
-    let units = chain(ctx)?
-        .store()
-        .balance(&address)
-        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-    Ok(amount(units))
+    let coins = address_coins(ctx, params, 0)?;
+    Ok(amount(sum(&coins, CoinStatus::spendable)))
+}
+
+fn getbalances(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let coins = address_coins(ctx, params, 0)?;
+    let available = sum(&coins, CoinStatus::spendable);
+    let pending = sum(&coins, |s| s == CoinStatus::Pending);
+    let confirmed = sum(&coins, |s| s == CoinStatus::Confirmed);
+    let total = available.saturating_add(pending);
+    Ok(json!({
+        "available": amount(available),
+        "pending": amount(pending),
+        "confirmed": amount(confirmed),
+        "total": amount(total),
+        "units": {
+            "available": available,
+            "pending": pending,
+            "confirmed": confirmed,
+            "total": total,
+        },
+    }))
 }
 
 fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
     let address = wallet_address(ctx, params, 0)?;
-    let utxos = chain
+    let confirmed = chain
         .store()
         .utxos_for(&address)
         .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-    let spendable: std::collections::HashSet<_> = chain
-        .spendable(&address)
-        .map_err(|e| refused(&e))?
-        .into_iter()
-        .map(|(o, _)| o)
-        .collect();
+    let coins = chain.coins(&address).map_err(|e| refused(&e))?;
+    let unspent: std::collections::HashSet<_> = coins.iter().map(|c| c.outpoint).collect();
     let network = chain.genesis().network;
-    Ok(json!(utxos
-        .iter()
-        .map(|(o, out)| json!({
+    let entry = |o: &crate::chain::OutPoint, out: &crate::chain::TxOut, status: &str| {
+        json!({
             "txid": hex::encode(o.txid),
             "vout": o.index,
             "address": out.address.to_text(network),
             "amount": amount(out.value),
             "units": out.value,
-            "spent_in_mempool": !spendable.contains(o),
-        }))
-        .collect::<Vec<_>>()))
+            "status": status,
+            "spent_in_mempool": !unspent.contains(o),
+        })
+    };
+    // Confirmed outputs (also those a pooled payment spends), then the
+    // outputs of pooled transactions.
+    let mut list: Vec<Value> = confirmed
+        .iter()
+        .map(|(o, out)| entry(o, out, CoinStatus::Confirmed.as_str()))
+        .collect();
+    list.extend(
+        coins
+            .iter()
+            .filter(|c| c.status != CoinStatus::Confirmed)
+            .map(|c| entry(&c.outpoint, &c.output, c.status.as_str())),
+    );
+    Ok(Value::Array(list))
 }
 
-fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
     let wallet = ctx
         .wallet
@@ -213,21 +285,69 @@ fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
         Some(v) => amount_from_json(v).map_err(|e| RpcError::params(format!("fee: {e}")))?,
         None => MIN_FEE,
     };
-    let spendable = chain
-        .spendable(&wallet.address())
-        .map_err(|e| refused(&e))?;
-    let tx = wallet
-        .build_payment(chain.magic(), &spendable, to, units, fee)
-        .map_err(|e| RpcError::new(codes::WALLET, format!("{} ({})", e, e.kind())))?;
-    submit(ctx, chain, tx)
+    // One payment at a time picks coins: the pool marks them spent before
+    // the next one looks.
+    let guard = wallet.lock_payments().await;
+    let coins = chain.coins(&wallet.address()).map_err(|e| refused(&e))?;
+    let tx = pick_and_build(chain, wallet, &coins, to, units, fee)?;
+    let (answer, seq) = submit(ctx, chain, tx)?;
+    drop(guard);
+    durable(chain, seq, answer).await
 }
 
-fn sendrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+/// Builds the payment from the most trusted coins that cover it: confirmed
+/// ones first, then outputs of final payments, then the wallet's own pooled
+/// change (which keeps unconfirmed chains short).
+fn pick_and_build(
+    chain: &Chain,
+    wallet: &crate::wallet::Wallet,
+    coins: &[crate::chain::Coin],
+    to: Address,
+    units: u64,
+    fee: u64,
+) -> Result<Transaction, RpcError> {
+    let wallet_error =
+        |e: WalletError| RpcError::new(codes::WALLET, format!("{} ({})", e, e.kind()));
+    for level in [
+        CoinStatus::Confirmed,
+        CoinStatus::Final,
+        CoinStatus::OwnChange,
+    ] {
+        let candidates: Vec<_> = coins
+            .iter()
+            .filter(|c| c.status <= level)
+            .map(|c| (c.outpoint, c.output))
+            .collect();
+        match wallet.build_payment(chain.magic(), &candidates, to, units, fee) {
+            Ok(tx) => return Ok(tx),
+            Err(WalletError::InsufficientFunds { .. }) => continue,
+            Err(e) => return Err(wallet_error(e)),
+        }
+    }
+    let available = sum(coins, CoinStatus::spendable);
+    let pending = sum(coins, |s| s == CoinStatus::Pending);
+    let needed = units.saturating_add(fee);
+    if available.saturating_add(pending) >= needed {
+        return Err(RpcError::new(
+            codes::WALLET,
+            format!(
+                "funds pending: {available} units available now and {pending} waiting for finality, {needed} needed (funds_pending)"
+            ),
+        ));
+    }
+    Err(wallet_error(WalletError::InsufficientFunds {
+        available: available.saturating_add(pending),
+        needed,
+    }))
+}
+
+async fn sendrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
     let text = super::methods::string_param(params, 0, "hex")?;
     let bytes = hex::decode(text).map_err(|_| RpcError::params("hex: not hexadecimal"))?;
     let tx = Chain::decode_tx(&bytes).map_err(|e| RpcError::params(e.to_string()))?;
-    submit(ctx, chain, tx)
+    let (answer, seq) = submit(ctx, chain, tx)?;
+    durable(chain, seq, answer).await
 }
 
 fn gettransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {

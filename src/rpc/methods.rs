@@ -254,6 +254,10 @@ pub(super) async fn dispatch(
                             format!("{subnet} is not banned"),
                         ));
                     }
+                    // The scores behind the ban go with it.
+                    node.forgive_scores(|ip| {
+                        subnet.contains(&crate::layers::blacklist::ip_key(ip))
+                    });
                     Ok(Value::Null)
                 }
                 other => Err(RpcError::params(format!(
@@ -264,6 +268,9 @@ pub(super) async fn dispatch(
         "clearbanned" => {
             no_params(params)?;
             node.blacklist().clear();
+            // The scores behind the bans go with them, or a peer's next
+            // reconnect would be refused again.
+            node.forgive_scores(|_| true);
             Ok(Value::Null)
         }
         "getmiddleware" => {
@@ -310,11 +317,13 @@ pub(super) async fn dispatch(
             ctx.stop.cancel();
             Ok(json!("timed stopping"))
         }
-        _ => super::chain::dispatch(ctx, method, params).unwrap_or_else(|| {
-            Err(RpcError::new(
-                codes::METHOD_NOT_FOUND,
-                format!("method not found: {method:?} (try \"help\")"),
-            ))
-        }),
+        _ => super::chain::dispatch(ctx, method, params)
+            .await
+            .unwrap_or_else(|| {
+                Err(RpcError::new(
+                    codes::METHOD_NOT_FOUND,
+                    format!("method not found: {method:?} (try \"help\")"),
+                ))
+            }),
     }
 }

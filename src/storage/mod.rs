@@ -10,6 +10,8 @@
 //! | `undo` | height `u64` | encoded `Vec<(OutPoint, TxOut)>`: the outputs the block at that height spent, in the order its inputs spend them |
 //! | `address_utxos` | [`Address`] (20 bytes) ‖ outpoint key (36 bytes) | the output's value `u64` |
 //! | `bans` | position `u64` | encoded [`StoredBan`] |
+//! | `mempool_txs` | txid | encoded pooled transaction |
+//! | `mempool_votes` | txid ‖ voter key | verdict `u8` (0 accept, 1 reject) |
 //! | `meta` | `"tip"` | encoded `(height, hash)` |
 //! | `meta` | `"schema"` | encoded `u64`: [`SCHEMA_VERSION`] |
 //!
@@ -36,8 +38,10 @@
 //!   overwritten and a rollback restores the previous state exactly.
 
 mod bans;
+mod mempool;
 
 pub use bans::StoredBan;
+pub use mempool::{PoolOp, StoredPool};
 
 use std::path::Path;
 

@@ -270,7 +270,7 @@ pub fn score_of(node: &Node, peer: NodeId) -> f64 {
         .layers()
         .iter()
         .find_map(|l| match l {
-            BuiltLayer::Scoring(s) => Some(s.book().handle(peer).value(s.config().half_life())),
+            BuiltLayer::Scoring(s) => Some(s.book().score(&peer).unwrap_or(0.0)),
             _ => None,
         })
         .expect("no scoring layer in the stack")
