@@ -11,7 +11,7 @@
 //! sample and the totals.
 //!
 //! # Security
-//! The table holds one entry per *kind* (a `&'static str` chosen in the
+//! The table holds one entry per *kind* (`&'static str`s chosen in the
 //! code), never per remote address, so it cannot grow with the attacker's
 //! address space.
 
@@ -41,20 +41,24 @@ struct KindState {
     suppressed: u64,
 }
 
-fn table() -> &'static Mutex<HashMap<&'static str, KindState>> {
-    static TABLE: OnceLock<Mutex<HashMap<&'static str, KindState>>> = OnceLock::new();
+/// A kind and its sub-kind ("" when none).
+type Key = (&'static str, &'static str);
+
+fn table() -> &'static Mutex<HashMap<Key, KindState>> {
+    static TABLE: OnceLock<Mutex<HashMap<Key, KindState>>> = OnceLock::new();
     TABLE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// Ends `state`'s window if it is over: logs the summary of what it
 /// suppressed and starts a new one.
-fn roll(kind: &'static str, state: &mut KindState, now: Instant) {
+fn roll(key: Key, state: &mut KindState, now: Instant) {
     if now.saturating_duration_since(state.window_start) < WINDOW {
         return;
     }
     if state.suppressed > 0 {
         tracing::info!(
-            log.kind = kind,
+            log.kind = key.0,
+            log.sub_kind = key.1,
             suppressed = state.suppressed,
             window_s = WINDOW.as_secs(),
             "suppressed similar log lines"
@@ -68,14 +72,20 @@ fn roll(kind: &'static str, state: &mut KindState, now: Instant) {
 /// True if a line of `kind` may be written now; false means the caller
 /// skips its log line (it is counted for the summary).
 pub fn allow(kind: &'static str) -> bool {
+    allow_for(kind, "")
+}
+
+/// Like [`allow`], with a separate budget per `sub_kind` of `kind`.
+pub fn allow_for(kind: &'static str, sub_kind: &'static str) -> bool {
     let now = Instant::now();
+    let key = (kind, sub_kind);
     let mut table = crate::sync::lock(table());
-    let state = table.entry(kind).or_insert(KindState {
+    let state = table.entry(key).or_insert(KindState {
         window_start: now,
         written: 0,
         suppressed: 0,
     });
-    roll(kind, state, now);
+    roll(key, state, now);
     if state.written < LINES_PER_WINDOW {
         state.written += 1;
         true
@@ -91,15 +101,15 @@ pub fn allow(kind: &'static str) -> bool {
 pub fn flush() {
     let now = Instant::now();
     let mut table = crate::sync::lock(table());
-    for (kind, state) in table.iter_mut() {
-        roll(kind, state, now);
+    for (key, state) in table.iter_mut() {
+        roll(*key, state, now);
     }
 }
 
 /// Lines of `kind` suppressed in its current window (for tests).
 pub fn suppressed(kind: &'static str) -> u64 {
     crate::sync::lock(table())
-        .get(kind)
+        .get(&(kind, ""))
         .map_or(0, |s| s.suppressed)
 }
 

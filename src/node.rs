@@ -875,7 +875,7 @@ impl Node {
                     Err(reason) => {
                         // Dropping the stream closes it before any byte is read.
                         drop(stream);
-                        if crate::logging::allow("connection_refused") {
+                        if crate::logging::allow_for("connection_refused", reason) {
                             tracing::info!(peer.addr = %addr, reason, "connection refused before the handshake");
                         }
                         metrics::counter!("timed_connections_refused_total", "reason" => reason)
@@ -1198,7 +1198,7 @@ impl Node {
         if direction == Direction::Inbound && error.is_misbehaviour() {
             inner.blacklist.record_violation(addr.ip(), error.kind());
         }
-        if crate::logging::allow("peer_disconnected") {
+        if crate::logging::allow_for("peer_disconnected", error.kind()) {
             match &error {
                 ConnectionError::Shutdown
                 | ConnectionError::Closed
@@ -1227,7 +1227,7 @@ impl Node {
         report: Option<Report>,
     ) {
         let error = Arc::new(error);
-        if crate::logging::allow("handshake_failed") {
+        if crate::logging::allow_for("handshake_failed", error.kind()) {
             tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
         }
         metrics::counter!("timed_handshakes_total", "result" => error.kind()).increment(1);

@@ -200,7 +200,9 @@ impl Syncer {
             if blocks.blocks.is_empty() && blocks.tip_height >= start {
                 // A peer whose tip is past `start` has the block at `start`:
                 // an empty answer means the claim is false.
-                tracing::info!(peer = %peer.info.node_id, claimed = blocks.tip_height, start, "peer claims blocks it does not serve");
+                if crate::logging::allow("sync_false_claim") {
+                    tracing::info!(peer = %peer.info.node_id, claimed = blocks.tip_height, start, "peer claims blocks it does not serve");
+                }
                 (self.penalize)(&peer, Offence::ProtocolViolation);
                 tried.insert(peer.info.node_id);
                 continue;
@@ -354,13 +356,15 @@ impl Syncer {
 
     fn bad_data(&self, peer: &PeerHandle, error: &ChainError) {
         let offence = error.offence().unwrap_or(Offence::InvalidData);
-        tracing::warn!(
-            peer = %peer.info.node_id,
-            peer.addr = %peer.info.addr,
-            error = %error,
-            error.kind = error.kind(),
-            "peer sent an invalid block during sync; retrying elsewhere"
-        );
+        if crate::logging::allow_for("sync_bad_block", error.kind()) {
+            tracing::warn!(
+                peer = %peer.info.node_id,
+                peer.addr = %peer.info.addr,
+                error = %error,
+                error.kind = error.kind(),
+                "peer sent an invalid block during sync; retrying elsewhere"
+            );
+        }
         (self.penalize)(peer, offence);
     }
 

@@ -125,15 +125,17 @@ impl Service<Inbound> for PeersHandler {
 /// Logs why a handler refused `request` and turns the error into a
 /// [`Rejection`] carrying its offence.
 pub(crate) fn refuse(handler: &'static str, request: &Inbound, error: &ChainError) -> BoxError {
-    tracing::info!(
-        handler,
-        peer = %request.peer.node_id,
-        peer.addr = %request.peer.addr,
-        reason = error.kind(),
-        offence = error.offence().map(|o| o.as_str()),
-        error = %error,
-        "message refused by its handler"
-    );
+    if crate::logging::allow_for(handler, error.kind()) {
+        tracing::info!(
+            handler,
+            peer = %request.peer.node_id,
+            peer.addr = %request.peer.addr,
+            reason = error.kind(),
+            offence = error.offence().map(|o| o.as_str()),
+            error = %error,
+            "message refused by its handler"
+        );
+    }
     Rejection {
         layer: handler,
         reason: error.kind(),

@@ -73,7 +73,9 @@ impl Service<Inbound> for VoteHandler {
             .into()));
         }
         if !request.authenticated && envelope.verify(self.chain.magic()).is_err() {
-            tracing::info!(peer = %request.peer.node_id, "forged vote refused");
+            if crate::logging::allow("forged_vote") {
+                tracing::info!(peer = %request.peer.node_id, "forged vote refused");
+            }
             return std::future::ready(Err(Rejection::offence(
                 NAME,
                 "bad_signature",
