@@ -16,8 +16,10 @@
 //!   kind (`Peers` for `GetPeers`, `Pong` by nonce). A response that does not
 //!   arrive within `request_timeout` fails the request and costs the peer
 //!   one `Timeout` penalty, its only cost: if the answer comes later it is
-//!   dropped quietly (`timed_late_responses_total`). A keepalive pong that
-//!   does not arrive within `pong_timeout` closes the connection.
+//!   dropped quietly (`timed_late_responses_total`). The connection is
+//!   closed as dead when, after a keepalive ping, neither its pong nor any
+//!   other message arrives for `pong_timeout`: a peer working through a
+//!   backlog of our messages answers the ping late, but keeps sending.
 //! * The task ends on the first wire error, when the peer leaves, when
 //!   policy (scoring, blacklist, dedup of connections) closes it, or at
 //!   shutdown; in the last two cases it first sends `Disconnect` with the
@@ -368,6 +370,9 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keepalive: Option<(u64, Instant)> = None;
+    // When the peer last sent us anything: a peer busy answering a backlog
+    // of our messages is alive even if its pong is still queued behind them.
+    let mut last_in = Instant::now();
     let mut pending: Option<Pending> = None;
     // The kind of our last request that timed out: its answer may still
     // come, and is dropped quietly then (the timeout was its only cost).
@@ -375,7 +380,7 @@ pub async fn run(
     let mut inflight: Option<StackFuture> = None;
 
     let result = loop {
-        let keepalive_deadline = keepalive.map(|(_, sent)| sent + config.pong_timeout);
+        let keepalive_deadline = keepalive.map(|(_, sent)| sent.max(last_in) + config.pong_timeout);
         let request_deadline = pending.as_ref().map(|p| p.sent + config.request_timeout);
         let deadline = match (keepalive_deadline, request_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -457,6 +462,7 @@ pub async fn run(
                     Read::Error(e) => break e,
                 };
                 context.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                last_in = Instant::now();
                 metrics::counter!("timed_messages_total", "kind" => message.kind(), "direction" => "in").increment(1);
                 match message {
                     Message::Pong(pong) => {

@@ -2,6 +2,8 @@
 //! event waits with deadlines, raw attacker sessions and log capture.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod procs;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -628,8 +628,11 @@ impl Chain {
     /// # Errors
     /// A storage error.
     pub fn coins(&self, address: &Address) -> Result<Vec<Coin>, ChainError> {
-        let confirmed = self.inner.store.utxos_for(address)?;
+        // Under the state lock: a block applied in between would otherwise
+        // leave outputs it spent in the list while its transactions left
+        // the pool.
         let state = self.state();
+        let confirmed = self.inner.store.utxos_for(address)?;
         let mut coins: Vec<Coin> = confirmed
             .into_iter()
             .filter(|(o, _)| state.mempool.spender(o).is_none())

@@ -1,0 +1,246 @@
+//! Real `timed` processes for the end-to-end tests: spawning with a guard
+//! that kills them, JSON-RPC calls over plain HTTP/1.1, polling with
+//! deadlines, and devnet configs written by the test itself.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use timed::chain::genesis::Genesis;
+use timed::crypto::NodeIdentity;
+use timed::network::Network;
+use timed::wallet::Wallet;
+
+/// Kills (and reaps) a child when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Guard {
+    /// Sends `signal` (e.g. "TERM", "KILL") and waits for the process to
+    /// exit; returns its status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+        self.0.wait().unwrap()
+    }
+}
+
+/// The `timed` binary, with stdin piped (nodes stop when it closes).
+pub fn timed() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_timed"));
+    cmd.env("NO_COLOR", "1")
+        .env_remove("TIMED_RPC_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped());
+    cmd
+}
+
+/// One JSON-RPC call over a fresh HTTP/1.1 connection; `Err` carries the
+/// error object (as JSON text) or the transport failure.
+pub fn call(rpc: SocketAddr, method: &str, params: Value) -> Result<Value, String> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let mut stream =
+        TcpStream::connect_timeout(&rpc, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: {rpc}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let json_start = response.find("\r\n\r\n").ok_or("no body")? + 4;
+    let reply: Value = serde_json::from_str(&response[json_start..]).map_err(|e| e.to_string())?;
+    match reply.get("error") {
+        Some(e) if !e.is_null() => Err(e.to_string()),
+        _ => Ok(reply["result"].clone()),
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
+pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The chain height a node reports.
+pub fn height(rpc: SocketAddr) -> Option<u64> {
+    call(rpc, "getblockcount", json!([])).ok()?.as_u64()
+}
+
+/// One node of a test devnet.
+pub struct DevnetNode {
+    /// Its data dir (holding its config, keys and log).
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its RPC address.
+    pub rpc: SocketAddr,
+    /// Its wallet address, as text.
+    pub address: String,
+}
+
+impl DevnetNode {
+    /// Starts the node, appending its output to `timed.log` in its dir.
+    pub fn start(&self) -> Guard {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("timed.log"))
+            .unwrap();
+        Guard(
+            timed()
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .arg("--stop-on-stdin-eof")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("timed.log")).unwrap_or_default()
+    }
+}
+
+/// Writes the configs of an `n`-node devnet on `ip_base`.1..n (every node a
+/// masternode of a shared genesis that funds every wallet, each node
+/// dialling the ones before it), with `block_interval` seconds per slot.
+pub fn write_devnet(root: &Path, ip_base: [u8; 3], n: u8, block_interval: u64) -> Vec<DevnetNode> {
+    let mut keys = Vec::new();
+    let mut wallets = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 1..=n {
+        let dir = root.join(format!("node{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = NodeIdentity::load_or_generate(&dir.join("node_key")).unwrap();
+        let wallet = Wallet::load_or_create(&dir).unwrap();
+        keys.push(*identity.public_key().as_bytes());
+        wallets.push(wallet.address());
+        dirs.push((dir, identity.node_id()));
+    }
+    let mut genesis = Genesis::devnet(block_interval, &keys, &wallets).unwrap();
+    // Slots start now, so the first block comes one interval after start.
+    genesis.timestamp = timed::protocol::version::unix_now().as_secs();
+    let mut chain = format!(
+        "[chain]\nblock_interval_secs = {block_interval}\ngenesis_timestamp = {}\n",
+        genesis.timestamp
+    );
+    for m in genesis.masternodes() {
+        chain += &format!(
+            "\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n",
+            hex::encode(m.public_key)
+        );
+    }
+    for w in &wallets {
+        let outputs = genesis
+            .allocations
+            .iter()
+            .filter(|a| a.address == *w)
+            .count();
+        let value = genesis
+            .allocations
+            .iter()
+            .find(|a| a.address == *w)
+            .unwrap()
+            .value;
+        chain += &format!(
+            "\n[[chain.allocations]]\naddress = \"{}\"\namount = \"{}\"\noutputs = {outputs}\n",
+            w.to_text(Network::Devnet),
+            timed::wallet::format_amount(value)
+        );
+    }
+    let ip = |i: u8| [ip_base[0], ip_base[1], ip_base[2], i];
+    let mut nodes = Vec::new();
+    for (index, (dir, _)) in dirs.iter().enumerate() {
+        let i = index as u8 + 1;
+        let peers: Vec<String> = dirs[..index]
+            .iter()
+            .enumerate()
+            .map(|(j, (_, id))| format!("\"{id}@{}\"", SocketAddr::from((ip(j as u8 + 1), 24_200))))
+            .collect();
+        let rpc = SocketAddr::from((ip(i), 24_201));
+        let text = format!(
+            "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
+            dir.display(),
+            SocketAddr::from((ip(i), 24_200)),
+            peers.join(", "),
+        );
+        let config = dir.join("config.toml");
+        std::fs::write(&config, text).unwrap();
+        nodes.push(DevnetNode {
+            dir: dir.clone(),
+            config,
+            rpc,
+            address: wallets[index].to_text(Network::Devnet),
+        });
+    }
+    nodes
+}
+
+/// Waits until every node has `n - 1` peers.
+pub fn wait_meshed(nodes: &[DevnetNode], limit: Duration) {
+    let want = nodes.len() as u64 - 1;
+    for (i, node) in nodes.iter().enumerate() {
+        poll(
+            &format!("node {} connected to {want} peers", i + 1),
+            limit,
+            || {
+                (call(node.rpc, "getconnectioncount", json!([]))
+                    .ok()?
+                    .as_u64()?
+                    == want)
+                    .then_some(())
+            },
+        );
+    }
+}
+
+/// `(peer node id, connection id)` of every connection of the node: the
+/// same set later means no connection was dropped in between.
+pub fn connections(rpc: SocketAddr) -> Vec<(String, u64)> {
+    let peers = call(rpc, "getpeerinfo", json!([])).unwrap();
+    let mut out: Vec<(String, u64)> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                p["conn_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
