@@ -66,12 +66,12 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
 }
 
-/// Counts of remote-triggerable events since the last summary line.
+/// Counts of remote-triggerable events since the last summary line. Idle
+/// keep-alive connections closing are normal and only counted in metrics.
 #[derive(Debug, Default)]
 pub struct AbuseTally {
     refused: AtomicU64,
     header_timeouts: AtomicU64,
-    idle_timeouts: AtomicU64,
     body_timeouts: AtomicU64,
     busy: AtomicU64,
     too_large: AtomicU64,
@@ -98,18 +98,16 @@ impl AbuseTally {
         let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
         let refused = take(&self.refused);
         let header_timeouts = take(&self.header_timeouts);
-        let idle_timeouts = take(&self.idle_timeouts);
         let body_timeouts = take(&self.body_timeouts);
         let busy = take(&self.busy);
         let too_large = take(&self.too_large);
-        if refused + header_timeouts + idle_timeouts + body_timeouts + busy + too_large == 0 {
+        if refused + header_timeouts + body_timeouts + busy + too_large == 0 {
             return;
         }
         tracing::warn!(
             server,
             refused,
             header_timeouts,
-            idle_timeouts,
             body_timeouts,
             busy,
             too_large,
@@ -387,10 +385,9 @@ async fn serve_connection(
             _ = &mut grace => return,
             phase = activity.expired(&limits) => {
                 metrics::counter!("timed_http_timeouts_total", "server" => server, "phase" => phase).increment(1);
-                match phase {
-                    "header" => tally.header_timeouts.fetch_add(1, Ordering::Relaxed),
-                    _ => tally.idle_timeouts.fetch_add(1, Ordering::Relaxed),
-                };
+                if phase == "header" {
+                    tally.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
         }

@@ -10,7 +10,8 @@
 //!    as Bitcoin Core answers): only permit holders read bodies, so body
 //!    memory is bounded by `max_concurrent × max_body_bytes`;
 //! 4. the body, bounded while it streams (HTTP 413 as soon as it passes
-//!    the limit) and read within `rpc.body_timeout_secs` (HTTP 408);
+//!    the limit) and read within `rpc.body_timeout_secs` (HTTP 408), into
+//!    one buffer of its declared length;
 //! 5. the call or batch, still holding the permit.
 
 use std::net::SocketAddr;
@@ -101,13 +102,12 @@ async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -
             }
         };
     let body_timeout = Duration::from_secs(ctx.settings.body_timeout_secs);
-    let read = http_body_util::Limited::new(body, limit).collect();
-    let bytes = match tokio::time::timeout(body_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) => {
-            if error.is::<http_body_util::LengthLimitError>() {
-                return too_large(&ctx, limit);
-            }
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    let read = read_body(body, limit, capacity);
+    let body = match tokio::time::timeout(body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(BodyError::TooLarge)) => return too_large(&ctx, limit),
+        Ok(Err(BodyError::Broken)) => {
             // The client broke off mid-body: nobody is left to answer.
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -131,9 +131,32 @@ async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -
             );
         }
     };
-    let response = answer(&ctx, &bytes).await;
+    let response = answer(&ctx, &body).await;
     drop(permit);
     response
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads `body` into one buffer of `capacity` bytes (the declared length),
+/// refusing it as soon as it passes `limit`. Each piece is copied out of
+/// hyper's read buffer as it arrives, so a body holds its own size and no
+/// more while it streams in.
+async fn read_body(mut body: Body, limit: usize, capacity: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::with_capacity(capacity.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 /// Serves JSON-RPC on `listen` until `shutdown`; returns the bound address.
