@@ -45,6 +45,9 @@
 //!   peer handlers, shared by all connections.
 //! * [`config`]: the TOML config file. [`node`]: the listener, dialers and
 //!   node events.
+//! * [`http`]: bounded HTTP/1.1 serving (connection cap, per-phase
+//!   deadlines) for [`rpc`] and [`metrics`]; [`fds`]: the open-file budget
+//!   that keeps descriptors for peers before sizing the HTTP caps.
 //!
 //! `docs/PROTOCOL.md` specifies every byte on the wire.
 //!

@@ -365,6 +365,18 @@ fn config_check_prints_the_resolved_stack() {
         "{}",
         show(&out)
     );
+
+    // A config that keeps inbound peers out is legal, with a warning line.
+    std::fs::write(&file, "[p2p]\nmax_inbound = 0\n").unwrap();
+    let out = run(&["config", "check", &p(&file)]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.contains("p2p.max_inbound")),
+        "{}",
+        show(&out)
+    );
 }
 
 // ---------------------------------------------------------------------------
