@@ -14,7 +14,6 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::chain::genesis::Genesis;
 use crate::chain::state::{Chain, ChainOptions};
 use crate::config::{render_template, Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
@@ -22,7 +21,10 @@ use crate::crypto::NodeIdentity;
 use crate::network::Network;
 use crate::node::{Node, PeerTarget};
 use crate::rpc::{self, RpcContext};
-use crate::wallet::Wallet;
+use crate::storage::DB_FILE;
+use crate::wallet::{Wallet, WALLET_KEY_FILE};
+
+pub mod devnet;
 
 /// timed: a node for the TIME Coin network.
 #[derive(Parser, Debug)]
@@ -36,7 +38,8 @@ pub struct Cli {
 enum Command {
     /// Run the node (the default: an embedded devnet config).
     Run(RunArgs),
-    /// Write a commented config.toml and a node key into a data dir.
+    /// Write a commented config.toml, a node key and a wallet key into a
+    /// data dir.
     Init {
         /// The data directory to create.
         #[arg(long)]
@@ -124,6 +127,11 @@ struct RunArgs {
     /// nodes stop even if it is killed).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
+    /// Create a new node_key or wallet_key when the data dir holds a chain
+    /// but not the key (a new identity, or an empty wallet). Without it
+    /// the node refuses to start, so that a lost key is noticed.
+    #[arg(long)]
+    allow_new_keys: bool,
 }
 
 /// A failure with its exit code.
@@ -154,7 +162,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
     let result = match command {
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::Run(args) => block_on(run(args)),
         Command::Init { data_dir, network } => init(&data_dir, network),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Keygen { out } => keygen(out.as_deref()),
@@ -163,14 +171,13 @@ pub fn main() -> ExitCode {
             token,
             method,
             params,
-        } => runtime()
-            .and_then(|rt| rt.block_on(rpc_command(&rpc_url, token.as_deref(), &method, &params))),
+        } => block_on(rpc_command(&rpc_url, token.as_deref(), &method, &params)),
         Command::Devnet {
             nodes,
             dir,
             first_ip,
             block_interval,
-        } => runtime().and_then(|rt| rt.block_on(devnet(nodes, &dir, first_ip, block_interval))),
+        } => block_on(devnet::devnet(nodes, &dir, first_ip, block_interval)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,9 +188,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))
+/// How long the runtime may take to stop once a command has finished:
+/// blocking tasks still running (a sync batch being applied) get this long
+/// to end; nothing else may keep the process alive.
+pub const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `command` on a fresh runtime, then stops the runtime within
+/// [`RUNTIME_SHUTDOWN_GRACE`].
+fn block_on(
+    command: impl std::future::Future<Output = Result<(), Failure>>,
+) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    result
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -224,9 +243,9 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     config.p2p.peers.extend(args.peers);
     if let Some(secs) = args.ping_interval {
-        if secs < 2 {
+        if !(2..=crate::config::MAX_DURATION_SECS).contains(&secs) {
             return Err(Failure::usage(
-                "--ping-interval: must be at least 2 (peers allow 6 pings per 10 s)",
+                "--ping-interval: must be between 2 (peers allow 6 pings per 10 s) and 86400",
             ));
         }
         config.p2p.ping_interval_secs = secs;
@@ -238,8 +257,16 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         config.metrics.listen = Some(addr);
     }
     init_logging(&config.logging.filter, config.logging.format);
+    for warning in config.warnings() {
+        tracing::warn!(
+            key = warning.key,
+            warning = warning.message,
+            "config warning"
+        );
+    }
     let data_dir = config.data_dir();
     ensure_dir(&data_dir)?;
+    check_keys_present(&data_dir, args.allow_new_keys)?;
     let identity =
         NodeIdentity::load_or_generate(&data_dir.join(NODE_KEY_FILE)).map_err(Failure::usage)?;
     tracing::info!(
@@ -255,6 +282,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         None
     };
     crate::metrics::register_defaults(config.network().name());
+    apply_fd_budget(&mut config)?;
     let wallet = Wallet::load_or_create(&data_dir).map_err(Failure::usage)?;
     let genesis = config
         .genesis(identity.public_key().as_bytes(), Some(wallet.address()))
@@ -287,9 +315,14 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .await
         .map_err(Failure::runtime)?;
     if let Some(handle) = metrics_handle {
-        crate::metrics::serve(config.metrics_listen(), handle, stop.clone())
-            .await
-            .map_err(Failure::runtime)?;
+        crate::metrics::serve(
+            config.metrics_listen(),
+            handle,
+            config.metrics.http_limits(),
+            stop.clone(),
+        )
+        .await
+        .map_err(Failure::runtime)?;
         tokio::spawn(crate::metrics::refresh(
             node.clone(),
             Duration::from_secs(2),
@@ -297,15 +330,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         ));
     }
     if args.stop_on_stdin_eof {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 64];
-            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
-            tracing::info!("standard input closed: stopping");
-            stop.cancel();
-        });
+        stop_on_stdin_eof(stop.clone());
     }
     let rpc_ctx = RpcContext::new(
         node.clone(),
@@ -331,6 +356,124 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     // Let connections send their Disconnect.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// Cancels `stop` when standard input closes. The read blocks, so it runs
+/// on a detached thread of its own: a blocked read on the runtime's
+/// blocking pool would keep the runtime, and the process, alive after the
+/// node stopped for another reason (the `stop` RPC, a signal).
+fn stop_on_stdin_eof(stop: CancellationToken) {
+    let spawned = std::thread::Builder::new()
+        .name("stdin-eof".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            tracing::info!("standard input closed: stopping");
+            stop.cancel();
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot watch standard input; stop the node with a signal or the `stop` RPC");
+    }
+}
+
+/// Refuses to start on a data dir that holds a chain but lost a key:
+/// creating a new one would silently change the node's identity (no
+/// longer the masternode it was) or empty its wallet.
+fn check_keys_present(data_dir: &Path, allow_new_keys: bool) -> Result<(), Failure> {
+    let present = |name: &str| std::fs::symlink_metadata(data_dir.join(name)).is_ok();
+    if allow_new_keys || !present(DB_FILE) {
+        return Ok(());
+    }
+    for (file, what) in [
+        (
+            NODE_KEY_FILE,
+            "the node identity: node id and masternode key",
+        ),
+        (
+            WALLET_KEY_FILE,
+            "the wallet key: its coins are spendable only with it",
+        ),
+    ] {
+        if !present(file) {
+            return Err(Failure::usage(format!(
+                "data dir {} holds {DB_FILE} but no {file} ({what}): restore {file} from a backup, \
+                 or pass --allow-new-keys to create a new one",
+                data_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Raises the open-file limit and fits the connection limits in it (see
+/// [`crate::fds`]); logs the numbers in one line.
+fn apply_fd_budget(config: &mut Config) -> Result<(), Failure> {
+    use crate::fds::{plan, raise_nofile_limit, FdWants};
+    let limit = raise_nofile_limit();
+    let wants = FdWants {
+        max_inbound: config.p2p.max_inbound,
+        pending_handshakes: config.p2p.max_pending_handshakes,
+        max_outbound: config.p2p.max_outbound,
+        rpc_connections: if config.rpc.enabled {
+            config.rpc.max_connections
+        } else {
+            0
+        },
+        metrics_connections: if config.metrics.enabled {
+            config.metrics.max_connections
+        } else {
+            0
+        },
+    };
+    let budget = plan(limit.soft, wants).map_err(Failure::usage)?;
+    let show = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if budget.lowered_p2p(&wants) {
+        tracing::warn!(
+            fd.soft = %show(limit.soft),
+            p2p.max_inbound = budget.max_inbound,
+            p2p.wanted_inbound = wants.max_inbound,
+            p2p.max_outbound = budget.max_outbound,
+            p2p.wanted_outbound = wants.max_outbound,
+            "the open-file limit is too low for the configured peers: P2P limits lowered (raise the limit, e.g. ulimit -n 4096)"
+        );
+    }
+    tracing::info!(
+        fd.soft_before = %show(limit.soft_before),
+        fd.soft = %show(limit.soft),
+        fd.hard = %show(limit.hard),
+        fd.p2p_reserve = budget.p2p_reserve,
+        p2p.max_inbound = budget.max_inbound,
+        p2p.max_outbound = budget.max_outbound,
+        rpc.max_connections = budget.rpc_connections,
+        metrics.max_connections = budget.metrics_connections,
+        "file descriptor budget"
+    );
+    let gauge = |kind: &'static str, value: f64| {
+        metrics::gauge!("timed_fd_limit", "kind" => kind).set(value);
+    };
+    gauge("soft", limit.soft.map_or(f64::INFINITY, |n| n as f64));
+    gauge("hard", limit.hard.map_or(f64::INFINITY, |n| n as f64));
+    gauge("p2p_reserve", budget.p2p_reserve as f64);
+    gauge("rpc", budget.rpc_connections as f64);
+    gauge("metrics", budget.metrics_connections as f64);
+    config.p2p.max_inbound = budget.max_inbound;
+    config.p2p.max_outbound = budget.max_outbound;
+    if config.rpc.enabled {
+        config.rpc.max_connections = budget.rpc_connections;
+    }
+    if config.metrics.enabled {
+        config.metrics.max_connections = budget.metrics_connections;
+    }
     Ok(())
 }
 
@@ -384,9 +527,11 @@ fn init(data_dir: &Path, network: Network) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("{}: cannot write: {e}", config_path.display())))?;
     let identity =
         NodeIdentity::load_or_generate(&data_dir.join(NODE_KEY_FILE)).map_err(Failure::usage)?;
+    let wallet = Wallet::load_or_create(data_dir).map_err(Failure::usage)?;
     println!("config:  {}", config_path.display());
     println!("key:     {}", data_dir.join(NODE_KEY_FILE).display());
     println!("node id: {}", identity.node_id());
+    println!("wallet:  {}", wallet.address().to_text(network));
     println!("run it:  timed run --config {}", config_path.display());
     Ok(())
 }
@@ -426,6 +571,9 @@ fn check(file: &Path) -> Result<(), Failure> {
             .replace('\n', " ");
         println!("  [{i}] {params}");
     }
+    for warning in config.warnings() {
+        println!("warning:    {warning}");
+    }
     Ok(())
 }
 
@@ -461,226 +609,9 @@ async fn rpc_command(
     }
 }
 
-/// The address of devnet node `i` (1-based) from `first`.
-fn devnet_ip(first: Ipv4Addr, i: u8) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(first).wrapping_add(u32::from(i) - 1))
-}
-
-async fn devnet(
-    nodes: u8,
-    dir: &Path,
-    first_ip: Ipv4Addr,
-    block_interval: u64,
-) -> Result<(), Failure> {
-    init_logging("warn", LogFormat::Human);
-    ensure_dir(dir)?;
-    let network = Network::Devnet;
-    let defaults = Config::for_network(network);
-    let (p2p_port, rpc_port, metrics_port) = (
-        defaults.p2p_listen().port(),
-        defaults.rpc_listen().port(),
-        defaults.metrics_listen().port(),
-    );
-    // Keys first: every node lists the ids of the nodes before it, and the
-    // shared genesis lists every node as a masternode and funds every
-    // node's wallet.
-    let mut members = Vec::new();
-    let mut masternodes = Vec::new();
-    let mut wallets = Vec::new();
-    for i in 1..=nodes {
-        let node_dir = dir.join(format!("node{i}"));
-        ensure_dir(&node_dir)?;
-        let identity = NodeIdentity::load_or_generate(&node_dir.join(NODE_KEY_FILE))
-            .map_err(Failure::usage)?;
-        let wallet = Wallet::load_or_create(&node_dir).map_err(Failure::usage)?;
-        masternodes.push(*identity.public_key().as_bytes());
-        wallets.push(wallet.address());
-        let ip = devnet_ip(first_ip, i);
-        members.push((i, node_dir, identity.node_id(), ip));
-    }
-    let genesis =
-        Genesis::devnet(block_interval, &masternodes, &wallets).map_err(Failure::usage)?;
-    let chain_section = devnet_chain_section(&genesis);
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::runtime(format!("cannot find the timed binary: {e}")))?;
-    let mut children = Vec::new();
-    let mut scrape = Vec::new();
-    println!(
-        "{:<5} {:<18} {:<22} {:<22} {:<22}",
-        "node", "node id", "p2p", "rpc", "metrics"
-    );
-    for (i, node_dir, node_id, ip) in &members {
-        let absolute = std::fs::canonicalize(node_dir).unwrap_or_else(|_| node_dir.clone());
-        let p2p = SocketAddr::from((*ip, p2p_port));
-        let rpc = SocketAddr::from((*ip, rpc_port));
-        let metrics = SocketAddr::from((*ip, metrics_port));
-        let peers: Vec<String> = members
-            .iter()
-            .filter(|(j, ..)| j < i)
-            .map(|(_, _, id, peer_ip)| {
-                format!("\"{id}@{}\"", SocketAddr::from((*peer_ip, p2p_port)))
-            })
-            .collect();
-        let config = format!(
-            "# Written by `timed devnet`.\n[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{p2p}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n{chain_section}",
-            absolute.display(),
-            peers.join(", ")
-        );
-        let config_path = node_dir.join("config.toml");
-        std::fs::write(&config_path, config)
-            .map_err(|e| Failure::usage(format!("{}: cannot write: {e}", config_path.display())))?;
-        let log_path = node_dir.join("timed.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| Failure::usage(format!("{}: cannot create: {e}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| Failure::runtime(format!("{}: {e}", log_path.display())))?;
-        let child = tokio::process::Command::new(&exe)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--stop-on-stdin-eof")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Failure::runtime(format!("cannot start node {i}: {e}")))?;
-        children.push(child);
-        scrape.push(format!("'{metrics}'"));
-        println!(
-            "{:<5} {:<18} {:<22} {:<22} {:<22}",
-            i,
-            format!("{}…", &node_id.to_string()[..16]),
-            p2p.to_string(),
-            format!("http://{rpc}/"),
-            format!("http://{metrics}/metrics")
-        );
-    }
-    let prometheus = format!(
-        "# Written by `timed devnet`: scrapes every devnet node.\nglobal:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nscrape_configs:\n  - job_name: timed\n    static_configs:\n      - targets: [{}]\n",
-        scrape.join(", ")
-    );
-    let prometheus_path = dir.join("prometheus.yml");
-    std::fs::write(&prometheus_path, prometheus)
-        .map_err(|e| Failure::usage(format!("{}: cannot write: {e}", prometheus_path.display())))?;
-    println!("logs:       {}/node*/timed.log", dir.display());
-    println!("prometheus: {}", prometheus_path.display());
-    println!(
-        "try:        timed rpc --rpc-url http://{}:{rpc_port}/ getpeerinfo",
-        devnet_ip(first_ip, 1)
-    );
-    println!("Ctrl-C stops every node.");
-    // Wait for Ctrl-C / SIGTERM, or for a node to exit on its own.
-    let exited = async {
-        loop {
-            for (i, child) in children.iter_mut().enumerate() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return (i + 1, status);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let outcome = tokio::select! {
-        _ = shutdown_signal() => None,
-        (i, status) = exited => Some((i, status)),
-    };
-    for child in &mut children {
-        let _ = child.start_kill();
-    }
-    for child in &mut children {
-        let _ = child.wait().await;
-    }
-    match outcome {
-        None => {
-            println!("stopped {} nodes", children.len());
-            Ok(())
-        }
-        Some((i, status)) => Err(Failure::runtime(format!(
-            "node {i} exited ({status}); see {}/node{i}/timed.log",
-            dir.display()
-        ))),
-    }
-}
-
-/// The `[chain]` section of every devnet node's config.
-fn devnet_chain_section(genesis: &Genesis) -> String {
-    use std::fmt::Write;
-    let mut out = format!(
-        "[chain]\nblock_interval_secs = {}\ngenesis_timestamp = {}\ngenesis_hash = \"{}\"\n",
-        genesis.block_interval_secs,
-        genesis.timestamp,
-        hex::encode(genesis.hash())
-    );
-    for m in genesis.masternodes() {
-        let _ = write!(
-            out,
-            "\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n",
-            hex::encode(m.public_key)
-        );
-    }
-    let mut seen = Vec::new();
-    for a in &genesis.allocations {
-        if seen.contains(&a.address) {
-            continue;
-        }
-        seen.push(a.address);
-        let outputs = genesis
-            .allocations
-            .iter()
-            .filter(|b| b.address == a.address)
-            .count();
-        let _ = write!(
-            out,
-            "\n[[chain.allocations]]\naddress = \"{}\"\namount = \"{}\"\noutputs = {outputs}\n",
-            a.address.to_text(Network::Devnet),
-            crate::wallet::format_amount(a.value)
-        );
-    }
-    out
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn devnet_ips_count_up() {
-        let first: Ipv4Addr = "127.0.0.1".parse().unwrap();
-        assert_eq!(devnet_ip(first, 1), first);
-        assert_eq!(
-            devnet_ip(first, 3),
-            "127.0.0.3".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            devnet_ip("127.0.60.250".parse().unwrap(), 10),
-            "127.0.61.3".parse::<Ipv4Addr>().unwrap()
-        );
-    }
 
     #[test]
     fn the_command_line_parses() {

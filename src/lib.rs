@@ -45,6 +45,9 @@
 //!   peer handlers, shared by all connections.
 //! * [`config`]: the TOML config file. [`node`]: the listener, dialers and
 //!   node events.
+//! * [`http`]: bounded HTTP/1.1 serving (connection cap, per-phase
+//!   deadlines) for [`rpc`] and [`metrics`]; [`fds`]: the open-file budget
+//!   that keeps descriptors for peers before sizing the HTTP caps.
 //!
 //! `docs/PROTOCOL.md` specifies every byte on the wire.
 //!
@@ -67,7 +70,9 @@ pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod crypto;
+pub mod fds;
 pub mod handlers;
+pub mod http;
 pub mod layers;
 pub mod logging;
 pub mod metrics;

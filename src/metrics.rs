@@ -72,6 +72,11 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_votes_total", Kind::Counter, "result", "Votes handled, by result: counted, finalized, conflicted, pending, late, duplicate, not_masternode, equivocation."),
     ("timed_rpc_requests_total", Kind::Counter, "method, result", "JSON-RPC calls by method and result (ok, error)."),
     ("timed_rpc_request_duration_seconds", Kind::Histogram, "method", "JSON-RPC call durations."),
+    ("timed_rpc_requests_refused_total", Kind::Counter, "reason", "JSON-RPC requests refused before their call ran: busy (HTTP 503, every worker busy), too_large (HTTP 413), body_timeout (HTTP 408), body_error, unauthorized (HTTP 401)."),
+    ("timed_http_connections", Kind::Gauge, "server", "Open HTTP connections by server (rpc, metrics)."),
+    ("timed_http_connections_refused_total", Kind::Counter, "server, reason", "HTTP connections closed at accept: max_connections (the cap was reached), accept_error (e.g. out of file descriptors)."),
+    ("timed_http_timeouts_total", Kind::Counter, "server, phase", "HTTP connections closed by a deadline: header (request head too slow), idle (keep-alive without a request), body (request body too slow)."),
+    ("timed_fd_limit", Kind::Gauge, "kind", "Open-file budget set at start-up: soft and hard limit, p2p_reserve, rpc and metrics connection caps."),
 ];
 
 /// Histogram buckets for durations, in seconds: 100 µs to 10 s.
@@ -247,13 +252,14 @@ pub async fn refresh(node: Node, interval: Duration, stop: CancellationToken) {
     }
 }
 
-/// Serves `GET /metrics` on `listen` until `stop`.
+/// Serves `GET /metrics` on `listen` under `limits` until `stop`.
 ///
 /// # Errors
 /// [`MetricsError::Bind`] if the address is unavailable.
 pub async fn serve(
     listen: SocketAddr,
     handle: PrometheusHandle,
+    limits: crate::http::HttpLimits,
     stop: CancellationToken,
 ) -> Result<SocketAddr, MetricsError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -281,15 +287,12 @@ pub async fn serve(
             }
         }),
     );
-    tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            tracing::warn!(%error, "metrics server stopped");
-        }
-    });
-    tracing::info!(metrics = %local, "serving Prometheus metrics on /metrics");
+    crate::http::spawn("metrics", listener, app, limits, Default::default(), stop);
+    tracing::info!(
+        metrics = %local,
+        max_connections = limits.max_connections,
+        "serving Prometheus metrics on /metrics"
+    );
     Ok(local)
 }
 

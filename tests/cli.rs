@@ -3,20 +3,19 @@
 //! it: bad configs fail early with one line naming the key or path, ports
 //! in use and unusable data dirs fail with the address or path, `init` and
 //! `keygen` write 0600 keys and never overwrite, `run` + `rpc` start, query
-//! and stop a node, and `devnet` starts three connected nodes and stops them
-//! on Ctrl-C.
+//! and stop a node, and a data dir that lost a key refuses to start
+//! (`devnet` is covered by tests/devnet.rs).
 //!
 //! Every child process is killed by a guard when a test ends (or panics),
-//! and every address is on 127.0.90.x-127.0.99.x so a developer's node on
-//! 127.0.0.1:24200-24202 is never disturbed.
+//! and every address is on 127.0.90.x-127.0.99.x or 127.3.10.x so a
+//! developer's node on 127.0.0.1:24200-24202 is never disturbed.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -210,31 +209,6 @@ fn get_metrics(addr: SocketAddr) -> Option<String> {
     (head.split_whitespace().nth(1)? == "200").then(|| body.to_owned())
 }
 
-/// The pids of processes (other than this one) whose command line mentions
-/// `needle` (Linux: read from /proc).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| text(&c).replace('\0', " ").contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 // ---------------------------------------------------------------------------
 // 1. Bad configs
 // ---------------------------------------------------------------------------
@@ -275,6 +249,21 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
             "ping_interval",
             "[p2p]\nping_interval_secs = 1\n",
             &["p2p.ping_interval_secs"],
+        ),
+        (
+            "huge_pong_timeout",
+            "[p2p]\npong_timeout_secs = 9223372036854775807\n",
+            &["p2p.pong_timeout_secs", "86400"],
+        ),
+        (
+            "huge_request_timeout",
+            "[p2p]\nrequest_timeout_secs = 9223372036854775807\n",
+            &["p2p.request_timeout_secs"],
+        ),
+        (
+            "no_rpc_workers",
+            "[rpc]\nmax_concurrent = 0\n",
+            &["rpc.max_concurrent"],
         ),
     ];
     for (name, body, needles) in cases {
@@ -373,6 +362,18 @@ fn config_check_prints_the_resolved_stack() {
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         text(&out.stdout).contains("blacklist -> rate_limit -> auth"),
+        "{}",
+        show(&out)
+    );
+
+    // A config that keeps inbound peers out is legal, with a warning line.
+    std::fs::write(&file, "[p2p]\nmax_inbound = 0\n").unwrap();
+    let out = run(&["config", "check", &p(&file)]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.contains("p2p.max_inbound")),
         "{}",
         show(&out)
     );
@@ -629,191 +630,102 @@ fn rpc_to_nothing_exits_1_with_a_clear_message() {
 }
 
 // ---------------------------------------------------------------------------
-// 7. devnet
+// 7. Lost keys
 // ---------------------------------------------------------------------------
 
-/// The `timed devnet` process: on drop, Ctrl-C (SIGINT), then SIGKILL, then
-/// SIGKILL for any leftover process mentioning its directory.
-struct Devnet {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            signal(self.child.id(), "-INT");
-            if wait_exit(&mut self.child, Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        for pid in processes_mentioning(&p(&self.dir)) {
-            signal(pid, "-KILL");
-        }
-    }
-}
-
-/// `devnet --nodes 3` prints three nodes with their addresses and the
-/// prometheus.yml path, writes that file, connects the nodes into a triangle
-/// within 20 s, and stops every node on Ctrl-C.
-#[test]
-fn devnet_connects_three_nodes_and_stops_them_on_ctrl_c() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("devnet");
-    let mut devnet = Devnet {
-        child: timed()
-            .args([
-                "devnet",
-                "--nodes",
-                "3",
-                "--dir",
-                &p(&dir),
-                "--first-ip",
-                "127.0.95.1",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+/// Starts `timed run --config CONFIG [extra]`, waits for its RPC at `url`,
+/// stops it with the `stop` RPC and asserts it exited 0.
+fn run_and_stop(config: &Path, url: &str, extra: &[&str], log_path: &Path) {
+    let log = std::fs::File::create(log_path).unwrap();
+    let mut node = Guard(
+        timed()
+            .args(["run", "--config", &p(config)])
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap(),
-        dir: dir.clone(),
-    };
-    let (tx, lines) = mpsc::channel::<String>();
-    for pipe in [
-        Box::new(devnet.child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(devnet.child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("Ctrl-C stops every node"))
-    {
-        let left = Duration::from_secs(20).saturating_sub(started.elapsed());
-        match lines.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("devnet did not finish starting:\n{}", seen.join("\n")),
+    );
+    let log = || std::fs::read_to_string(log_path).unwrap_or_default();
+    wait_for("the node's RPC", Duration::from_secs(60), || {
+        if let Some(status) = node.0.try_wait().unwrap() {
+            panic!("the node exited ({status}):\n{}", log());
         }
-    }
-    let stdout = seen.join("\n");
-
-    // Three node lines with P2P, RPC and metrics addresses.
-    let mut prefixes = Vec::new();
-    for i in 1..=3 {
-        let line = seen
-            .iter()
-            .find(|l| l.split_whitespace().next() == Some(&i.to_string()))
-            .unwrap_or_else(|| panic!("no line for node {i}:\n{stdout}"));
-        for want in [
-            format!("127.0.95.{i}:24200"),
-            format!("http://127.0.95.{i}:24201/"),
-            format!("http://127.0.95.{i}:24202/metrics"),
-        ] {
-            assert!(line.contains(&want), "node {i} line lacks {want}: {line}");
-        }
-        let prefix = line
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .trim_end_matches('…')
-            .to_owned();
-        assert!(
-            prefix.len() >= 8 && prefix.bytes().all(|b| b.is_ascii_hexdigit()),
-            "node {i} line has no node id prefix: {line}"
-        );
-        prefixes.push(prefix);
-    }
-    let prometheus = dir.join("prometheus.yml");
-    assert!(
-        seen.iter()
-            .any(|l| l.contains("prometheus") && l.contains(&p(&prometheus))),
-        "no prometheus.yml path in:\n{stdout}"
-    );
-    let yml = std::fs::read_to_string(&prometheus).unwrap();
-    for i in 1..=3 {
-        assert!(yml.contains(&format!("127.0.95.{i}:24202")), "{yml}");
-    }
-    assert_eq!(yml.matches(":24202").count(), 3, "{yml}");
-
-    // Full node ids, matching the printed prefixes.
-    let urls: Vec<String> = (1..=3)
-        .map(|i| format!("http://127.0.95.{i}:24201/"))
-        .collect();
-    let ids: Vec<String> = urls
-        .iter()
-        .zip(&prefixes)
-        .map(|(url, prefix)| {
-            let info = wait_for(
-                &format!("{url} getnetworkinfo"),
-                Duration::from_secs(20),
-                || rpc_json(url, "getnetworkinfo"),
-            );
-            let id = info["node_id"].as_str().unwrap().to_owned();
-            assert!(id.starts_with(prefix.as_str()), "{id} vs printed {prefix}");
-            id
-        })
-        .collect();
-
-    // A triangle: two connections each, node 1's peers are nodes 2 and 3.
-    wait_for(
-        "two connections on every node",
-        Duration::from_secs(20).saturating_sub(started.elapsed()) + Duration::from_secs(1),
-        || {
-            urls.iter()
-                .all(|url| rpc_json(url, "getconnectioncount") == Some(Value::from(2)))
-                .then_some(())
-        },
-    );
-    let peers = rpc_json(&urls[0], "getpeerinfo").expect("getpeerinfo failed");
-    let peer_ids: BTreeSet<&str> = peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|peer| peer["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        peer_ids,
-        BTreeSet::from([ids[1].as_str(), ids[2].as_str()]),
-        "{peers:#}"
-    );
-    let devnet_start = started.elapsed();
-
-    // Ctrl-C stops the devnet and its nodes.
-    assert!(
-        !processes_mentioning(&p(&dir)).is_empty() || !cfg!(target_os = "linux"),
-        "no node process mentions {}",
-        dir.display()
-    );
-    signal(devnet.child.id(), "-INT");
-    let status = wait_exit(&mut devnet.child, Duration::from_secs(10))
-        .expect("devnet did not exit within 10 s of SIGINT");
-    let rest: Vec<String> = lines.try_iter().collect();
-    assert!(
-        status.success(),
-        "devnet exited {status}:\n{}",
-        rest.join("\n")
-    );
-    assert!(
-        rest.iter().any(|l| l.contains("stopped 3 nodes")),
-        "{}",
-        rest.join("\n")
-    );
-    wait_for("the node processes to go", Duration::from_secs(5), || {
-        processes_mentioning(&p(&dir)).is_empty().then_some(())
+        rpc_json(url, "uptime")
     });
-    for url in &urls {
-        let out = rpc(url, "uptime");
-        assert_eq!(out.status.code(), Some(1), "{url} still answers");
+    assert!(rpc(url, "stop").status.success());
+    let status = wait_exit(&mut node.0, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the node did not stop:\n{}", log()));
+    assert!(status.success(), "exit {status}:\n{}", log());
+}
+
+/// A data dir that holds `chain.redb` but lost `node_key` or `wallet_key`
+/// is refused (exit 2, naming the file and the way out) and no key is
+/// created; `--allow-new-keys` creates the missing one and starts.
+#[test]
+fn a_lost_key_is_never_silently_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A genesis that does not depend on this node's keys (it follows
+    // another masternode's chain), so new keys keep the same chain.
+    let other = timed::crypto::NodeIdentity::generate();
+    let other_wallet_dir = tmp.path().join("other");
+    std::fs::create_dir(&other_wallet_dir).unwrap();
+    let other_wallet = timed::wallet::Wallet::load_or_create(&other_wallet_dir).unwrap();
+    let genesis = timed::chain::genesis::Genesis::devnet(
+        2,
+        &[*other.public_key().as_bytes()],
+        &[other_wallet.address()],
+    )
+    .unwrap();
+    let rpc_addr = "127.3.10.1:24311";
+    let config = tmp.path().join("timed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"127.3.10.1:24310\"\n\n[rpc]\nlisten = \"{rpc_addr}\"\n\n[metrics]\nlisten = \"127.3.10.1:24312\"\n\n{}",
+            p(&data),
+            timed::cli::devnet::devnet_chain_section(&genesis)
+        ),
+    )
+    .unwrap();
+    let url = format!("http://{rpc_addr}/");
+    // A first run on an empty data dir creates both keys and the chain.
+    run_and_stop(&config, &url, &[], &tmp.path().join("first.log"));
+    for file in ["chain.redb", "node_key", "wallet_key"] {
+        assert!(
+            data.join(file).exists(),
+            "{file} missing after the first run"
+        );
     }
-    eprintln!("devnet connected in {devnet_start:?}");
+
+    for lost in ["node_key", "wallet_key"] {
+        let saved = std::fs::read(data.join(lost)).unwrap();
+        std::fs::remove_file(data.join(lost)).unwrap();
+        let out = run(&["run", "--config", &p(&config)]);
+        assert_one_line_error(
+            &out,
+            2,
+            &[lost, "chain.redb", "restore", "--allow-new-keys"],
+        );
+        assert!(
+            !data.join(lost).exists(),
+            "{lost} was created despite the refusal"
+        );
+        std::fs::write(data.join(lost), &saved).unwrap();
+        std::fs::set_permissions(data.join(lost), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    // With the flag a lost wallet key is replaced by a new one.
+    let old_wallet = std::fs::read(data.join("wallet_key")).unwrap();
+    std::fs::remove_file(data.join("wallet_key")).unwrap();
+    run_and_stop(
+        &config,
+        &url,
+        &["--allow-new-keys"],
+        &tmp.path().join("third.log"),
+    );
+    let new_wallet = std::fs::read(data.join("wallet_key")).unwrap();
+    assert_ne!(new_wallet, old_wallet);
+    assert_eq!(mode(&data.join("wallet_key")), 0o600);
 }

@@ -253,7 +253,13 @@ async fn bad_requests_get_standard_errors_and_the_node_keeps_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_parallel_requests_all_get_answers() {
-    let (_node, addr, _stop) = rpc_node([127, 0, 102, 1], RpcSection::default()).await;
+    // Room for 500 connections (the default cap, 128, closes the rest at
+    // once: tests/rpc_limits.rs); 64 run at a time and the others wait.
+    let settings = RpcSection {
+        max_connections: 512,
+        ..RpcSection::default()
+    };
+    let (_node, addr, _stop) = rpc_node([127, 0, 102, 1], settings).await;
     let u = url(addr);
     let mut tasks = Vec::new();
     for i in 0..500 {
@@ -349,4 +355,61 @@ async fn reloadconfig_applies_the_new_stack_to_new_connections() {
         1,
         "the established connection is untouched"
     );
+}
+
+/// Parameters are typed strictly, extra ones are refused naming the
+/// method's parameters, and no error quotes more than a short prefix of the
+/// caller's input.
+#[tokio::test]
+async fn params_are_strict_and_errors_never_echo_the_input() {
+    let (_node, addr, _stop) = rpc_node([127, 3, 7, 1], RpcSection::default()).await;
+    let u = url(addr);
+    let invalid = |result: Result<Value, CallError>| match result {
+        Err(CallError::Rpc(e)) if e.code == codes::INVALID_PARAMS => e.message,
+        other => panic!("expected -32602, got {other:?}"),
+    };
+    let m = invalid(call(&u, None, "addnode", json!(["127.3.7.2:1", 5])).await);
+    assert!(m.contains("command") && m.contains("string"), "{m}");
+    let m = invalid(call(&u, None, "getblock", json!([1, 2, 3])).await);
+    assert!(
+        m.contains("getblock takes at most 1 parameter (block), got 3"),
+        "{m}"
+    );
+    let m = invalid(call(&u, None, "uptime", json!(["extra"])).await);
+    assert!(m.contains("uptime takes no parameters"), "{m}");
+    let m = invalid(
+        call(
+            &u,
+            None,
+            "setban",
+            json!({"subnet": "10.0.0.0/8", "cmd": "add"}),
+        )
+        .await,
+    );
+    assert!(m.contains("\"cmd\""), "{m}");
+
+    let huge = "9".repeat(600_000);
+    for (method, params) in [
+        (huge.as_str(), json!([])),
+        ("setban", json!([huge, "add"])),
+        ("addnode", json!([huge])),
+        ("addnode", json!(["127.3.7.2:1", huge])),
+        ("disconnectnode", json!([huge])),
+        ("getblock", json!([huge])),
+        ("sendrawtransaction", json!([huge])),
+    ] {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let (_, answer) = raw_post(addr, body.to_string().as_bytes()).await;
+        assert!(
+            answer.len() < 1024,
+            "{} bytes echoed for {}",
+            answer.len(),
+            &method[..method.len().min(20)]
+        );
+        assert!(
+            answer.contains("\"error\""),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
 }

@@ -21,6 +21,11 @@ use crate::peer::{ConnectionConfig, HandshakeConfig};
 use crate::protocol::VersionParams;
 use crate::transport::{CryptoBackend, RekeyPolicy};
 
+mod template;
+mod validate;
+pub use template::{render_template, TEMPLATE};
+pub use validate::{ConfigWarning, MAX_DURATION_SECS, MAX_HTTP_CONNECTIONS};
+
 /// Largest config file read, in bytes.
 pub const MAX_CONFIG_FILE_LEN: u64 = 1024 * 1024;
 
@@ -182,10 +187,34 @@ pub struct RpcSection {
     pub listen: Option<SocketAddr>,
     /// If set, requests must carry `Authorization: Bearer <token>`.
     pub bearer_token: Option<String>,
-    /// Largest request body, bytes.
+    /// Largest request body, bytes. 1 MiB holds any honest call (the
+    /// largest, `sendrawtransaction` of a 100 kB transaction, is 200 kB of
+    /// hex); memory for bodies is bounded by `max_concurrent` times this.
     pub max_body_bytes: usize,
-    /// Requests handled at once; more wait.
+    /// Requests handled at once (reading their bodies included); more wait
+    /// up to `queue_timeout_secs`. 64 keeps a wallet and monitoring busy
+    /// while bounding body memory to 64 MiB.
     pub max_concurrent: usize,
+    /// Most open RPC connections; a connection beyond is closed at once.
+    /// 128 is twice `max_concurrent`: room for keep-alive clients that wait
+    /// between calls. The open-file limit may lower it at start-up.
+    pub max_connections: usize,
+    /// Seconds a client has to send a complete request head, from the
+    /// connection's start or the first byte of a keep-alive request (the
+    /// slowloris bound; nginx's client_header_timeout is 60 s, 10 s is
+    /// ample on the loopback or a LAN).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a complete request body (Bitcoin Core's
+    /// rpcservertimeout is 30 s: 1 MiB at 35 kB/s).
+    pub body_timeout_secs: u64,
+    /// Seconds a keep-alive connection may stay open without a request
+    /// (Bitcoin Core's rpcservertimeout, 30 s).
+    pub idle_timeout_secs: u64,
+    /// Seconds a request may wait for one of the `max_concurrent` workers
+    /// before HTTP 503 "work queue depth exceeded" (0: refuse at once, as
+    /// Bitcoin Core does when its work queue is full). 5 s rides out a
+    /// burst without letting waiting clients pile up.
+    pub queue_timeout_secs: u64,
 }
 
 impl Default for RpcSection {
@@ -196,6 +225,22 @@ impl Default for RpcSection {
             bearer_token: None,
             max_body_bytes: 1024 * 1024,
             max_concurrent: 64,
+            max_connections: 128,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 30,
+            queue_timeout_secs: 5,
+        }
+    }
+}
+
+impl RpcSection {
+    /// The HTTP limits of the RPC server.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
         }
     }
 }
@@ -208,6 +253,9 @@ pub struct MetricsSection {
     pub enabled: bool,
     /// Listen address (default 127.0.0.1 at the P2P port + 2).
     pub listen: Option<SocketAddr>,
+    /// Most open connections to the metrics endpoint; more are closed at
+    /// once. A Prometheus server or two and a curl need 16 at most.
+    pub max_connections: usize,
 }
 
 impl Default for MetricsSection {
@@ -215,6 +263,25 @@ impl Default for MetricsSection {
         MetricsSection {
             enabled: true,
             listen: None,
+            max_connections: 16,
+        }
+    }
+}
+
+impl MetricsSection {
+    /// Seconds a scraper has to send its request head.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Seconds a scraper's keep-alive connection may stay idle (Prometheus
+    /// scrapes every 15 s by default and keeps its connection open, so
+    /// 30 s keeps that connection alive).
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The HTTP limits of the metrics server.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: Self::HEADER_TIMEOUT,
+            idle_timeout: Self::IDLE_TIMEOUT,
         }
     }
 }
@@ -426,132 +493,6 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message: message.to_owned(),
-        };
-        let p = &self.p2p;
-        if p.max_outbound == 0 && !p.peers.is_empty() {
-            return Err(invalid(
-                "p2p.max_outbound",
-                "must be at least 1 when peers are configured",
-            ));
-        }
-        if p.max_per_ip == 0 {
-            return Err(invalid("p2p.max_per_ip", "must be at least 1"));
-        }
-        if p.max_pending_handshakes == 0 {
-            return Err(invalid("p2p.max_pending_handshakes", "must be at least 1"));
-        }
-        if p.handshake_timeout_secs == 0 {
-            return Err(invalid("p2p.handshake_timeout_secs", "must be at least 1"));
-        }
-        if p.ping_interval_secs < 2 {
-            return Err(invalid(
-                "p2p.ping_interval_secs",
-                "must be at least 2 (peers allow 6 pings per 10 s)",
-            ));
-        }
-        if p.pong_timeout_secs == 0 || p.request_timeout_secs == 0 {
-            return Err(invalid(
-                "p2p.pong_timeout_secs",
-                "timeouts must be at least 1",
-            ));
-        }
-        if !(crate::constants::PRE_VERSION_MAX_FRAME_LEN..=crate::constants::DEFAULT_MAX_FRAME_LEN)
-            .contains(&p.max_frame_bytes)
-        {
-            return Err(invalid(
-                "p2p.max_frame_bytes",
-                "must be between 4096 and 4194304 (the protocol's message limit)",
-            ));
-        }
-        if p.rekey_after_messages == 0 || p.rekey_after_bytes == 0 {
-            return Err(invalid(
-                "p2p.rekey_after_messages",
-                "rekey thresholds must be at least 1",
-            ));
-        }
-        if p.send_queue_bytes == 0 {
-            return Err(invalid("p2p.send_queue_bytes", "must be at least 1"));
-        }
-        if self.rpc.max_body_bytes == 0 || self.rpc.max_concurrent == 0 {
-            return Err(invalid("rpc.max_body_bytes", "limits must be at least 1"));
-        }
-        if let Some(token) = &self.rpc.bearer_token {
-            if token.len() < 16 {
-                return Err(invalid(
-                    "rpc.bearer_token",
-                    "must be at least 16 characters",
-                ));
-            }
-        }
-        if self.genesis_hash().is_none() {
-            return Err(invalid("chain.genesis_hash", "must be 64 hex digits"));
-        }
-        let c = &self.chain;
-        if let Some(secs) = c.block_interval_secs {
-            if secs == 0 || secs > crate::chain::genesis::MAX_BLOCK_INTERVAL_SECS {
-                return Err(invalid(
-                    "chain.block_interval_secs",
-                    "must be between 1 and 86400",
-                ));
-            }
-        }
-        if c.mempool_max_txs == 0 || c.mempool_max_bytes < crate::chain::transaction::MAX_TX_BYTES {
-            return Err(invalid(
-                "chain.mempool_max_txs",
-                "the mempool must hold at least one transaction of the largest size (100000 bytes)",
-            ));
-        }
-        for (i, m) in c.masternodes.iter().enumerate() {
-            if parse_key(&m.public_key).is_none() {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    key: "chain.masternodes",
-                    message: format!(
-                        "entry {i}: public_key = {:?} is not 64 hex digits of an ed25519 key",
-                        m.public_key
-                    ),
-                });
-            }
-        }
-        for (i, a) in c.allocations.iter().enumerate() {
-            if let Err(e) = crate::chain::Address::parse(&a.address, self.network()) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    key: "chain.allocations",
-                    message: format!("entry {i}: address = {:?}: {e}", a.address),
-                });
-            }
-            if let Err(e) = crate::wallet::parse_amount(&a.amount) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    key: "chain.allocations",
-                    message: format!("entry {i}: amount = {:?}: {e}", a.amount),
-                });
-            }
-        }
-        if !c.masternodes.is_empty() {
-            // Without the node's own key the genesis is complete: check it now.
-            self.genesis(&[0u8; 32], None)
-                .map_err(|message| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    key: "chain",
-                    message,
-                })?;
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.logging.filter).is_err() {
-            return Err(invalid(
-                "logging.filter",
-                "is not a valid RUST_LOG-style filter",
-            ));
-        }
-        Ok(())
-    }
-
     /// The network.
     pub fn network(&self) -> Network {
         self.node.network
@@ -753,102 +694,12 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
-/// The commented config `timed init` writes; `{network}`, `{listen}`,
-/// `{rpc}`, `{metrics}` and `{data_dir}` are filled in.
-pub const TEMPLATE: &str = r#"# timed configuration. Every key is optional; docs/CONFIG.md explains each.
-# Unknown keys are errors.
-
-[node]
-network = "{network}"              # mainnet | testnet | devnet
-data_dir = "{data_dir}"
-
-[p2p]
-listen = "{listen}"
-# external_addr = "203.0.113.7:24000"  # address announced to peers
-peers = []                          # "HOST:PORT" or "NODE_ID@HOST:PORT"
-max_inbound = 64
-max_pending_handshakes = 32         # a new handshake evicts the oldest beyond this
-max_outbound = 16
-max_per_ip = 4
-accepts_per_ip_per_minute = 30
-handshake_timeout_secs = 5
-ping_interval_secs = 30
-pong_timeout_secs = 20
-request_timeout_secs = 20
-max_frame_bytes = 4194304
-rekey_after_messages = 4096
-rekey_after_bytes = 67108864
-send_queue_bytes = 16777216
-crypto_backend = "ring"             # ring | rustcrypto
-
-[rpc]
-enabled = true
-listen = "{rpc}"                    # loopback: the RPC has no TLS
-# bearer_token = "a long random secret"  # require Authorization: Bearer <token>
-max_body_bytes = 1048576
-max_concurrent = 64
-
-[metrics]
-enabled = true
-listen = "{metrics}"                # GET /metrics (Prometheus text format)
-
-[logging]
-filter = "info"                     # RUST_LOG syntax; RUST_LOG overrides it
-format = "human"                    # human | json
-
-[chain]
-# block_interval_secs = 600         # default: 600 (devnet: 2)
-# genesis_timestamp = 0             # slot 0 starts here (devnet: 2026-01-01)
-masternode = true                   # vote and produce if our key is listed below
-mempool_max_txs = 5000
-mempool_max_bytes = 20971520
-# genesis_hash = "..."              # checked against the genesis below
-# Without masternodes a devnet node runs a one-node chain of its own.
-# [[chain.masternodes]]
-# public_key = "64 hex digits of the node key"
-# tier = "free"                     # free | bronze | silver | gold
-# [[chain.allocations]]
-# address = "TIME0..."
-# amount = "1000"                   # TIME, decimal
-
-# The inbound middleware, outermost first. Remove, reorder or tune layers
-# here; docs/CONFIG.md lists every parameter and why this is the default order.
-[[middleware]]
-name = "blacklist"
-
-[[middleware]]
-name = "scoring"
-
-[[middleware]]
-name = "rate_limit"
-
-[[middleware]]
-name = "dedup"
-
-[[middleware]]
-name = "auth"
-"#;
-
 /// Parses 64 hex digits of an ed25519 public key.
 fn parse_key(text: &str) -> Option<[u8; 32]> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(text, &mut key).ok()?;
     ed25519_dalek::VerifyingKey::from_bytes(&key).ok()?;
     Some(key)
-}
-
-/// The template filled in for `network` and `data_dir`.
-pub fn render_template(network: Network, data_dir: &Path) -> String {
-    let c = Config::for_network(network);
-    TEMPLATE
-        .replace("{network}", network.name())
-        .replace(
-            "{data_dir}",
-            &data_dir.display().to_string().replace('\\', "\\\\"),
-        )
-        .replace("{listen}", &c.p2p_listen().to_string())
-        .replace("{rpc}", &c.rpc_listen().to_string())
-        .replace("{metrics}", &c.metrics_listen().to_string())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The RPC methods. Parameters may be positional (an array) or named (an
-//! object with the names given in docs/RPC section of README and below).
+//! The network and node RPC methods. Parameters may be positional (an
+//! array) or named (an object); [`super::params::SIGNATURES`] lists every
+//! method's parameters.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -33,38 +34,8 @@ pub const NAMES: &[&str] = &[
     "stop",
 ];
 
-pub(super) fn param<'a>(params: &'a Value, index: usize, name: &str) -> Option<&'a Value> {
-    match params {
-        Value::Array(a) => a.get(index),
-        Value::Object(o) => o.get(name),
-        _ => None,
-    }
-    .filter(|v| !v.is_null())
-}
-
-pub(super) fn string_param<'a>(
-    params: &'a Value,
-    index: usize,
-    name: &str,
-) -> Result<&'a str, RpcError> {
-    param(params, index, name)
-        .ok_or_else(|| RpcError::params(format!("missing parameter {index} ({name})")))?
-        .as_str()
-        .ok_or_else(|| RpcError::params(format!("parameter {index} ({name}) must be a string")))
-}
-
-pub(super) fn no_params(params: &Value) -> Result<(), RpcError> {
-    let empty = match params {
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => true,
-    };
-    if empty {
-        Ok(())
-    } else {
-        Err(RpcError::params("this method takes no parameters"))
-    }
-}
+pub(super) use super::params::{no_params, param, string_param};
+use super::params::{optional_string_param, quoted};
 
 /// Runs `method`.
 pub(super) async fn dispatch(
@@ -73,6 +44,7 @@ pub(super) async fn dispatch(
     params: &Value,
 ) -> Result<Value, RpcError> {
     let node = &ctx.node;
+    super::params::check_arity(method, params)?;
     match method {
         "help" => {
             no_params(params)?;
@@ -140,12 +112,14 @@ pub(super) async fn dispatch(
             Ok(Value::Array(peers))
         }
         "addnode" => {
-            let target: PeerTarget = string_param(params, 0, "node")?
-                .parse()
-                .map_err(|e: crate::node::InvalidPeerTarget| RpcError::params(e.to_string()))?;
-            let command = param(params, 1, "command")
-                .and_then(Value::as_str)
-                .unwrap_or("add");
+            let text = string_param(params, 0, "node")?;
+            let target: PeerTarget = text.parse().map_err(|_| {
+                RpcError::params(format!(
+                    "invalid peer {}: expected HOST:PORT or NODE_ID@HOST:PORT",
+                    quoted(text)
+                ))
+            })?;
+            let command = optional_string_param(params, 1, "command")?.unwrap_or("add");
             match command {
                 "add" => {
                     if !node.add_peer(target.clone()) {
@@ -173,7 +147,8 @@ pub(super) async fn dispatch(
                     )),
                 },
                 other => Err(RpcError::params(format!(
-                    "command must be add, remove or onetry, not {other:?}"
+                    "command must be add, remove or onetry, not {}",
+                    quoted(other)
                 ))),
             }
         }
@@ -191,7 +166,7 @@ pub(super) async fn dispatch(
             if n == 0 {
                 return Err(RpcError::new(
                     codes::NOT_FOUND,
-                    format!("no connected peer matches {which}"),
+                    format!("no connected peer matches {}", quoted(which)),
                 ));
             }
             Ok(json!(n))
@@ -223,7 +198,7 @@ pub(super) async fn dispatch(
                 .parse()
                 .or_else(|_| target.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| {
-                    RpcError::params(format!("{target:?} is not an IP or a CIDR subnet"))
+                    RpcError::params(format!("{} is not an IP or a CIDR subnet", quoted(target)))
                 })?;
             let command = string_param(params, 1, "command")?;
             match command {
@@ -261,7 +236,8 @@ pub(super) async fn dispatch(
                     Ok(Value::Null)
                 }
                 other => Err(RpcError::params(format!(
-                    "command must be add or remove, not {other:?}"
+                    "command must be add or remove, not {}",
+                    quoted(other)
                 ))),
             }
         }
@@ -322,7 +298,7 @@ pub(super) async fn dispatch(
             .unwrap_or_else(|| {
                 Err(RpcError::new(
                     codes::METHOD_NOT_FOUND,
-                    format!("method not found: {method:?} (try \"help\")"),
+                    format!("method not found: {} (try \"help\")", quoted(method)),
                 ))
             }),
     }

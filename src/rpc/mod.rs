@@ -3,8 +3,8 @@
 //! # Errors
 //! Standard codes: `-32700` parse error, `-32600` invalid request (also a
 //! body over `rpc.max_body_bytes`, answered with HTTP 413), `-32601` method
-//! not found, `-32602` invalid params, `-32603` internal error. Application
-//! codes:
+//! not found, `-32602` invalid params (a wrong type, or more parameters
+//! than the method takes), `-32603` internal error. Application codes:
 //!
 //! | code | meaning |
 //! |---|---|
@@ -14,34 +14,42 @@
 //! | `-32004` | transaction rejected (the message names the reason: `insufficient_fee`, `conflict`, ...) |
 //! | `-32005` | wallet error: insufficient funds, zero amount, fee too low |
 //! | `-32006` | unavailable: the node has no chain or no wallet |
+//! | `-32007` | busy: work queue depth exceeded (HTTP 503), or the body came too slowly (HTTP 408) |
+//!
+//! Error messages quote at most [`params::ECHO_CHARS`] characters of
+//! anything the caller sent.
+//!
+//! # Limits
+//! See [`server`]: a cap on open connections, header, body and keep-alive
+//! deadlines, at most `rpc.max_concurrent` requests at once (counted from
+//! before their bodies are read), bodies bounded while they stream, and
+//! batches of at most [`MAX_BATCH`] calls.
 //!
 //! # Security
 //! The RPC listens on loopback by default and is unauthenticated unless
 //! `rpc.bearer_token` is set; it has no TLS. Expose it only behind a TLS
-//! proxy and with a token. Request bodies are bounded, at most
-//! `rpc.max_concurrent` requests run at once (others wait), and batches hold
-//! at most [`MAX_BATCH`] calls.
+//! proxy and with a token.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RpcSection};
+use crate::http::AbuseTally;
 use crate::node::Node;
 
 mod chain;
 pub mod client;
 mod methods;
+pub mod params;
+pub mod server;
+
+pub use server::{serve, RpcBindError};
 
 /// Most calls in one batch request.
 pub const MAX_BATCH: usize = 100;
@@ -70,6 +78,8 @@ pub mod codes {
     pub const WALLET: i64 = -32005;
     /// The node has no chain or no wallet.
     pub const UNAVAILABLE: i64 = -32006;
+    /// Every worker stayed busy (HTTP 503), or the body came too slowly.
+    pub const BUSY: i64 = -32007;
 }
 
 /// A JSON-RPC error object.
@@ -110,6 +120,7 @@ pub struct RpcContext {
     pub wallet: Option<Arc<crate::wallet::Wallet>>,
     settings: Arc<RpcSection>,
     semaphore: Arc<tokio::sync::Semaphore>,
+    tally: Arc<AbuseTally>,
 }
 
 impl RpcContext {
@@ -122,6 +133,7 @@ impl RpcContext {
     ) -> Self {
         RpcContext {
             semaphore: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
+            tally: Arc::default(),
             settings: Arc::new(settings),
             node,
             config_path,
@@ -149,8 +161,15 @@ impl RpcContext {
 }
 
 fn error_body(id: Value, error: &RpcError) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": error.code, "message": error.message}})
+    // Every message is built to quote little of the caller's input; this
+    // cap keeps an overlooked quote from echoing a large body back.
+    let message = params::excerpt_n(&error.message, MAX_ERROR_MESSAGE_CHARS);
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": error.code, "message": message}})
 }
+
+/// Longest error message sent, in characters: room for a sentence and a
+/// few quoted excerpts.
+const MAX_ERROR_MESSAGE_CHARS: usize = 512;
 
 fn reply(status: StatusCode, body: Value) -> Response {
     (
@@ -214,43 +233,9 @@ async fn call_one(ctx: &RpcContext, request: Value) -> Option<Value> {
     })
 }
 
-async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(token) = &ctx.settings.bearer_token {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| crate::crypto::ct_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                error_body(
-                    Value::Null,
-                    &RpcError::new(codes::UNAUTHORIZED, "missing or wrong bearer token"),
-                ),
-            );
-        }
-    }
-    let limit = ctx.settings.max_body_bytes;
-    let bytes: Bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                error_body(
-                    Value::Null,
-                    &RpcError::new(
-                        codes::INVALID_REQUEST,
-                        format!("request body larger than {limit} bytes"),
-                    ),
-                ),
-            )
-        }
-    };
-    let Ok(_permit) = ctx.semaphore.acquire().await else {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, Value::Null);
-    };
-    let request: Value = match serde_json::from_slice(&bytes) {
+/// Parses a request body (one call or a batch) and answers it.
+async fn answer(ctx: &RpcContext, body: &[u8]) -> Response {
+    let request: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             return reply(
@@ -278,7 +263,7 @@ async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -
             }
             let mut answers = Vec::with_capacity(calls.len());
             for call in calls {
-                if let Some(answer) = call_one(&ctx, call).await {
+                if let Some(answer) = call_one(ctx, call).await {
                     answers.push(answer);
                 }
             }
@@ -288,52 +273,9 @@ async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -
                 reply(StatusCode::OK, Value::Array(answers))
             }
         }
-        single => match call_one(&ctx, single).await {
+        single => match call_one(ctx, single).await {
             Some(answer) => reply(StatusCode::OK, answer),
             None => StatusCode::NO_CONTENT.into_response(),
         },
     }
-}
-
-/// Errors starting the RPC server.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen for RPC on {addr}: {source}")]
-pub struct RpcBindError {
-    /// The address.
-    pub addr: SocketAddr,
-    /// The error.
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Serves JSON-RPC on `listen` until `shutdown`; returns the bound address.
-///
-/// # Errors
-/// [`RpcBindError`] if the address is unavailable.
-pub async fn serve(
-    listen: SocketAddr,
-    ctx: RpcContext,
-    shutdown: CancellationToken,
-) -> Result<SocketAddr, RpcBindError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RpcBindError {
-            addr: listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| RpcBindError {
-        addr: listen,
-        source,
-    })?;
-    let app = axum::Router::new().route("/", post(handle)).with_state(ctx);
-    tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            tracing::warn!(%error, "rpc server stopped");
-        }
-    });
-    tracing::info!(rpc = %local, "serving JSON-RPC");
-    Ok(local)
 }
