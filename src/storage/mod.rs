@@ -1,24 +1,27 @@
-//! Embedded storage: one redb file (`chain.redb`) in the data dir.
+//! Embedded storage: one redb file (`chain.redb`) in the data dir, and a
+//! tip marker (`chain.tip`, see [`marker`]) next to it.
 //!
 //! # Tables
 //! | table | key | value |
 //! |---|---|---|
 //! | `blocks` | height `u64` | encoded [`Block`] |
+//! | `block_hashes` | height `u64` | the block's hash ‖ blake3 of its stored bytes (64 bytes): what every read of the block is checked against |
 //! | `block_heights` | block hash | height |
 //! | `utxos` | encoded [`OutPoint`] (txid ‖ index `u32` big-endian, 36 bytes) | encoded [`TxOut`] |
 //! | `tx_index` | txid | height of the block holding it |
 //! | `undo` | height `u64` | encoded `Vec<(OutPoint, TxOut)>`: the outputs the block at that height spent, in the order its inputs spend them |
 //! | `address_utxos` | [`Address`] (20 bytes) ‖ outpoint key (36 bytes) | the output's value `u64` |
-//! | `bans` | position `u64` | encoded [`StoredBan`] |
+//! | `bans_v2` | banned subnet as text (`203.0.113.7/32`) | encoded [`StoredBan`]: one row per ban, written by the [`BanWriter`] |
 //! | `meta` | `"tip"` | encoded `(height, hash)` |
 //! | `meta` | `"schema"` | encoded `u64`: [`SCHEMA_VERSION`] |
 //!
 //! # Correctness
 //! [`Store::apply_block`] and [`Store::rollback_tip`] are each one redb
-//! write transaction: the block, its index entries, its undo record, the
-//! spent and created outputs, the address index and the new tip commit
-//! together or not at all, so a node killed at any moment reopens with a
-//! consistent chain. redb commits are durable when `commit` returns.
+//! write transaction: the block, its index entries, its recorded hash, its
+//! undo record, the spent and created outputs, the address index and the
+//! new tip commit together or not at all, so a node killed at any moment
+//! reopens with a consistent chain. redb commits are durable when `commit`
+//! returns.
 //!
 //! Both read the tip *inside* their write transaction, and redb runs one
 //! write transaction at a time, so two concurrent applies (or an apply and
@@ -26,32 +29,60 @@
 //!
 //! Invariants every commit keeps (and every write checks, aborting with
 //! [`StoreError::Corrupt`] when one is found broken):
-//! * `blocks` holds exactly the heights `0..=tip`, `block_heights` their
-//!   hashes, `undo` one record per height (empty for genesis).
+//! * `blocks` holds exactly the heights `0..=tip`, `block_hashes` and
+//!   `block_heights` their hashes, `undo` one record per height (empty for
+//!   genesis).
 //! * `address_utxos` holds exactly one entry per `utxos` entry, keyed by the
 //!   output's address and carrying its value, so an address's outputs are a
 //!   range scan over its 20-byte prefix.
 //! * `tx_index` holds every txid of the chain once: a block repeating a
 //!   txid is refused ([`StoreError::DuplicateTxid`]), so no output is ever
 //!   overwritten and a rollback restores the previous state exactly.
+//!
+//! # Integrity
+//! * At open ([`Store::open`]): an existing file is opened, never silently
+//!   re-created (an empty file is [`StoreError::Damaged`]); redb's own
+//!   integrity check runs (and repairs what it can); a panic inside redb is
+//!   caught and reported as [`StoreError::Damaged`]; a store that ends more
+//!   than `MAX_REORG_DEPTH` blocks below the tip marker is
+//!   [`StoreError::LostData`]. Both messages say what to do.
+//! * On every block read (see [`blocks`]): the bytes, the hash, the height
+//!   and the merkle root are checked against `block_hashes`; a block that
+//!   fails is [`StoreError::BadBlock`], never returned, and its height is
+//!   kept in [`Store::damaged_heights`] until [`Store::repair_block`]
+//!   rewrites it from a copy with the recorded hash.
+//! * At run time: an I/O error (or redb's "previous I/O error") marks the
+//!   store failed ([`Store::failure`]); the node stops rather than serve
+//!   errors.
 
+mod ban_writer;
 mod bans;
+pub mod blocks;
+pub mod marker;
+mod migrate;
+mod open;
 mod write;
 
-pub use bans::StoredBan;
+pub use ban_writer::BanWriter;
+pub use bans::{BanWrite, StoredBan};
+pub use marker::marker_path;
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::chain::address::Address;
-use crate::chain::block::{Block, BlockHash};
-use crate::chain::transaction::{OutPoint, Transaction, TxOut, Txid, UtxoView};
+use crate::chain::block::BlockHash;
+use crate::chain::transaction::{OutPoint, TxOut, Txid, UtxoView};
 use crate::protocol::codec;
 
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const BLOCK_HASHES: TableDefinition<u64, &[u8; blocks::RECORD_LEN]> =
+    TableDefinition::new("block_hashes");
 const BLOCK_HEIGHTS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("block_heights");
 const UTXOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("utxos");
 const TX_INDEX: TableDefinition<&[u8; 32], u64> = TableDefinition::new("tx_index");
@@ -68,22 +99,81 @@ const ADDRESS_KEY_LEN: usize = 20 + OUTPOINT_KEY_LEN;
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "chain.redb";
 
-/// Version of the table layout, stored under `meta["schema"]`. Version 1
-/// added the `undo` and `address_utxos` tables; a store holding blocks but
-/// no version predates them and is refused ([`StoreError::Schema`]) rather
-/// than served with incomplete indexes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Version of the table layout, stored under `meta["schema"]`.
+///
+/// Version 1 added the `undo` and `address_utxos` tables; a store holding
+/// blocks but no version predates them and is refused
+/// ([`StoreError::Schema`]) rather than served with incomplete indexes.
+/// Version 2 added `block_hashes` and replaced the position-keyed `bans`
+/// table by `bans_v2`; a version 1 store is migrated at open (see
+/// [`migrate`]).
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// What the node should do about a damaged or lost database, for messages.
+const WHAT_TO_DO: &str = "Restore it from a backup, or start over with `timed run --resync` \
+     (moves the damaged file aside and syncs the chain again from peers)";
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed (I/O, corruption, ...).
+    /// The database refused an operation (a lock held by another process,
+    /// a type mismatch, ...).
     #[error("database {context}: {message}")]
     Db {
         /// What was being done.
         context: &'static str,
         /// redb's message.
         message: String,
+    },
+    /// The database file failed while running: an I/O error, redb's
+    /// "previous I/O error", or structural damage found by redb. The store
+    /// is marked failed ([`Store::failure`]).
+    #[error("database failed ({context}): {message}")]
+    Failed {
+        /// What was being done.
+        context: &'static str,
+        /// redb's message.
+        message: String,
+    },
+    /// The file cannot be used as it is: empty, unreadable by redb, failing
+    /// redb's integrity check, or making redb panic.
+    #[error("{} is damaged: {problem}. {WHAT_TO_DO}", .path.display())]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The store ends well below the height its tip marker recorded.
+    #[error(
+        "{} has lost data: {}, but the node had reached height {marker_height} (recorded in {}). \
+         {WHAT_TO_DO}; if you restored an older copy on purpose, delete {} and start again",
+        .path.display(),
+        ends_at(*.height),
+        .marker.display(),
+        .marker.display()
+    )]
+    LostData {
+        /// The database file.
+        path: PathBuf,
+        /// The store's tip height (`None`: no block at all).
+        height: Option<u64>,
+        /// The height the marker recorded.
+        marker_height: u64,
+        /// The marker file.
+        marker: PathBuf,
+    },
+    /// A stored block failed verification: it is not returned, and its
+    /// height is in [`Store::damaged_heights`] until repaired.
+    #[error(
+        "stored block at height {height} is damaged ({problem}); \
+         it is not served and can be fetched again from peers"
+    )]
+    BadBlock {
+        /// The block's height.
+        height: u64,
+        /// What failed.
+        problem: &'static str,
     },
     /// A stored record does not decode, or the tables disagree.
     #[error("corrupt record in {table}: {message}")]
@@ -126,10 +216,36 @@ pub enum StoreError {
     },
 }
 
-fn db_err<E: std::fmt::Display>(context: &'static str) -> impl Fn(E) -> StoreError {
-    move |e| StoreError::Db {
-        context,
-        message: e.to_string(),
+/// "it ends at height X" / "it holds no block", for [`StoreError::LostData`].
+fn ends_at(height: Option<u64>) -> String {
+    match height {
+        Some(h) => format!("it ends at height {h}"),
+        None => "it holds no block".to_string(),
+    }
+}
+
+impl StoreError {
+    /// True for errors after which the database cannot be trusted to work:
+    /// the node should stop ([`StoreError::Failed`]).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Failed { .. })
+    }
+}
+
+/// Maps a redb error: I/O failures, redb's "previous I/O error", damage
+/// redb found and a poisoned lock inside redb are [`StoreError::Failed`],
+/// the rest [`StoreError::Db`].
+fn db_err<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| {
+        let e: redb::Error = e.into();
+        let message = e.to_string();
+        match e {
+            redb::Error::Io(_)
+            | redb::Error::PreviousIo
+            | redb::Error::Corrupted(_)
+            | redb::Error::LockPoisoned(_) => StoreError::Failed { context, message },
+            _ => StoreError::Db { context, message },
+        }
     }
 }
 
@@ -202,58 +318,110 @@ fn output_point(txid: Txid, index: usize) -> OutPoint {
     }
 }
 
-/// The chain database.
+/// The chain database. Clones share it.
+#[derive(Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     db: Database,
+    path: PathBuf,
+    marker: marker::TipMarker,
+    /// Heights whose stored block failed verification (at most
+    /// [`blocks::MAX_DAMAGED_TRACKED`]).
+    damaged: Mutex<BTreeSet<u64>>,
+    /// Set once, by the first fatal error.
+    failure: OnceLock<String>,
+    /// The ban writers started on this store, flushed by [`Store::close`].
+    ban_writers: Mutex<Vec<Weak<ban_writer::Handle>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.marker.flush();
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .field("failure", &self.shared.failure.get())
+            .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path` and its tables.
-    ///
-    /// # Errors
-    /// [`StoreError::Db`] if the file cannot be opened or is corrupt;
-    /// [`StoreError::Schema`] if it was written with another table layout.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err("open"))?;
-        let tx = db.begin_write().map_err(db_err("begin"))?;
-        {
-            tx.open_table(BLOCKS).map_err(db_err("create tables"))?;
-            tx.open_table(BLOCK_HEIGHTS)
-                .map_err(db_err("create tables"))?;
-            tx.open_table(UTXOS).map_err(db_err("create tables"))?;
-            tx.open_table(TX_INDEX).map_err(db_err("create tables"))?;
-            tx.open_table(UNDO).map_err(db_err("create tables"))?;
-            tx.open_table(ADDRESS_UTXOS)
-                .map_err(db_err("create tables"))?;
-            tx.open_table(bans::BANS).map_err(db_err("create tables"))?;
-            let mut meta = tx.open_table(META).map_err(db_err("create tables"))?;
-            let found: Option<u64> = match meta.get("schema").map_err(db_err("read schema"))? {
-                None => None,
-                Some(v) => Some(decode("meta", v.value())?),
-            };
-            match found {
-                Some(SCHEMA_VERSION) => {}
-                None if read_tip(&meta)?.is_none() => {
-                    let version = encode("meta", &SCHEMA_VERSION)?;
-                    meta.insert("schema", version.as_slice())
-                        .map_err(db_err("write schema"))?;
-                }
-                found => {
-                    return Err(StoreError::Schema {
-                        found,
-                        expected: SCHEMA_VERSION,
-                    })
-                }
+    fn from_db(db: Database, path: &Path, marker: marker::TipMarker) -> Self {
+        Store {
+            shared: Arc::new(Shared {
+                db,
+                path: path.to_path_buf(),
+                marker,
+                damaged: Mutex::new(BTreeSet::new()),
+                failure: OnceLock::new(),
+                ban_writers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn db(&self) -> &Database {
+        &self.shared.db
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `f` and, when it fails fatally, marks the store failed.
+    fn watch<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = f();
+        if let Err(error) = &result {
+            if error.is_fatal() {
+                self.fail(error);
             }
         }
-        tx.commit().map_err(db_err("commit"))?;
-        Ok(Store { db })
+        result
+    }
+
+    /// Records the first fatal error (logged once).
+    fn fail(&self, error: &StoreError) {
+        if self.shared.failure.set(error.to_string()).is_ok() {
+            tracing::error!(
+                path = %self.shared.path.display(),
+                %error,
+                "the database failed: the node must stop"
+            );
+        }
+    }
+
+    /// Why the database failed, once a fatal error (an I/O error, redb's
+    /// "previous I/O error", damage found by redb) has occurred; `None`
+    /// while it works. A failed store stays failed: redb must be reopened,
+    /// so the node stops.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.get().cloned()
+    }
+
+    /// Flushes what is buffered for a clean stop: the ban writers started
+    /// on this store (waiting at most `timeout` for each) and the pending
+    /// tip marker. The store stays usable.
+    pub fn close(&self, timeout: std::time::Duration) {
+        let writers: Vec<Weak<ban_writer::Handle>> =
+            std::mem::take(&mut *crate::sync::lock(&self.shared.ban_writers));
+        for writer in writers.iter().filter_map(Weak::upgrade) {
+            writer.close(timeout);
+        }
+        self.shared.marker.flush();
+    }
+
+    /// Notes a committed tip for the marker (see [`marker`]).
+    fn mark_tip(&self, height: u64, hash: BlockHash) {
+        self.shared
+            .marker
+            .committed(marker::MarkedTip { height, hash });
     }
 
     /// The tip: `(height, hash)`, or `None` before genesis.
@@ -261,116 +429,11 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure or corruption.
     pub fn tip(&self) -> Result<Option<(u64, BlockHash)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let meta = tx.open_table(META).map_err(db_err("open meta"))?;
-        read_tip(&meta)
-    }
-
-    /// The block at `height`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on database failure or corruption.
-    pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-        match blocks.get(height).map_err(db_err("read block"))? {
-            None => Ok(None),
-            Some(v) => decode("blocks", v.value()).map(Some),
-        }
-    }
-
-    /// The block with `hash`, if it is in the chain.
-    ///
-    /// # Correctness
-    /// The hash index and the block are read in one read transaction, so a
-    /// concurrent rollback cannot make a found hash point at a missing or
-    /// different block.
-    ///
-    /// # Errors
-    /// [`StoreError`] on database failure or corruption (an indexed hash
-    /// whose block is missing or has another hash).
-    pub fn block_by_hash(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let heights = tx
-            .open_table(BLOCK_HEIGHTS)
-            .map_err(db_err("open block_heights"))?;
-        let Some(height) = heights
-            .get(hash)
-            .map_err(db_err("read block height"))?
-            .map(|v| v.value())
-        else {
-            return Ok(None);
-        };
-        let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-        let block: Block = match blocks.get(height).map_err(db_err("read block"))? {
-            None => {
-                return Err(corrupt(
-                    "block_heights",
-                    format!("hash indexed at height {height} with no block there"),
-                ))
-            }
-            Some(v) => decode("blocks", v.value())?,
-        };
-        if block.hash() != *hash {
-            return Err(corrupt(
-                "block_heights",
-                format!("hash indexed at height {height} names another block"),
-            ));
-        }
-        Ok(Some(block))
-    }
-
-    /// The stored (encoded) blocks from height `start` upward, for serving
-    /// a syncing peer without decoding and re-encoding them.
-    ///
-    /// Stops at the tip, after `max_count` blocks, or before the total
-    /// length would exceed `max_bytes`; the block at `start` is always
-    /// returned when it exists (and `max_count > 0`), even if it alone is
-    /// larger than `max_bytes`, so a peer can always make progress.
-    ///
-    /// # Correctness
-    /// One read transaction: the blocks are consecutive heights of one
-    /// chain, even while blocks are applied or rolled back concurrently.
-    ///
-    /// # Errors
-    /// [`StoreError`] on database failure, or a gap in the stored heights.
-    pub fn raw_blocks(
-        &self,
-        start: u64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        if max_count == 0 {
-            return Ok(out);
-        }
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-        let mut total: usize = 0;
-        for entry in blocks.range(start..).map_err(db_err("read blocks"))? {
-            let (height, bytes) = entry.map_err(db_err("read blocks"))?;
-            let expected = start.saturating_add(out.len() as u64);
-            if height.value() != expected {
-                return Err(corrupt(
-                    "blocks",
-                    format!(
-                        "height {} stored where {expected} was expected",
-                        height.value()
-                    ),
-                ));
-            }
-            let bytes = bytes.value();
-            let grown = total.saturating_add(bytes.len());
-            if !out.is_empty() && grown > max_bytes {
-                break;
-            }
-            total = grown;
-            out.push(bytes.to_vec());
-            if out.len() >= max_count {
-                break;
-            }
-        }
-        Ok(out)
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let meta = tx.open_table(META).map_err(db_err("open meta"))?;
+            read_tip(&meta)
+        })
     }
 
     /// The height of the block with `hash`.
@@ -378,13 +441,15 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure.
     pub fn height_of(&self, hash: &BlockHash) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let t = tx
-            .open_table(BLOCK_HEIGHTS)
-            .map_err(db_err("open block_heights"))?;
-        Ok(t.get(hash)
-            .map_err(db_err("read block height"))?
-            .map(|v| v.value()))
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx
+                .open_table(BLOCK_HEIGHTS)
+                .map_err(db_err("open block_heights"))?;
+            Ok(t.get(hash)
+                .map_err(db_err("read block height"))?
+                .map(|v| v.value()))
+        })
     }
 
     /// The height of the block holding `txid`.
@@ -392,44 +457,13 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure.
     pub fn tx_height(&self, txid: &Txid) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let t = tx.open_table(TX_INDEX).map_err(db_err("open tx_index"))?;
-        Ok(t.get(txid)
-            .map_err(db_err("read tx index"))?
-            .map(|v| v.value()))
-    }
-
-    /// The transaction `txid` and the height of the block holding it, read
-    /// from that block (for the `gettransaction` RPC).
-    ///
-    /// # Correctness
-    /// The index and the block are read in one read transaction, so a
-    /// concurrent rollback cannot split them.
-    ///
-    /// # Errors
-    /// [`StoreError`] on database failure or corruption (an indexed txid
-    /// missing from its block).
-    pub fn tx_location(&self, txid: &Txid) -> Result<Option<(u64, Transaction)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let index = tx.open_table(TX_INDEX).map_err(db_err("open tx_index"))?;
-        let Some(height) = index
-            .get(txid)
-            .map_err(db_err("read tx index"))?
-            .map(|v| v.value())
-        else {
-            return Ok(None);
-        };
-        let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-        let block: Block = match blocks.get(height).map_err(db_err("read block"))? {
-            None => return Err(corrupt("tx_index", format!("no block at height {height}"))),
-            Some(v) => decode("blocks", v.value())?,
-        };
-        block
-            .transactions
-            .into_iter()
-            .find(|t| t.txid() == *txid)
-            .map(|t| Some((height, t)))
-            .ok_or_else(|| corrupt("tx_index", format!("txid not in the block at {height}")))
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx.open_table(TX_INDEX).map_err(db_err("open tx_index"))?;
+            Ok(t.get(txid)
+                .map_err(db_err("read tx index"))?
+                .map(|v| v.value()))
+        })
     }
 
     /// Unspent outputs stored.
@@ -437,9 +471,11 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure.
     pub fn utxo_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let t = tx.open_table(UTXOS).map_err(db_err("open utxos"))?;
-        t.len().map_err(db_err("count utxos"))
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx.open_table(UTXOS).map_err(db_err("open utxos"))?;
+            t.len().map_err(db_err("count utxos"))
+        })
     }
 
     /// The unspent output at `outpoint`.
@@ -447,15 +483,17 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure or corruption.
     pub fn get_utxo(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let t = tx.open_table(UTXOS).map_err(db_err("open utxos"))?;
-        match t
-            .get(outpoint_key(outpoint).as_slice())
-            .map_err(db_err("read utxo"))?
-        {
-            None => Ok(None),
-            Some(v) => decode("utxos", v.value()).map(Some),
-        }
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx.open_table(UTXOS).map_err(db_err("open utxos"))?;
+            match t
+                .get(outpoint_key(outpoint).as_slice())
+                .map_err(db_err("read utxo"))?
+            {
+                None => Ok(None),
+                Some(v) => decode("utxos", v.value()).map(Some),
+            }
+        })
     }
 
     /// The unspent outputs locked to `address`, ordered by outpoint (txid,
@@ -468,26 +506,28 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure.
     pub fn utxos_for(&self, address: &Address) -> Result<Vec<(OutPoint, TxOut)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let t = tx
-            .open_table(ADDRESS_UTXOS)
-            .map_err(db_err("open address_utxos"))?;
-        let (low, high) = address_range(address);
-        let mut out = Vec::new();
-        for entry in t
-            .range::<&[u8; ADDRESS_KEY_LEN]>(&low..=&high)
-            .map_err(db_err("read address index"))?
-        {
-            let (key, value) = entry.map_err(db_err("read address index"))?;
-            out.push((
-                outpoint_of_address_key(key.value()),
-                TxOut {
-                    value: value.value(),
-                    address: *address,
-                },
-            ));
-        }
-        Ok(out)
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx
+                .open_table(ADDRESS_UTXOS)
+                .map_err(db_err("open address_utxos"))?;
+            let (low, high) = address_range(address);
+            let mut out = Vec::new();
+            for entry in t
+                .range::<&[u8; ADDRESS_KEY_LEN]>(&low..=&high)
+                .map_err(db_err("read address index"))?
+            {
+                let (key, value) = entry.map_err(db_err("read address index"))?;
+                out.push((
+                    outpoint_of_address_key(key.value()),
+                    TxOut {
+                        value: value.value(),
+                        address: *address,
+                    },
+                ));
+            }
+            Ok(out)
+        })
     }
 
     /// The sum of the unspent outputs locked to `address`, in units.
@@ -496,22 +536,24 @@ impl Store {
     /// [`StoreError`] on database failure; [`StoreError::Corrupt`] if the
     /// sum overflows (no valid chain holds more than the money supply).
     pub fn balance(&self, address: &Address) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
-        let t = tx
-            .open_table(ADDRESS_UTXOS)
-            .map_err(db_err("open address_utxos"))?;
-        let (low, high) = address_range(address);
-        let mut total: u64 = 0;
-        for entry in t
-            .range::<&[u8; ADDRESS_KEY_LEN]>(&low..=&high)
-            .map_err(db_err("read address index"))?
-        {
-            let (_, value) = entry.map_err(db_err("read address index"))?;
-            total = total
-                .checked_add(value.value())
-                .ok_or_else(|| corrupt("address_utxos", "balance overflows u64"))?;
-        }
-        Ok(total)
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx
+                .open_table(ADDRESS_UTXOS)
+                .map_err(db_err("open address_utxos"))?;
+            let (low, high) = address_range(address);
+            let mut total: u64 = 0;
+            for entry in t
+                .range::<&[u8; ADDRESS_KEY_LEN]>(&low..=&high)
+                .map_err(db_err("read address index"))?
+            {
+                let (_, value) = entry.map_err(db_err("read address index"))?;
+                total = total
+                    .checked_add(value.value())
+                    .ok_or_else(|| corrupt("address_utxos", "balance overflows u64"))?;
+            }
+            Ok(total)
+        })
     }
 }
 

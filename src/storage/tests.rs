@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::chain::block::Block;
 use crate::chain::transaction::{Transaction, TxIn, COIN};
 use crate::crypto::{NodeIdentity, SecretKey, SignatureScheme};
 
@@ -148,9 +149,10 @@ fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 /// Every chain table, raw.
 fn snapshot(store: &Store) -> Vec<(&'static str, Rows)> {
-    let tx = store.db.begin_read().unwrap();
+    let tx = store.db().begin_read().unwrap();
     vec![
         ("blocks", rows(&tx, BLOCKS)),
+        ("block_hashes", rows(&tx, BLOCK_HASHES)),
         ("block_heights", rows(&tx, BLOCK_HEIGHTS)),
         ("utxos", rows(&tx, UTXOS)),
         ("tx_index", rows(&tx, TX_INDEX)),
@@ -162,7 +164,7 @@ fn snapshot(store: &Store) -> Vec<(&'static str, Rows)> {
 
 /// The UTXO set by a full scan of `utxos`.
 fn scan(store: &Store) -> BTreeMap<OutPoint, TxOut> {
-    let tx = store.db.begin_read().unwrap();
+    let tx = store.db().begin_read().unwrap();
     rows(&tx, UTXOS)
         .into_iter()
         .map(|(key, value)| {
@@ -176,7 +178,7 @@ fn scan(store: &Store) -> BTreeMap<OutPoint, TxOut> {
 }
 
 fn undo_at(store: &Store, height: u64) -> Option<Vec<(OutPoint, TxOut)>> {
-    let tx = store.db.begin_read().unwrap();
+    let tx = store.db().begin_read().unwrap();
     let undo = tx.open_table(UNDO).unwrap();
     let record = undo.get(height).unwrap();
     record.map(|v| codec::decode_value(v.value()).unwrap())
@@ -195,7 +197,7 @@ fn assert_index_matches_scan(store: &Store, addresses: &[Address]) {
         let sum: u64 = expected.iter().map(|(_, o)| o.value).sum();
         assert_eq!(store.balance(address).unwrap(), sum, "{address:?}");
     }
-    let tx = store.db.begin_read().unwrap();
+    let tx = store.db().begin_read().unwrap();
     let indexed = tx.open_table(ADDRESS_UTXOS).unwrap().len().unwrap();
     assert_eq!(indexed, all.len() as u64, "one index entry per output");
 }
@@ -265,7 +267,10 @@ fn a_corrupt_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
     std::fs::write(&path, vec![0x5a; 4096]).unwrap();
-    assert!(matches!(Store::open(&path), Err(StoreError::Db { .. })));
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::Damaged { .. })
+    ));
 }
 
 #[test]
@@ -597,3 +602,5 @@ fn a_store_written_before_schema_versions_is_refused() {
     let store = open(&dir);
     assert_eq!(store.tip().unwrap().unwrap().0, 0);
 }
+
+mod integrity;
