@@ -19,7 +19,8 @@
 //!   lock, and the snapshot takes that lock); changes still queued after it
 //!   are replayed on top, which is harmless because each change states the
 //!   new value of its row.
-//! * A failed commit marks a resync too, retried every [`RETRY_INTERVAL`].
+//! * A failed commit marks a resync too, retried every [`RETRY_INTERVAL`];
+//!   once the store has failed ([`Store::failure`]) the writer stops.
 //! * [`BanWriter::sync`] waits until every change sent before the call is
 //!   committed (or covered by a committed snapshot).
 
@@ -224,11 +225,13 @@ impl Handle {
 
     pub(super) fn close(&self, timeout: Duration) {
         let flushed = self.sync(timeout);
+        let stopped = crate::sync::lock(&self.status.progress).stopped;
         // Dropping the sender ends the thread once the queue is empty.
         drop(crate::sync::lock(&self.tx).take());
         let thread = crate::sync::lock(&self.thread).take();
         match thread {
-            Some(thread) if flushed => {
+            // A thread that stopped on a failed database has said so.
+            Some(thread) if flushed || stopped => {
                 let _ = thread.join();
             }
             Some(_) => tracing::error!(
@@ -313,6 +316,11 @@ fn run(rx: &Receiver<Msg>, status: &Status, store: &Store, snapshot: &Snapshot) 
             }
             Err(error) => {
                 drop(progress);
+                if store.failure().is_some() {
+                    // The database must be reopened: retrying is pointless.
+                    tracing::error!(%error, "the database failed: ban changes are no longer stored");
+                    break;
+                }
                 tracing::error!(%error, changes = batch.writes.len(), "cannot store ban changes; the whole list will be rewritten");
                 status.resync.store(true, Ordering::SeqCst);
                 if !closing {
