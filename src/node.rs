@@ -516,6 +516,22 @@ impl Node {
 
         let blacklist = &self.inner.blacklist;
         let store = chain.store();
+        // The sink before the restore, and the stored list rewritten through
+        // the writer after it: a ban made meanwhile (connections are already
+        // accepted) is neither lost nor overwritten.
+        let list = Arc::downgrade(blacklist);
+        let snapshot = move || {
+            list.upgrade()
+                .map(|b| b.persisted().into_iter().map(stored).collect())
+        };
+        let writer = match store.ban_writer(snapshot) {
+            Ok(writer) => writer,
+            Err(error) => {
+                tracing::error!(%error, "bans will not be stored");
+                return;
+            }
+        };
+        blacklist.set_sink(Arc::new(StoreSink(writer.clone())));
         match store.load_bans() {
             Ok(rows) => {
                 let bans: Vec<PersistedBan> = rows
@@ -535,19 +551,8 @@ impl Node {
             }
             Err(error) => tracing::error!(%error, "cannot read the stored bans"),
         }
-        let in_force: Vec<StoredBan> = blacklist.persisted().into_iter().map(stored).collect();
-        if let Err(error) = store.replace_bans(&in_force) {
-            tracing::error!(%error, "cannot store the ban list");
-        }
-        let list = Arc::downgrade(blacklist);
-        let snapshot = move || {
-            list.upgrade()
-                .map(|b| b.persisted().into_iter().map(stored).collect())
-        };
-        match store.ban_writer(snapshot) {
-            Ok(writer) => blacklist.set_sink(Arc::new(StoreSink(writer))),
-            Err(error) => tracing::error!(%error, "bans will not be stored"),
-        }
+        // Expired bans, and those the list had no room for, leave the store.
+        writer.resync();
     }
 
     /// This node's id.

@@ -156,6 +156,17 @@ impl BanWriter {
         self.handle.sync(timeout)
     }
 
+    /// Rewrites the whole stored list from the snapshot at the next batch
+    /// (at start-up, to make the stored list match the one in memory while
+    /// changes may already be flowing).
+    pub fn resync(&self) {
+        self.handle.status.resync.store(true, Ordering::SeqCst);
+        if let Some(tx) = crate::sync::lock(&self.handle.tx).as_ref() {
+            // Wakes the writer; a full queue means it is awake anyway.
+            let _ = tx.try_send(Msg::Flush);
+        }
+    }
+
     /// Commits what is queued (waiting at most `timeout`) and stops the
     /// thread; later changes are ignored.
     pub fn close(&self, timeout: Duration) {

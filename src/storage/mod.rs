@@ -63,7 +63,7 @@ mod migrate;
 mod open;
 mod write;
 
-pub use ban_writer::BanWriter;
+pub use ban_writer::{BanWriter, BanWriterStats};
 pub use bans::{BanWrite, StoredBan};
 pub use marker::marker_path;
 

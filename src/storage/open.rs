@@ -21,7 +21,7 @@
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use redb::{Database, DatabaseError, StorageError};
@@ -53,11 +53,17 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Runs `f`, turning a panic into `Err(message)`. While it runs, a panic
-/// hook logs panics through tracing instead of printing them to stderr.
+/// hook logs this thread's panics through tracing instead of printing them
+/// to stderr; other threads' panics go to the previous hook.
 fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let _serialised = crate::sync::lock(&PANIC_HOOK);
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(|info| {
+    let previous = Arc::new(panic::take_hook());
+    let opener = std::thread::current().id();
+    let others = previous.clone();
+    panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != opener {
+            return others(info);
+        }
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -69,7 +75,12 @@ fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
         );
     }));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    panic::set_hook(previous);
+    // Dropping our hook drops its clone of `previous`.
+    drop(panic::take_hook());
+    match Arc::try_unwrap(previous) {
+        Ok(hook) => panic::set_hook(hook),
+        Err(shared) => panic::set_hook(Box::new(move |info| shared(info))),
+    }
     result.map_err(|payload| panic_text(&*payload))
 }
 

@@ -10,6 +10,7 @@
 //! reported (lifted, expired at [`Blacklist::prune`], evicted to make room),
 //! so a stored copy stays as bounded as the list.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -151,25 +152,32 @@ impl Blacklist {
     pub fn persisted(&self) -> Vec<PersistedBan> {
         let now = Instant::now();
         let state = self.lock();
-        let mut nets: Vec<IpNet> = state
-            .ips
+        // Subnet bans first, then per-IP ones, the longer kept on a tie of
+        // keys: the same choice as `stored_ban`, in one pass.
+        let mut longest: BTreeMap<IpNet, (BanUntil, &'static str)> = BTreeMap::new();
+        let subnets = state
+            .subnets
             .iter()
-            .filter(|(_, r)| r.ban.is_some_and(|(until, _)| until.active(now)))
-            .map(|(key, _)| key_net(*key))
-            .chain(
-                state
-                    .subnets
-                    .iter()
-                    .filter(|b| b.reason != "config")
-                    .map(|b| b.subnet),
-            )
-            .collect();
-        nets.sort();
-        nets.dedup();
-        nets.into_iter()
-            .filter_map(|net| match stored_change(&state, net, now) {
-                BanChange::Set(ban) => Some(ban),
-                _ => None,
+            .filter(|b| b.reason != "config" && b.until.active(now))
+            .map(|b| (b.subnet, (b.until, b.reason)));
+        let per_ip = state.ips.iter().filter_map(|(key, r)| {
+            r.ban
+                .filter(|(until, _)| until.active(now))
+                .map(|ban| (key_net(*key), ban))
+        });
+        for (net, ban) in subnets.chain(per_ip) {
+            let kept = longest.entry(net).or_insert(ban);
+            if !kept.0.outlasts(&ban.0) {
+                *kept = ban;
+            }
+        }
+        drop(state);
+        longest
+            .into_iter()
+            .map(|(subnet, (until, reason))| PersistedBan {
+                subnet,
+                expires_unix: expires_unix(until),
+                reason: reason.to_owned(),
             })
             .collect()
     }
