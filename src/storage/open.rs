@@ -110,8 +110,10 @@ fn damaged(path: &Path, problem: impl Into<String>) -> StoreError {
     }
 }
 
-/// Opens (or creates) the database and prepares its tables.
-fn open_db(path: &Path, exists: bool) -> Result<(Database, Prepared), StoreError> {
+/// Opens (or creates) the database and prepares its tables; `size` is the
+/// existing file's length.
+fn open_db(path: &Path, size: Option<u64>) -> Result<(Database, Prepared), StoreError> {
+    let exists = size.is_some();
     let mut builder = Database::builder();
     builder.set_repair_callback(|session| {
         tracing::warn!(
@@ -131,10 +133,16 @@ fn open_db(path: &Path, exists: bool) -> Result<(Database, Prepared), StoreError
             .map_err(|e| damaged(path, format!("redb's integrity check failed ({e})")))?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if clean {
-            tracing::info!(path = %path.display(), elapsed_ms, "database integrity check passed");
+            tracing::info!(
+                path = %path.display(),
+                bytes = size.unwrap_or(0),
+                elapsed_ms,
+                "database integrity check passed"
+            );
         } else {
             tracing::warn!(
                 path = %path.display(),
+                bytes = size.unwrap_or(0),
                 elapsed_ms,
                 "database integrity check found damage and repaired it"
             );
@@ -192,7 +200,7 @@ impl Store {
             (None, Some(m)) if m.height > 0 => return Err(lost(None, m)),
             _ => {}
         }
-        let attempt = || catching_panics(|| open_db(path, size.is_some()));
+        let attempt = || catching_panics(|| open_db(path, size));
         let (db, prepared) = match attempt() {
             Ok(opened) => opened?,
             Err(first) => {
