@@ -2,8 +2,10 @@
 //! and `devnet`.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (a port in use, an
-//! unreachable node, an RPC error); 2 a usage or configuration error (the
-//! message names the flag, key or path to fix).
+//! unreachable node, an RPC error, a damaged database at start-up or a
+//! database that fails while running: the message says what to do); 2 a
+//! usage or configuration error (the message names the flag, key or path to
+//! fix). Every failure is one line on stderr: `error: ...`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,14 +16,14 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::chain::state::{Chain, ChainOptions};
+use crate::chain::state::{Chain, ChainError, ChainOptions};
 use crate::config::{render_template, Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
 use crate::crypto::NodeIdentity;
 use crate::network::Network;
 use crate::node::{Node, PeerTarget};
 use crate::rpc::{self, RpcContext};
-use crate::storage::DB_FILE;
+use crate::storage::{Store, StoreError, DB_FILE};
 use crate::wallet::{Wallet, WALLET_KEY_FILE};
 
 pub mod devnet;
@@ -132,6 +134,13 @@ struct RunArgs {
     /// the node refuses to start, so that a lost key is noticed.
     #[arg(long)]
     allow_new_keys: bool,
+    /// Start over: move the chain database aside (as
+    /// chain.redb.damaged-<unix time>, with its chain.tip marker), start
+    /// from genesis and sync the chain again from peers. Bans stored in the
+    /// old file are not restored. For a database reported damaged or
+    /// incomplete at start-up.
+    #[arg(long)]
+    resync: bool,
 }
 
 /// A failure with its exit code.
@@ -287,6 +296,9 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     let genesis = config
         .genesis(identity.public_key().as_bytes(), Some(wallet.address()))
         .map_err(Failure::usage)?;
+    if args.resync {
+        move_database_aside(&data_dir)?;
+    }
     let chain = Chain::open(
         &data_dir,
         genesis,
@@ -297,7 +309,8 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             masternode: config.chain.masternode,
         },
     )
-    .map_err(|e| Failure::runtime(format!("chain in {}: {e}", data_dir.display())))?;
+    .map_err(|e| Failure::runtime(chain_open_failure(&data_dir, &e)))?;
+    let store = chain.store().clone();
     let tip = chain.tip();
     tracing::info!(
         genesis = %hex::encode(chain.genesis_hash()),
@@ -344,8 +357,11 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             .await
             .map_err(Failure::runtime)?;
     }
-    wait_for_stop(&stop, &rpc_ctx).await;
-    tracing::info!("shutting down");
+    let failure = wait_for_stop(&stop, &rpc_ctx, &store).await;
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(error) => tracing::error!(%error, "the database failed: stopping the node"),
+    }
     node.shutdown();
     stop.cancel();
     // Everything the pool journal holds reaches the disk before we exit.
@@ -356,6 +372,68 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     // Let connections send their Disconnect.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    match failure {
+        None => {
+            // Buffered ban changes and the tip marker, for a clean stop.
+            tokio::task::spawn_blocking(move || store.close(Duration::from_secs(5)))
+                .await
+                .map_err(|e| Failure::runtime(format!("closing the database: {e}")))?;
+            Ok(())
+        }
+        Some(error) => Err(Failure::runtime(format!(
+            "the database {} failed while running ({error}); the node stopped rather than serve errors. \
+             Check the disk (free space, I/O errors in the system log) and start again; \
+             if the file is damaged, restore it from a backup or start over with `timed run --resync`",
+            store.path().display()
+        ))),
+    }
+}
+
+/// The one-line message for a chain that cannot be opened.
+fn chain_open_failure(data_dir: &Path, error: &ChainError) -> String {
+    match error {
+        // These name the file and say what to do.
+        ChainError::Store(e @ (StoreError::Damaged { .. } | StoreError::LostData { .. })) => {
+            e.to_string()
+        }
+        ChainError::Store(e @ StoreError::BadBlock { .. }) => format!(
+            "chain in {}: {e}; the node cannot start without it: restore {DB_FILE} from a backup, \
+             or start over with `timed run --resync`",
+            data_dir.display()
+        ),
+        other => format!("chain in {}: {other}", data_dir.display()),
+    }
+}
+
+/// `--resync`: moves the chain database and its tip marker aside, so that
+/// the chain starts again from genesis.
+fn move_database_aside(data_dir: &Path) -> Result<(), Failure> {
+    let db = data_dir.join(DB_FILE);
+    let stamp = crate::protocol::version::unix_now().as_secs();
+    for file in [db.clone(), crate::storage::marker_path(&db)] {
+        if !file.exists() {
+            continue;
+        }
+        let mut aside = file.clone().into_os_string();
+        aside.push(format!(".damaged-{stamp}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(&file, &aside).map_err(|e| {
+            Failure::runtime(format!(
+                "--resync: cannot move {} aside: {e}",
+                file.display()
+            ))
+        })?;
+        tracing::warn!(
+            from = %file.display(),
+            to = %aside.display(),
+            "--resync: moved aside"
+        );
+    }
+    tracing::warn!(
+        data_dir = %data_dir.display(),
+        "--resync: STARTING OVER FROM GENESIS; the chain will be synced again from peers, \
+         stored bans are not restored; the old files are kept under *.damaged-{stamp}"
+    );
     Ok(())
 }
 
@@ -477,9 +555,15 @@ fn apply_fd_budget(config: &mut Config) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Waits for Ctrl-C, SIGTERM or the `stop` RPC; SIGHUP reloads the config's
+/// Waits for Ctrl-C, SIGTERM or the `stop` RPC, or for the database to fail
+/// (polled every second; returns the failure); SIGHUP reloads the config's
 /// middleware list.
-async fn wait_for_stop(stop: &CancellationToken, rpc_ctx: &RpcContext) {
+async fn wait_for_stop(
+    stop: &CancellationToken,
+    rpc_ctx: &RpcContext,
+    store: &Store,
+) -> Option<String> {
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -488,14 +572,23 @@ async fn wait_for_stop(stop: &CancellationToken, rpc_ctx: &RpcContext) {
             signal(SignalKind::hangup()),
         ) else {
             tracing::warn!("cannot install signal handlers; stop with the `stop` RPC");
-            stop.cancelled().await;
-            return;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = poll.tick() => if let Some(failure) = store.failure() {
+                        return Some(failure);
+                    },
+                }
+            }
         };
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = term.recv() => return,
+                _ = stop.cancelled() => return None,
+                _ = tokio::signal::ctrl_c() => return None,
+                _ = term.recv() => return None,
+                _ = poll.tick() => if let Some(failure) = store.failure() {
+                    return Some(failure);
+                },
                 _ = hup.recv() => match rpc_ctx.reload() {
                     Ok(stack) => tracing::info!(middleware = %stack, "SIGHUP: config reloaded"),
                     Err(error) => tracing::warn!(%error, "SIGHUP: config reload failed; keeping the old stack"),
@@ -506,9 +599,14 @@ async fn wait_for_stop(stop: &CancellationToken, rpc_ctx: &RpcContext) {
     #[cfg(not(unix))]
     {
         let _ = rpc_ctx;
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::signal::ctrl_c() => return None,
+                _ = poll.tick() => if let Some(failure) = store.failure() {
+                    return Some(failure);
+                },
+            }
         }
     }
 }

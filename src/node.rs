@@ -526,14 +526,79 @@ impl Node {
         ));
     }
 
-    /// Restores the bans stored in the chain's database and stores every
-    /// change from now on (synchronously, so a ban survives a SIGKILL right
-    /// after it was made).
+    /// Restores the bans stored in the chain's database, makes the stored
+    /// list match the bans in force (expired ones and those the list had no
+    /// room for are dropped), and hands every later change to the store's
+    /// ban writer, which commits them in batches off the caller's path. An
+    /// operator's change (`setban`, `clearbanned`) is waited for, so it is
+    /// on disk when the RPC call returns; a ban the middleware makes is on
+    /// disk within the writer's debounce (50 ms) and one commit.
     fn persist_bans(&self, chain: &Chain) {
+        use crate::layers::blacklist::{BanChange, BanSink};
+        use crate::storage::{BanWrite, BanWriter};
+
+        /// Longest wait for an operator's change to reach the disk.
+        const OPERATOR_SYNC: Duration = Duration::from_secs(5);
+
+        fn stored(ban: PersistedBan) -> StoredBan {
+            StoredBan {
+                subnet: ban.subnet.to_string(),
+                expires_unix: ban.expires_unix,
+                reason: ban.reason,
+            }
+        }
+
+        struct StoreSink(BanWriter);
+
+        impl BanSink for StoreSink {
+            fn changed(&self, change: BanChange) {
+                self.0.send(match change {
+                    BanChange::Set(ban) => BanWrite::Put(stored(ban)),
+                    BanChange::Removed(subnet) => BanWrite::Delete(subnet.to_string()),
+                    BanChange::Cleared => BanWrite::Clear,
+                });
+            }
+
+            fn operator_changed(&self) {
+                let wait = || self.0.sync(OPERATOR_SYNC);
+                // The RPC handler runs on an async worker: hand the worker's
+                // other tasks to another thread while waiting for the disk.
+                let durable = match tokio::runtime::Handle::try_current() {
+                    Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(wait)
+                    }
+                    _ => wait(),
+                };
+                if !durable {
+                    tracing::warn!(
+                        timeout_s = OPERATOR_SYNC.as_secs(),
+                        "ban change not yet stored"
+                    );
+                }
+            }
+        }
+
         let blacklist = &self.inner.blacklist;
-        match chain.store().load_bans() {
-            Ok(stored) => {
-                let bans: Vec<PersistedBan> = stored
+        let store = chain.store();
+        // The sink before the restore, and the stored list rewritten through
+        // the writer after it: a ban made meanwhile (connections are already
+        // accepted) is neither lost nor overwritten.
+        let list = Arc::downgrade(blacklist);
+        let snapshot = move || {
+            list.upgrade()
+                .map(|b| b.persisted().into_iter().map(stored).collect())
+        };
+        let writer = match store.ban_writer(snapshot) {
+            Ok(writer) => writer,
+            Err(error) => {
+                tracing::error!(%error, "bans will not be stored");
+                return;
+            }
+        };
+        blacklist.set_sink(Arc::new(StoreSink(writer.clone())));
+        match store.load_bans() {
+            Ok(rows) => {
+                let bans: Vec<PersistedBan> = rows
                     .into_iter()
                     .filter_map(|b| {
                         Some(PersistedBan {
@@ -550,20 +615,8 @@ impl Node {
             }
             Err(error) => tracing::error!(%error, "cannot read the stored bans"),
         }
-        let store = chain.clone();
-        blacklist.set_sink(Arc::new(move |bans: Vec<PersistedBan>| {
-            let stored: Vec<StoredBan> = bans
-                .into_iter()
-                .map(|b| StoredBan {
-                    subnet: b.subnet.to_string(),
-                    expires_unix: b.expires_unix,
-                    reason: b.reason,
-                })
-                .collect();
-            if let Err(error) = store.store().save_bans(&stored) {
-                tracing::error!(%error, "cannot store the ban list");
-            }
-        }));
+        // Expired bans, and those the list had no room for, leave the store.
+        writer.resync();
     }
 
     /// This node's id.

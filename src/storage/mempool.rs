@@ -81,7 +81,11 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure; nothing is written then.
     pub fn apply_pool_ops(&self, ops: &[PoolOp]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        self.watch(|| self.write_pool_ops(ops))
+    }
+
+    fn write_pool_ops(&self, ops: &[PoolOp]) -> Result<(), StoreError> {
+        let tx = self.db().begin_write().map_err(db_err("begin"))?;
         {
             let mut txs = tx
                 .open_table(MEMPOOL_TXS)
@@ -124,7 +128,11 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on database failure or a corrupt vote row.
     pub fn load_pool(&self) -> Result<StoredPool, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin"))?;
+        self.watch(|| self.read_pool())
+    }
+
+    fn read_pool(&self) -> Result<StoredPool, StoreError> {
+        let tx = self.db().begin_read().map_err(db_err("begin"))?;
         let mut pool = StoredPool::default();
         match tx.open_table(MEMPOOL_TXS) {
             Ok(table) => {
