@@ -352,19 +352,8 @@ fn a_wrong_block_that_passes_redbs_check_is_never_served() {
     let root = tempfile::tempdir().unwrap();
     let p = prepare(root.path(), [127, 4, 3, 1]);
     let bad = BLOCKS / 2;
-    {
-        // Valid redb pages, wrong content: another block's bytes at `bad`.
-        let db = redb::Database::open(p.db()).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let blocks: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blocks");
-            let mut table = tx.open_table(blocks).unwrap();
-            table
-                .insert(bad, p.raw_blocks[(bad + 1) as usize].as_slice())
-                .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    // Valid redb pages, wrong content: another block's bytes at `bad`.
+    damage_block(&p, bad);
     let (_node, log, _err) = run_node(&p, &[], "served");
     wait_for("the node answers", || height(p.rpc));
     let refused = call(p.rpc, "getblock", json!([bad])).unwrap_err();
@@ -402,6 +391,73 @@ fn a_wrong_block_that_passes_redbs_check_is_never_served() {
     let text = read(&log);
     assert!(
         text.contains("stored block is damaged") && text.contains(&format!("height={bad}")),
+        "{text}"
+    );
+}
+
+/// Rewrites the stored block at `height` with the bytes of another one:
+/// valid redb pages, wrong content.
+fn damage_block(p: &Prepared, height: u64) {
+    let db = redb::Database::open(p.db()).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let blocks: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blocks");
+        let mut table = tx.open_table(blocks).unwrap();
+        table
+            .insert(height, p.raw_blocks[(height + 1) as usize].as_slice())
+            .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+#[test]
+fn a_damaged_block_is_refetched_from_a_peer() {
+    let root = tempfile::tempdir().unwrap();
+    let p = prepare(root.path(), [127, 4, 9, 1]);
+    // A peer holding a good copy of the same chain, under its own identity.
+    let copy = root.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["chain.redb", "chain.tip", "wallet_key"] {
+        std::fs::copy(p.dir.join(file), copy.join(file)).unwrap();
+    }
+    NodeIdentity::generate()
+        .save(&copy.join("node_key"))
+        .unwrap();
+    let (config, rpc) = write_config(&copy, [127, 4, 9, 2], &[], &p.chain_section);
+    let peer = Prepared {
+        dir: copy,
+        config,
+        rpc,
+        chain_section: String::new(),
+        raw_blocks: Vec::new(),
+    };
+    // The damaged node dials it.
+    let bad = BLOCKS / 2;
+    damage_block(&p, bad);
+    let (config, _) = write_config(
+        &p.dir,
+        [127, 4, 9, 1],
+        &["127.4.9.2:24200".to_owned()],
+        &p.chain_section,
+    );
+    assert_eq!(config, p.config);
+    let (_peer, _plog, _perr) = run_node(&peer, &[], "good");
+    let (_node, log, _err) = run_node(&p, &[], "damaged");
+    wait_for("the nodes connect", || {
+        (call(p.rpc, "getconnectioncount", json!([])).ok()? == json!(1)).then_some(())
+    });
+    // Reading the block finds the damage (and never serves it) ...
+    let refused = call(p.rpc, "getblock", json!([bad])).unwrap_err();
+    assert!(refused.contains("damaged"), "{refused}");
+    // ... and the next sync round re-fetches it from the peer.
+    let good = call(peer.rpc, "getblock", json!([bad])).unwrap();
+    let repaired = wait_for("the block is repaired", || {
+        call(p.rpc, "getblock", json!([bad])).ok()
+    });
+    assert_eq!(repaired["hash"], good["hash"]);
+    let text = read(&log);
+    assert!(
+        text.contains("damaged block re-fetched from a peer"),
         "{text}"
     );
 }

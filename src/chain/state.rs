@@ -731,6 +731,29 @@ impl Chain {
         self.reorg_locked(state, vec![block], source)
     }
 
+    /// Replaces a damaged stored block (see
+    /// [`crate::storage::Store::damaged_heights`]) with `block` from a peer,
+    /// if it is the block our chain holds at its height: the store checks
+    /// the recorded hash and the merkle root; the signatures, which neither
+    /// covers, are checked here first. Returns whether it was written.
+    ///
+    /// # Errors
+    /// The block's own flaw (a bad producer or input signature) or a
+    /// storage error.
+    pub fn repair_block(&self, block: &Block) -> Result<bool, ChainError> {
+        if block.header.height == 0 {
+            // Our genesis is built from the config, not taken from a peer.
+            let genesis = self.inner.genesis.block();
+            return Ok(self.inner.store.repair_block(&genesis)?);
+        }
+        self.check_header(block)?;
+        for (index, tx) in block.transactions.iter().enumerate() {
+            tx.verify_signatures(self.inner.magic)
+                .map_err(|error| BlockError::Transaction { index, error })?;
+        }
+        Ok(self.inner.store.repair_block(block)?)
+    }
+
     /// The hash of our block at `height`.
     ///
     /// # Errors

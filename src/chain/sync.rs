@@ -67,6 +67,10 @@ use crate::protocol::message::GetBlocks;
 /// Charges a peer for bad data.
 pub type Penalizer = Arc<dyn Fn(&PeerHandle, Offence) + Send + Sync>;
 
+/// Damaged blocks re-fetched per sync round, at most: a badly damaged file
+/// is repaired over several rounds without starving sync itself.
+const REPAIRS_PER_ROUND: usize = 16;
+
 /// How often progress is logged during a long sync.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -134,6 +138,7 @@ impl Syncer {
 
     /// Fetches batches until the tip reaches what peers have.
     pub async fn round(&mut self) {
+        self.repair_damaged().await;
         let started = Instant::now();
         let first = self.chain.tip().height;
         let mut last_log = Instant::now();
@@ -366,6 +371,52 @@ impl Syncer {
             );
         }
         (self.penalize)(peer, offence);
+    }
+
+    /// Re-fetches stored blocks found damaged (they are never served) from
+    /// peers, at most [`REPAIRS_PER_ROUND`] per round; each copy is checked
+    /// against the recorded hash and its signatures before it replaces the
+    /// damaged one (see [`Chain::repair_block`]).
+    async fn repair_damaged(&self) {
+        let damaged = self.chain.store().damaged_heights();
+        for height in damaged.into_iter().take(REPAIRS_PER_ROUND) {
+            let mut tried = HashSet::new();
+            for _ in 0..SYNC_MAX_ATTEMPTS {
+                let Some(peer) = self.peers.pick_serving(&tried) else {
+                    break;
+                };
+                tried.insert(peer.info.node_id);
+                let request = Request::GetBlocks(GetBlocks {
+                    start: height,
+                    count: 1,
+                });
+                let Asked::Answer(Response::Blocks(blocks)) = ask(&peer, request).await else {
+                    continue;
+                };
+                let Some(block) = blocks
+                    .blocks
+                    .first()
+                    .and_then(|raw| Chain::decode_block(raw).ok())
+                    .filter(|b| b.header.height == height)
+                else {
+                    // Not there (a shorter chain) or not a block: no fault
+                    // of a peer that may simply be behind or on a fork.
+                    continue;
+                };
+                let chain = self.chain.clone();
+                let repaired =
+                    tokio::task::spawn_blocking(move || chain.repair_block(&block)).await;
+                match repaired {
+                    Ok(Ok(true)) => {
+                        tracing::info!(height, peer = %peer.info.node_id, "damaged block re-fetched from a peer");
+                        break;
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(error)) => self.bad_data(&peer, &error),
+                    Err(_) => break,
+                }
+            }
+        }
     }
 
     /// Asks one peer for its mempool and submits what is valid; true once

@@ -277,6 +277,28 @@ impl Transaction {
         Ok(())
     }
 
+    /// Checks the structure and every input's signature against the key
+    /// the input names (not who owned the outputs: that needs the UTXO set,
+    /// see [`Transaction::validate`]). For a transaction of a block already
+    /// applied, whose txid (which covers the keys) is known to be right.
+    ///
+    /// # Errors
+    /// The first [`TxError`] found.
+    pub fn verify_signatures(&self, magic: [u8; 4]) -> Result<(), TxError> {
+        let genesis = self.inputs.is_empty();
+        self.check_structure(genesis)?;
+        let txid = self.txid();
+        for (index, input) in self.inputs.iter().enumerate() {
+            let key = PublicKey::from_bytes(input.scheme, &input.public_key)
+                .map_err(|error| TxError::Signature { index, error })?;
+            let signature = Signature::from_bytes(input.scheme, &input.signature)
+                .map_err(|error| TxError::Signature { index, error })?;
+            key.verify(&sighash_of(magic, &txid, index as u32), &signature)
+                .map_err(|error| TxError::Signature { index, error })?;
+        }
+        Ok(())
+    }
+
     /// Full validation against the unspent outputs in `utxos`; returns the
     /// fee.
     ///
