@@ -12,14 +12,18 @@
 //! | invalid signature (or unsigned gossip) | −25 |
 //! | malformed message | −10 |
 //! | protocol violation | −10 |
-//! | request timeout | −5 |
-//! | rate-limit excess | −2 |
+//! | invalid chain data (bad block or transaction) | −20 |
+//! | request timeout (once per request) | −5 |
+//! | traffic beyond 10× a rate budget | −2 per message |
 //! | first delivery of a valid new envelope | +1 |
 //! | fast response (< 500 ms) | +0.5 |
 //!
 //! At or below −20 the peer is disconnected and its IP gets a violation in
 //! the ban list (whose escalation bans repeat offenders); at or below −50 its
-//! IP is banned for an hour.
+//! IP is banned for an hour. What honest peers do under load costs nothing:
+//! excess within a rate budget's abuse factor is throttled (see
+//! [`super::rate_limit`]) and race outcomes (a conflict, a stale block, a
+//! duplicate vote, a child before its parent) are refused for free.
 //!
 //! # Security
 //! Non-fatal offences reach the ban threshold too: every offence costs

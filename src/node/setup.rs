@@ -1,0 +1,227 @@
+//! Setting a connection up: handshake, admission, the connection task and
+//! what its end means for the peer's IP.
+
+use super::*;
+
+impl Node {
+    /// Runs setup and then the connection; true if it was established.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn handle(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        direction: Direction,
+        expected: Option<NodeId>,
+        mut report: Option<Report>,
+        conn_id: u64,
+        pending: Option<PendingHandshake>,
+    ) -> bool {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let evicted = pending
+            .as_ref()
+            .map(|p| p.evicted.clone())
+            .unwrap_or_default();
+        let setup = tokio::select! {
+            _ = inner.shutdown.cancelled() => return false,
+            _ = evicted.cancelled() => {
+                // A newer socket took this pending slot (dropping the
+                // stream closes it).
+                return false;
+            }
+            r = establish(stream, direction, expected, &inner.keys, &config.handshake, self.best_height()) => r,
+        };
+        drop(pending);
+        let conn = match setup {
+            Ok(conn) => conn,
+            Err(error) => {
+                self.setup_failed(error, addr, direction, report);
+                return false;
+            }
+        };
+        let info = Arc::new(conn.info.clone());
+        metrics::counter!("timed_handshakes_total", "result" => "ok").increment(1);
+        tracing::Span::current().record("node.id", field::display(info.node_id));
+        // The inbound limit counts authenticated connections only.
+        let inbound_full = direction == Direction::Inbound
+            && inner.inbound.load(Ordering::Relaxed) >= config.limits.max_inbound;
+        let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
+            inner.inbound.fetch_add(1, Ordering::Relaxed);
+            Slot {
+                counter: Some(inner.inbound.clone()),
+                per_ip: None,
+            }
+        });
+
+        // The peer's context, stack, queue and client.
+        let stack = self.middleware();
+        let scoring = stack.layers().iter().find_map(|l| match l {
+            BuiltLayer::Scoring(s) => Some(s.clone()),
+            _ => None,
+        });
+        let score = scoring
+            .as_ref()
+            .map(|s| s.book().handle(info.node_id, addr.ip()))
+            .unwrap_or_else(ScoreHandle::default);
+        let context = Arc::new(PeerContext::new(
+            info.node_id,
+            addr,
+            direction,
+            conn_id,
+            score,
+        ));
+        let queue = Arc::new(SendQueue::new(config.send_queue_bytes));
+        let (request_tx, request_rx) = mpsc::channel(1);
+        let client = Client::new(request_tx, context.clone());
+        let handle = Arc::new(crate::peer::set::PeerHandle {
+            info: info.clone(),
+            context: context.clone(),
+            client,
+            queue: queue.clone(),
+        });
+        if inbound_full {
+            // Said with a Disconnect after our Version (the connection task
+            // sends it and ends at once).
+            metrics::counter!("timed_connections_refused_total", "reason" => "max_inbound")
+                .increment(1);
+            if crate::logging::allow("inbound_full") {
+                tracing::info!(
+                    max_inbound = config.limits.max_inbound,
+                    "inbound connections full: refusing"
+                );
+            }
+            context.close_with(
+                DisconnectReason::TooManyPeers,
+                format!("{} inbound connections already", config.limits.max_inbound),
+            );
+        }
+        let refused_by_score =
+            inbound_full || scoring.as_ref().is_some_and(|s| !s.readmit(&context));
+        if refused_by_score {
+            // The context is closed: the connection task says goodbye and
+            // ends at once; the peer never enters the set.
+            if let Some(report) = report.take() {
+                let _ = report.send(Err(Arc::new(ConnectError::Limit(if inbound_full {
+                    "max_inbound"
+                } else {
+                    "score below the disconnect threshold"
+                }))));
+            }
+        }
+        let admission = if refused_by_score {
+            Admission::Refused
+        } else {
+            inner.peers.admit(handle)
+        };
+        let admitted = !matches!(admission, Admission::Refused);
+        match admission {
+            Admission::Admitted => {}
+            Admission::Replaced(old) => {
+                tracing::info!(
+                    old.conn_id = old.context.conn_id,
+                    "replacing a duplicate connection"
+                );
+                old.context.close(DisconnectReason::Duplicate);
+            }
+            Admission::Refused if refused_by_score => {}
+            Admission::Refused => {
+                tracing::info!("already connected to this node: closing the duplicate");
+                context.close(DisconnectReason::Duplicate);
+                if let Some(report) = report.take() {
+                    let _ = report.send(Err(Arc::new(ConnectError::Duplicate(info.node_id))));
+                }
+                // Run the connection anyway so it says goodbye properly.
+            }
+        }
+        if crate::logging::allow("peer_connected") {
+            tracing::info!(
+                user_agent = %info.version.user_agent,
+                best_height = info.version.best_height,
+                capabilities = info.version.capabilities,
+                "peer connected"
+            );
+        }
+        self.emit(NodeEvent::Connected(info.clone()));
+        if let (Some(chain), true) = (&config.chain, admitted) {
+            if info.version.best_height > chain.tip().height {
+                chain.saw_height(info.version.best_height);
+                inner.sync.wake();
+            }
+            // What we hold that the peer may have missed (our pool after a
+            // restart, payments made while we had no peers).
+            self.announce_pool(chain, &queue, &context);
+        }
+        let stack = stack.wrap(BoxCloneService::new(inner.router.clone()));
+        let parts = ConnectionParts {
+            conn,
+            context: context.clone(),
+            stack,
+            queue,
+            requests: request_rx,
+            scoring,
+        };
+        if let Some(report) = report {
+            let _ = report.send(Ok(info.clone()));
+        }
+        let events = inner.events.clone();
+        let error = connection::run(
+            parts,
+            config.connection.clone(),
+            move |e| {
+                let _ = events.send(NodeEvent::Connection(e));
+            },
+            inner.shutdown.clone(),
+        )
+        .await;
+        inner.peers.remove(info.node_id, conn_id);
+        if direction == Direction::Inbound && error.is_misbehaviour() {
+            inner.blacklist.record_violation(addr.ip(), error.kind());
+        }
+        if crate::logging::allow_for("peer_disconnected", error.kind()) {
+            match &error {
+                ConnectionError::Shutdown
+                | ConnectionError::Closed
+                | ConnectionError::Policy(DisconnectReason::Duplicate)
+                | ConnectionError::PeerDisconnected {
+                    reason: DisconnectReason::Shutdown | DisconnectReason::Duplicate,
+                    ..
+                } => {
+                    tracing::info!(reason = %error, reason.kind = error.kind(), "peer disconnected")
+                }
+                _ => tracing::warn!(error = %error, error.kind = error.kind(), "peer disconnected"),
+            }
+        }
+        self.emit(NodeEvent::Disconnected {
+            peer: info,
+            error: Arc::new(error),
+        });
+        true
+    }
+
+    pub(super) fn setup_failed(
+        &self,
+        error: ConnectError,
+        addr: SocketAddr,
+        direction: Direction,
+        report: Option<Report>,
+    ) {
+        let error = Arc::new(error);
+        if crate::logging::allow_for("handshake_failed", error.kind()) {
+            tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
+        }
+        metrics::counter!("timed_handshakes_total", "result" => error.kind()).increment(1);
+        if direction == Direction::Inbound && error.is_misbehaviour() {
+            self.inner
+                .blacklist
+                .record_violation(addr.ip(), error.kind());
+        }
+        self.emit(NodeEvent::HandshakeFailed {
+            addr,
+            direction,
+            error: error.clone(),
+        });
+        if let Some(report) = report {
+            let _ = report.send(Err(error));
+        }
+    }
+}
