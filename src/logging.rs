@@ -56,9 +56,10 @@ fn roll(key: Key, state: &mut KindState, now: Instant) {
         return;
     }
     if state.suppressed > 0 {
+        // Not `log.kind`: tracing's formatter hides `log.*` fields.
         tracing::info!(
-            log.kind = key.0,
-            log.sub_kind = key.1,
+            kind = key.0,
+            sub_kind = key.1,
             suppressed = state.suppressed,
             window_s = WINDOW.as_secs(),
             "suppressed similar log lines"

@@ -196,7 +196,9 @@ impl Syncer {
                 }
                 Asked::TimedOut => {
                     // The connection charged the timeout (once); just move on.
-                    tracing::info!(peer = %peer.info.node_id, "sync request timed out; trying another peer");
+                    if crate::logging::allow("sync_timeout") {
+                        tracing::info!(peer = %peer.info.node_id, "sync request timed out; trying another peer");
+                    }
                     tried.insert(peer.info.node_id);
                     continue;
                 }

@@ -57,7 +57,9 @@ impl BlockHandler {
             .store()
             .raw_blocks(start, count, MAX_BLOCKS_RESPONSE_BYTES)
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot read blocks for a peer");
+                if crate::logging::allow("serve_blocks_failed") {
+                    tracing::error!(error = %e, "cannot read blocks for a peer");
+                }
                 BoxError::from(Rejection::benign(NAME, "storage"))
             })?;
         Ok(Outcome::Reply(Message::Blocks(Blocks {

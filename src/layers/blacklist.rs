@@ -391,12 +391,14 @@ impl Blacklist {
         }
         self.report(&state, &changed, now);
         drop(state);
-        tracing::warn!(
-            peer.ip = %ip,
-            violations,
-            ban_secs = until.remaining_secs(),
-            "ip banned after repeated violations"
-        );
+        if crate::logging::allow("escalation_ban") {
+            tracing::warn!(
+                peer.ip = %ip,
+                violations,
+                ban_secs = until.remaining_secs(),
+                "ip banned after repeated violations"
+            );
+        }
         metrics::counter!("timed_bans_total", "reason" => "escalation").increment(1);
         Some(until)
     }

@@ -150,15 +150,23 @@ impl Node {
         }
     }
 
+    /// Prunes limiter and ban state every [`HOUSEKEEPING_INTERVAL`], and
+    /// writes the summaries of suppressed log lines every log window (so a
+    /// flood that stopped still gets its summary line).
     pub(super) async fn housekeeping(self) {
-        let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut ticker = tokio::time::interval(crate::logging::WINDOW);
+        let mut last_prune = Instant::now();
         loop {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            self.inner.blacklist.prune();
             crate::logging::flush();
+            if last_prune.elapsed() < HOUSEKEEPING_INTERVAL {
+                continue;
+            }
+            last_prune = Instant::now();
+            self.inner.blacklist.prune();
             for layer in self.middleware().layers() {
                 if let BuiltLayer::RateLimit(l) = layer {
                     l.prune();

@@ -201,7 +201,9 @@ pub(super) fn penalize_masternode(inner: &Inner, voter: [u8; 32]) {
         return;
     };
     if let Some(handle) = inner.peers.get(&NodeId::from_public_key(&key)) {
-        tracing::warn!(peer = %handle.info.node_id, "penalising an equivocating masternode");
+        if crate::logging::allow("equivocation_penalty") {
+            tracing::warn!(peer = %handle.info.node_id, "penalising an equivocating masternode");
+        }
         penalize_peer(inner, &handle.context, Offence::InvalidData);
     }
 }

@@ -117,15 +117,19 @@ impl Node {
         match admission {
             Admission::Admitted => {}
             Admission::Replaced(old) => {
-                tracing::info!(
-                    old.conn_id = old.context.conn_id,
-                    "replacing a duplicate connection"
-                );
+                if crate::logging::allow("duplicate_connection") {
+                    tracing::info!(
+                        old.conn_id = old.context.conn_id,
+                        "replacing a duplicate connection"
+                    );
+                }
                 old.context.close(DisconnectReason::Duplicate);
             }
             Admission::Refused if refused_by_score => {}
             Admission::Refused => {
-                tracing::info!("already connected to this node: closing the duplicate");
+                if crate::logging::allow("duplicate_connection") {
+                    tracing::info!("already connected to this node: closing the duplicate");
+                }
                 context.close(DisconnectReason::Duplicate);
                 if let Some(report) = report.take() {
                     let _ = report.send(Err(Arc::new(ConnectError::Duplicate(info.node_id))));

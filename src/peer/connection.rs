@@ -252,7 +252,9 @@ pub fn enqueue_encoded(
         Ok(()) => true,
         Err(full) => {
             if !peer.disconnect.is_cancelled() {
-                tracing::warn!(peer.addr = %peer.addr, lane = full.lane, "send queue full: disconnecting slow peer");
+                if crate::logging::allow("send_queue_full") {
+                    tracing::warn!(peer.addr = %peer.addr, lane = full.lane, "send queue full: disconnecting slow peer");
+                }
                 metrics::counter!("timed_send_queue_overflows_total").increment(1);
             }
             peer.close(DisconnectReason::SendQueueFull);
