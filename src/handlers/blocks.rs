@@ -62,8 +62,19 @@ impl BlockHandler {
                 }
                 BoxError::from(Rejection::benign(NAME, "storage"))
             })?;
+        // A damaged block of ours (never served, re-fetched by sync) caps
+        // what we can claim: announcing the real tip with blocks missing
+        // below it would be a false claim the requester rightly charges.
+        let tip = self.chain.tip().height;
+        let servable = self
+            .chain
+            .store()
+            .damaged_heights()
+            .into_iter()
+            .find(|h| *h >= start && *h <= tip)
+            .map_or(tip, |h| h.saturating_sub(1));
         Ok(Outcome::Reply(Message::Blocks(Blocks {
-            tip_height: self.chain.tip().height,
+            tip_height: servable,
             blocks: blocks.into_iter().map(serde_bytes::ByteBuf::from).collect(),
         })))
     }

@@ -506,10 +506,20 @@ impl Node {
     /// Closes the connections to peers whose node id or address matches;
     /// returns how many.
     pub fn disconnect(&self, matches: impl Fn(&PeerInfo) -> bool) -> usize {
+        self.disconnect_with(DisconnectReason::Shutdown, matches)
+    }
+
+    /// Like [`Node::disconnect`], telling the peers `reason` (e.g.
+    /// `Banned` for a peer the operator just banned).
+    pub fn disconnect_with(
+        &self,
+        reason: DisconnectReason,
+        matches: impl Fn(&PeerInfo) -> bool,
+    ) -> usize {
         let mut n = 0;
         for handle in self.inner.peers.snapshot() {
             if matches(&handle.info) {
-                handle.context.close(DisconnectReason::Shutdown);
+                handle.context.close(reason);
                 n += 1;
             }
         }

@@ -217,7 +217,7 @@ pub(super) async fn dispatch(
                     };
                     node.blacklist()
                         .ban_subnet(subnet, secs.map(Duration::from_secs), "manual");
-                    node.disconnect(|p| {
+                    node.disconnect_with(crate::protocol::DisconnectReason::Banned, |p| {
                         subnet.contains(&crate::layers::blacklist::ip_key(p.addr.ip()))
                     });
                     Ok(Value::Null)
