@@ -617,3 +617,4 @@ fn payloads_decode_or_fail_as_malformed() {
 }
 
 mod blocks;
+mod chains;
