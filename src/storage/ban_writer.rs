@@ -411,27 +411,36 @@ mod tests {
 
     #[test]
     fn a_full_queue_falls_back_to_one_rewrite_of_the_whole_list() {
+        use std::sync::atomic::AtomicU32;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join(DB_FILE)).unwrap();
-        let list: Vec<StoredBan> = (0..10).map(ban).collect();
-        let snapshot = list.clone();
-        let writer = store.ban_writer(move || Some(snapshot.clone())).unwrap();
+        // The ban list this writer mirrors: 10 bans, plus each one the test
+        // adds (added to the list before it is sent, as the blacklist does).
+        let added = Arc::new(AtomicU32::new(0));
+        let snapshot = {
+            let added = added.clone();
+            move || {
+                let n = added.load(Ordering::SeqCst);
+                Some((0..10).chain((0..n).map(|n| 1_000 + n)).map(ban).collect())
+            }
+        };
+        let writer = store.ban_writer(snapshot).unwrap();
         // Hold the writer's store busy so that the queue fills: a write
         // transaction open here blocks the writer's commit.
         let busy = store.db().begin_write().unwrap();
         let total = (CHANNEL_CAPACITY + MAX_BATCH + 100) as u32;
         for n in 0..total {
+            added.fetch_add(1, Ordering::SeqCst);
             writer.send(BanWrite::Put(ban(1_000 + n)));
         }
-        assert!(writer.handle.status.resync.load(Ordering::SeqCst));
         drop(busy);
         assert!(writer.sync(Duration::from_secs(60)));
-        // Whatever the first batch wrote, the rewrite left exactly the
-        // snapshot (the later queued changes were covered by it).
+        // Whenever the snapshot was taken, it and the changes queued after
+        // it leave exactly the list.
         let stats = writer.stats();
-        assert!(stats.resyncs >= 1, "{stats:?}");
+        assert!(stats.resyncs >= 1, "the overflow forced a rewrite: {stats:?}");
         assert_eq!(stats.committed, u64::from(total));
-        assert_eq!(store.load_bans().unwrap().len(), list.len());
+        assert_eq!(store.load_bans().unwrap().len(), 10 + total as usize);
         writer.close(Duration::from_secs(30));
     }
 }
