@@ -499,6 +499,33 @@ fn throttled(kind: &'static str) {
     metrics::counter!("timed_gossip_throttled_total", "kind" => kind).increment(1);
 }
 
+impl RateLimitLayer {
+    /// What waiting for a token of `scope` (`peer` or `ip`) came to: on
+    /// time, late (throttled, counted), or never (dropped, free).
+    fn settle(
+        &self,
+        kind: &'static str,
+        scope: &'static str,
+        waited: Result<bool, Duration>,
+    ) -> Result<(), BoxError> {
+        match waited {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                throttled(kind);
+                Ok(())
+            }
+            Err(_) => {
+                throttled(kind);
+                let reason = if scope == "ip" { "ip_limit" } else { "peer_limit" };
+                self.counters.reject(NAME, reason);
+                metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => scope)
+                    .increment(1);
+                Err(Rejection::benign(NAME, reason).into())
+            }
+        }
+    }
+}
+
 impl<S> Service<Inbound> for RateLimit<S>
 where
     S: Service<Inbound, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
@@ -540,17 +567,7 @@ where
                     b.budget.check().map_err(|n| n.wait_time_from(clock.now()))
                 })
                 .await;
-                match waited {
-                    Ok(false) => {}
-                    Ok(true) => throttled(kind),
-                    Err(_) => {
-                        throttled(kind);
-                        layer.counters.reject(NAME, "peer_limit");
-                        metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => "peer")
-                            .increment(1);
-                        return Err(Rejection::benign(NAME, "peer_limit").into());
-                    }
-                }
+                layer.settle(kind, "peer", waited)?;
             }
             let key = ip_key(request.peer.ip());
             let per_ip = &layer.per_ip;
@@ -560,17 +577,7 @@ where
                     .map_err(|n| n.wait_time_from(clock.now()))
             })
             .await;
-            match waited {
-                Ok(false) => {}
-                Ok(true) => throttled(kind),
-                Err(_) => {
-                    throttled(kind);
-                    layer.counters.reject(NAME, "ip_limit");
-                    metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => "ip")
-                        .increment(1);
-                    return Err(Rejection::benign(NAME, "ip_limit").into());
-                }
-            }
+            layer.settle(kind, "ip", waited)?;
             if per_ip.len() > MAX_TRACKED_IPS {
                 per_ip.retain_recent();
             }
