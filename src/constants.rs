@@ -242,3 +242,15 @@ pub const THROTTLE_MAX_DELAY: Duration = Duration::from_secs(1);
 /// peer out: far beyond the per-IP accept rate of any number of addresses a
 /// flooder normally holds.
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 32;
+
+/// Pool announcements to newly connected peers per minute, node-wide (a
+/// burst of as many).
+///
+/// # Security
+/// A new peer gets this node's pooled transactions (up to 1,000 and 3 MiB)
+/// in fresh signed envelopes: about 30 ms of signing and the bandwidth.
+/// Honest peers connect a few times a minute at most (a restart, a redial
+/// every 5 s or slower); 12 a minute covers a whole small network coming
+/// back at once, while a stream of new identities cannot turn its cheap
+/// handshakes into more than 12 × 3 MiB a minute of our sending.
+pub const POOL_ANNOUNCEMENTS_PER_MINUTE: u32 = 12;

@@ -48,6 +48,7 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_rate_limit_hits_total", Kind::Counter, "kind, scope", "Messages refused by the rate limit, by message kind and scope: peer, ip (dropped, free), abuse (charged)."),
     ("timed_gossip_throttled_total", Kind::Counter, "kind", "Messages over their budget, delayed or dropped without a charge (honest load is never an offence)."),
     ("timed_late_responses_total", Kind::Counter, "kind", "Answers that came after their request timed out, dropped without a further charge."),
+    ("timed_pool_announcements_total", Kind::Counter, "result", "Pool announcements to newly connected peers: sent, or skipped (node-wide budget spent)."),
     ("timed_dedup_hits_total", Kind::Counter, "", "Duplicates dropped by dedup."),
     ("timed_auth_batch_size", Kind::Histogram, "", "Signatures per batch of the batch verifier."),
     ("timed_ping_rtt_seconds", Kind::Histogram, "", "Keepalive round-trip times."),
@@ -174,6 +175,9 @@ pub fn register_defaults(network: &str) {
         metrics::counter!("timed_gossip_throttled_total", "kind" => kind).increment(0);
     }
     metrics::counter!("timed_late_responses_total", "kind" => "get_blocks").increment(0);
+    for result in ["sent", "skipped"] {
+        metrics::counter!("timed_pool_announcements_total", "result" => result).increment(0);
+    }
     metrics::counter!("timed_dedup_hits_total").increment(0);
     metrics::counter!("timed_send_queue_overflows_total").increment(0);
     metrics::counter!("timed_gossip_relayed_total", "kind" => "tx").increment(0);

@@ -133,12 +133,32 @@ impl Node {
     /// transactions, parents first, and this masternode's own votes on
     /// them, each in a fresh envelope signed by this node. Signing runs off
     /// the async workers.
+    ///
+    /// # Security
+    /// An announcement costs signing and up to 3 MiB of sending, and
+    /// identities are free: a node-wide budget
+    /// ([`crate::constants::POOL_ANNOUNCEMENTS_PER_MINUTE`]) bounds what a
+    /// stream of new connections can make the node do. Beyond it a new
+    /// peer gets no announcement (it still gets new gossip, and fetches the
+    /// pool itself after its sync).
     pub(super) fn announce_pool(
         &self,
         chain: &Chain,
         queue: &Arc<SendQueue>,
         peer: &Arc<PeerContext>,
     ) {
+        if chain.mempool_size().0 == 0 {
+            return;
+        }
+        if self.inner.announce_limiter.check().is_err() {
+            metrics::counter!("timed_pool_announcements_total", "result" => "skipped")
+                .increment(1);
+            if crate::logging::allow("announce_skipped") {
+                tracing::info!(peer = %peer.node_id, "pool announcement budget spent: not announcing to this peer");
+            }
+            return;
+        }
+        metrics::counter!("timed_pool_announcements_total", "result" => "sent").increment(1);
         let chain = chain.clone();
         let node = self.clone();
         let queue = queue.clone();

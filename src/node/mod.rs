@@ -263,6 +263,8 @@ struct Inner {
     outbound: Arc<AtomicUsize>,
     per_ip: IpCounts,
     accept_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Node-wide budget of pool announcements to new peers.
+    announce_limiter: governor::DefaultDirectRateLimiter,
     /// Inbound handshakes in progress, oldest (lowest connection id)
     /// first, with the switch that evicts each.
     pending: Mutex<BTreeMap<u64, CancellationToken>>,
@@ -386,6 +388,10 @@ impl Node {
                 outbound: Arc::new(AtomicUsize::new(0)),
                 per_ip: Arc::new(Mutex::new(HashMap::new())),
                 accept_limiter: DefaultKeyedRateLimiter::keyed(accept_quota),
+                announce_limiter: governor::DefaultDirectRateLimiter::direct(Quota::per_minute(
+                    NonZeroU32::new(crate::constants::POOL_ANNOUNCEMENTS_PER_MINUTE)
+                        .unwrap_or(NonZeroU32::MIN),
+                )),
                 pending: Mutex::new(BTreeMap::new()),
                 config,
             }),
