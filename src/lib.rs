@@ -43,8 +43,16 @@
 //!   `[[middleware]]` list.
 //! * [`handlers`]: the router and the block, transaction, vote, address and
 //!   peer handlers, shared by all connections.
-//! * [`config`]: the TOML config file. [`node`]: the listener, dialers and
-//!   node events.
+//! * [`config`]: the TOML config file. [`node`]: the listener with its
+//!   pre-handshake gate and bounded pending handshakes, dialers, connection
+//!   setup, node events, and the chain's wiring (publishing, pool
+//!   announcements to new peers, ban persistence, block production).
+//! * [`chain`]: the chain model and state (mempool with chained payments,
+//!   votes and finality, blocks, fork choice), the durable pool journal and
+//!   sync; [`storage`]: the one redb file with its integrity checks;
+//!   [`wallet`]: the node's key, coin selection and amounts.
+//! * [`logging`]: per-kind budgets for log lines a remote party can
+//!   trigger, with summary lines.
 //! * [`http`]: bounded HTTP/1.1 serving (connection cap, per-phase
 //!   deadlines) for [`rpc`] and [`metrics`]; [`fds`]: the open-file budget
 //!   that keeps descriptors for peers before sizing the HTTP caps.
@@ -64,6 +72,11 @@
 //! * Backpressure instead of buffering: a connection stops reading while its
 //!   middleware stack is busy; a peer that does not drain its send queue is
 //!   disconnected.
+//! * Honest load is never an offence: gossip over its budget is slowed or
+//!   dropped for free, and only what no honest peer produces is charged.
+//! * What the node calls final is durable: pooled payments and their votes
+//!   are in the same file as the blocks, written in groups before the node
+//!   acknowledges them or reports them final.
 
 pub mod chain;
 pub mod cli;

@@ -20,7 +20,7 @@
 //! masternodes holding at least 2/3 of the total weight accepted it; see
 //! [`super::votes`] for why conflicting transactions cannot both be final.
 //! A vote that overtakes its transaction is held (bounded by
-//! [`MAX_PENDING_VOTES`]) and counted when the transaction arrives.
+//! [`MAX_PENDING_VOTES`](crate::constants::MAX_PENDING_VOTES)) and counted when the transaction arrives.
 //!
 //! # Blocks
 //! The masternode scheduled for the current slot (see [`super::genesis`])

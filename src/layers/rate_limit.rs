@@ -27,7 +27,7 @@
 //!
 //! | kind | budget |
 //! |---|---|
-//! | `tx` | [`GOSSIP_TX_RATE`](crate::constants::GOSSIP_TX_RATE) per second, burst: the mempool's transaction limit |
+//! | `tx` | [`crate::constants::GOSSIP_TX_RATE`] per second, burst: the mempool's transaction limit |
 //! | `vote` | the `tx` budget times the number of masternodes |
 //! | `block` | 10 per second |
 //! | `addr` (address announcements) | 10 per minute |

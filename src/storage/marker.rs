@@ -27,7 +27,7 @@
 //!
 //! Writes are rate-limited to one per [`MIN_WRITE_INTERVAL`]: a commit
 //! sooner than that leaves its tip pending, written by the next commit after
-//! the interval or by [`TipMarker::flush`] at a clean close.
+//! the interval or by `TipMarker::flush` at a clean close.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

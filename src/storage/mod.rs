@@ -4,7 +4,7 @@
 //! # Tables
 //! | table | key | value |
 //! |---|---|---|
-//! | `blocks` | height `u64` | encoded [`Block`] |
+//! | `blocks` | height `u64` | encoded [`Block`](crate::chain::Block) |
 //! | `block_hashes` | height `u64` | the block's hash ‖ blake3 of its stored bytes (64 bytes): what every read of the block is checked against |
 //! | `block_heights` | block hash | height |
 //! | `utxos` | encoded [`OutPoint`] (txid ‖ index `u32` big-endian, 36 bytes) | encoded [`TxOut`] |
@@ -110,7 +110,7 @@ pub const DB_FILE: &str = "chain.redb";
 /// ([`StoreError::Schema`]) rather than served with incomplete indexes.
 /// Version 2 added `block_hashes` and replaced the position-keyed `bans`
 /// table by `bans_v2`; a version 1 store is migrated at open (see
-/// [`migrate`]).
+/// `migrate`).
 pub const SCHEMA_VERSION: u64 = 2;
 
 /// What the node should do about a damaged or lost database, for messages.
