@@ -10,84 +10,18 @@
 //! Addresses are on 127.0.60.x and 127.0.61.x, away from other tests and from
 //! a developer's devnet on 127.0.0.x. Every child is killed by a guard.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::chains::seed_chain;
+use common::procs::{call, height, poll, run_node, timed, wait_peers, write_config, Guard};
 use serde_json::{json, Value};
-use timed::chain::genesis::{Genesis, GenesisMasternode, DEVNET_GENESIS_TIMESTAMP};
-use timed::chain::state::{Chain, ChainOptions};
-use timed::chain::votes::Tier;
-use timed::chain::{TxOut, COIN};
-use timed::crypto::NodeIdentity;
+use timed::chain::COIN;
 use timed::network::Network;
-use timed::wallet::Wallet;
-
-/// Kills (and reaps) a child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn timed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_timed"));
-    cmd.env("NO_COLOR", "1")
-        .env_remove("TIMED_RPC_TOKEN")
-        .stdin(Stdio::piped());
-    cmd
-}
-
-/// One JSON-RPC call over a fresh HTTP/1.1 connection; `Err` carries the
-/// error object or the transport failure.
-fn call(rpc: SocketAddr, method: &str, params: Value) -> Result<Value, String> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
-    let mut stream =
-        TcpStream::connect_timeout(&rpc, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: {rpc}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let json_start = response.find("\r\n\r\n").ok_or("no body")? + 4;
-    let reply: Value = serde_json::from_str(&response[json_start..]).map_err(|e| e.to_string())?;
-    match reply.get("error") {
-        Some(e) if !e.is_null() => Err(e.to_string()),
-        _ => Ok(reply["result"].clone()),
-    }
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn height(rpc: SocketAddr) -> Option<u64> {
-    call(rpc, "getblockcount", json!([])).ok()?.as_u64()
-}
 
 fn block_hash(rpc: SocketAddr, h: u64) -> Option<String> {
     Some(
@@ -116,36 +50,9 @@ fn chain_section(config: &Path) -> String {
     text[at..].to_owned()
 }
 
-fn write_config(dir: &Path, ip: [u8; 4], peers: &[String], chain: &str) -> (PathBuf, SocketAddr) {
-    std::fs::create_dir_all(dir).unwrap();
-    let rpc = SocketAddr::from((ip, 24_201));
-    let config = format!(
-        "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
-        dir.display(),
-        SocketAddr::from((ip, 24_200)),
-        peers
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    (path, rpc)
-}
-
-fn run_node(config: &Path, log: &Path) -> Guard {
-    let log = std::fs::File::create(log).unwrap();
-    Guard(
-        timed()
-            .args(["run", "--config"])
-            .arg(config)
-            .arg("--stop-on-stdin-eof")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+/// `timed run` on `config` (see [`run_node`]), its output in a new `log`.
+fn run_logged(config: &Path, log: &Path) -> Guard {
+    run_node(config, std::fs::File::create(log).unwrap())
 }
 
 fn log_of(path: &Path) -> String {
@@ -178,20 +85,8 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
         .map(|i| SocketAddr::from(([127, 0, 60, i], 24_201)))
         .collect();
     // Every node up, connected to the three others, and producing.
-    for (i, addr) in rpc.iter().enumerate() {
-        wait_for(
-            &format!("node {} connected to 3 peers", i + 1),
-            Duration::from_secs(30),
-            || {
-                (call(*addr, "getconnectioncount", json!([]))
-                    .ok()?
-                    .as_u64()?
-                    == 3)
-                    .then_some(())
-            },
-        );
-    }
-    wait_for("blocks", Duration::from_secs(20), || {
+    wait_peers(&rpc, Duration::from_secs(30));
+    poll("blocks", Duration::from_secs(20), || {
         (height(rpc[0])? >= 2).then_some(())
     });
     let address = |i: usize| -> String {
@@ -211,7 +106,7 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
     let txid = call(rpc[0], "sendtoaddress", json!([a2, "12.5"])).unwrap();
     let txid = txid.as_str().unwrap().to_owned();
     for (i, addr) in rpc.iter().enumerate() {
-        let tx = wait_for(
+        let tx = poll(
             &format!("finality on node {}", i + 1),
             Duration::from_secs(10),
             || {
@@ -231,7 +126,7 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
     // In a block everywhere, and the balances follow.
     let fee = 1_000;
     for (i, addr) in rpc.iter().enumerate() {
-        let tx = wait_for(
+        let tx = poll(
             &format!("tx in a block on node {}", i + 1),
             Duration::from_secs(15),
             || {
@@ -305,8 +200,8 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
     let (config5, rpc5) = write_config(&node5, [127, 0, 60, 5], &peers, &chain);
     let target = height(rpc[0]).unwrap();
     let started = Instant::now();
-    let _n5 = run_node(&config5, &dir.path().join("node5.log"));
-    wait_for("node 5 synced", Duration::from_secs(30), || {
+    let _n5 = run_logged(&config5, &dir.path().join("node5.log"));
+    poll("node 5 synced", Duration::from_secs(30), || {
         (height(rpc5)? >= target).then_some(())
     });
     eprintln!("node 5 synced {target} blocks in {:?}", started.elapsed());
@@ -325,64 +220,16 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
     assert!(log5.contains("sync round done"), "{log5}");
 }
 
-/// A seed chain of `blocks` blocks, each paying one small transaction, in
-/// `dir`, produced by `identity` as the only masternode; returns the genesis.
-fn build_seed_chain(dir: &Path, identity: &NodeIdentity, wallet: &Wallet, blocks: u64) -> Genesis {
-    let genesis = Genesis::new(
-        Network::Devnet,
-        DEVNET_GENESIS_TIMESTAMP,
-        1,
-        vec![GenesisMasternode {
-            public_key: *identity.public_key().as_bytes(),
-            tier: Tier::Free,
-        }],
-        vec![
-            TxOut {
-                value: 1_000 * COIN,
-                address: wallet.address(),
-            };
-            10
-        ],
-    )
-    .unwrap();
-    let chain = Chain::open(dir, genesis.clone(), identity, ChainOptions::default()).unwrap();
-    let other = Wallet::generate().address();
-    for slot in 1..=blocks {
-        let spendable = chain.spendable(&wallet.address()).unwrap();
-        let tx = wallet
-            .build_payment(chain.magic(), &spendable, other, COIN, 1_000)
-            .unwrap();
-        chain.submit_tx(tx).unwrap();
-        let block = chain
-            .produce_if_scheduled(genesis.slot_start(slot))
-            .unwrap();
-        assert!(
-            block.is_some_and(|b| b.transactions.len() == 1),
-            "slot {slot}"
-        );
-    }
-    genesis
-}
-
 #[test]
 fn a_node_killed_during_sync_restarts_consistent_and_completes() {
     let dir = tempfile::tempdir().unwrap();
     let seed_dir = dir.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let identity = NodeIdentity::load_or_generate(&seed_dir.join("node_key")).unwrap();
-    let wallet = Wallet::load_or_create(&seed_dir).unwrap();
     const BLOCKS: u64 = 1_500;
-    let genesis = build_seed_chain(&seed_dir, &identity, &wallet, BLOCKS);
-    let chain = format!(
-        "[chain]\nblock_interval_secs = 1\ngenesis_timestamp = {}\ngenesis_hash = \"{}\"\n\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n\n[[chain.allocations]]\naddress = \"{}\"\namount = \"1000\"\noutputs = 10\n",
-        genesis.timestamp,
-        hex::encode(genesis.hash()),
-        hex::encode(identity.public_key().as_bytes()),
-        wallet.address().to_text(Network::Devnet),
-    );
+    let seed = seed_chain(&seed_dir, 1, BLOCKS);
+    let chain = seed.chain_section();
     let (seed_config, seed_rpc) = write_config(&seed_dir, [127, 0, 61, 1], &[], &chain);
-    let _seed = run_node(&seed_config, &dir.path().join("seed.log"));
-    wait_for("seed up", Duration::from_secs(20), || {
+    let _seed = run_logged(&seed_config, &dir.path().join("seed.log"));
+    poll("seed up", Duration::from_secs(20), || {
         (height(seed_rpc)? >= BLOCKS).then_some(())
     });
 
@@ -394,9 +241,9 @@ fn a_node_killed_during_sync_restarts_consistent_and_completes() {
         &chain,
     );
     let log = dir.path().join("fresh.log");
-    let mut node = run_node(&config, &log);
+    let mut node = run_logged(&config, &log);
     // Kill it (SIGKILL) once it is part-way through.
-    let at = wait_for("sync under way", Duration::from_secs(30), || {
+    let at = poll("sync under way", Duration::from_secs(30), || {
         let h = height(rpc)?;
         (h >= 50).then_some(h)
     });
@@ -412,8 +259,8 @@ fn a_node_killed_during_sync_restarts_consistent_and_completes() {
 
     // Restart: the chain reopens consistent and the sync completes.
     let log2 = dir.path().join("fresh2.log");
-    let _node = run_node(&config, &log2);
-    let reopened = wait_for("restart", Duration::from_secs(20), || height(rpc));
+    let _node = run_logged(&config, &log2);
+    let reopened = poll("restart", Duration::from_secs(20), || height(rpc));
     assert!(
         reopened >= at,
         "reopened at {reopened} after the kill at {at}"
@@ -424,15 +271,15 @@ fn a_node_killed_during_sync_restarts_consistent_and_completes() {
         "bans after SIGKILL: {bans}"
     );
     let target = height(seed_rpc).unwrap();
-    wait_for("sync complete", Duration::from_secs(60), || {
+    poll("sync complete", Duration::from_secs(60), || {
         (height(rpc)? >= target).then_some(())
     });
     for h in [1, at, at + 1, target / 2, target] {
         assert_eq!(block_hash(rpc, h), block_hash(seed_rpc, h), "block {h}");
     }
     // Same UTXO set at the same tip: compare the seed wallet's outputs.
-    let seed_address = wallet.address().to_text(Network::Devnet);
-    wait_for("same tip", Duration::from_secs(20), || {
+    let seed_address = seed.wallet.address().to_text(Network::Devnet);
+    poll("same tip", Duration::from_secs(20), || {
         let (a, b) = (height(rpc)?, height(seed_rpc)?);
         (a == b && balance_units(rpc, &seed_address) == balance_units(seed_rpc, &seed_address))
             .then_some(())

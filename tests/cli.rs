@@ -10,38 +10,24 @@
 //! and every address is on 127.0.90.x-127.0.99.x or 127.3.10.x so a
 //! developer's node on 127.0.0.1:24200-24202 is never disturbed.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::{poll_every, timed_stdin_null, wait_exit, Guard};
 use serde_json::Value;
 
 /// Longest any one-shot `timed` command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
-/// A `timed` command with a clean environment for these tests.
-fn timed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_timed"));
-    cmd.env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("TIMED_RPC_TOKEN")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Kills (and reaps) a child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// How often the waits here poll (each `rpc` is a `timed rpc` process).
+const POLL: Duration = Duration::from_millis(250);
 
 /// Runs `cmd` to completion, killing it (and failing) after `limit`.
 fn output_within(mut cmd: Command, limit: Duration) -> Output {
@@ -80,7 +66,7 @@ fn output_within(mut cmd: Command, limit: Duration) -> Output {
 
 /// Runs `timed ARGS` (bounded) and returns its output.
 fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    let mut cmd = timed();
+    let mut cmd = timed_stdin_null();
     cmd.args(args);
     output_within(cmd, COMMAND_LIMIT)
 }
@@ -167,35 +153,6 @@ fn rpc_json(url: &str, method: &str) -> Option<Value> {
     Some(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out))))
 }
 
-/// Polls `f` every 250 ms until it returns `Some`, failing after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Waits at most `limit` for `child` to exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A blocking `GET /metrics`; returns the body of a 200 answer.
 fn get_metrics(addr: SocketAddr) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -279,7 +236,7 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
         assert!(out.stdout.is_empty(), "{name}: {}", show(&out));
 
         let data = tmp.path().join("data");
-        let mut cmd = timed();
+        let mut cmd = timed_stdin_null();
         cmd.env("HOME", tmp.path().join("home")).args([
             "run",
             "--config",
@@ -312,7 +269,7 @@ fn a_missing_config_file_is_named() {
     let out = run(&["config", "check", &file]);
     assert_one_line_error(&out, 2, &[&file]);
 
-    let mut cmd = timed();
+    let mut cmd = timed_stdin_null();
     cmd.env("HOME", tmp.path().join("home")).args([
         "run",
         "--config",
@@ -570,7 +527,7 @@ fn run_from_a_config_answers_rpc_and_stops() {
     let log_path = tmp.path().join("timed.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut node = Guard(
-        timed()
+        timed_stdin_null()
             .args(["run", "--config", &p(&config)])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -580,7 +537,7 @@ fn run_from_a_config_answers_rpc_and_stops() {
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let url = format!("http://{rpc_addr}/");
 
-    let uptime = wait_for("the node's RPC", Duration::from_secs(20), || {
+    let uptime = poll_every("the node's RPC", Duration::from_secs(20), POLL, || {
         if let Some(status) = node.0.try_wait().unwrap() {
             panic!("the node exited ({status}):\n{}", log());
         }
@@ -638,7 +595,7 @@ fn rpc_to_nothing_exits_1_with_a_clear_message() {
 fn run_and_stop(config: &Path, url: &str, extra: &[&str], log_path: &Path) {
     let log = std::fs::File::create(log_path).unwrap();
     let mut node = Guard(
-        timed()
+        timed_stdin_null()
             .args(["run", "--config", &p(config)])
             .args(extra)
             .stdout(log.try_clone().unwrap())
@@ -647,7 +604,7 @@ fn run_and_stop(config: &Path, url: &str, extra: &[&str], log_path: &Path) {
             .unwrap(),
     );
     let log = || std::fs::read_to_string(log_path).unwrap_or_default();
-    wait_for("the node's RPC", Duration::from_secs(60), || {
+    poll_every("the node's RPC", Duration::from_secs(60), POLL, || {
         if let Some(status) = node.0.try_wait().unwrap() {
             panic!("the node exited ({status}):\n{}", log());
         }

@@ -13,34 +13,18 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::procs::{poll_every, timed_stdin_null, wait_exit, Guard};
 use common::RawSession;
 use serde_json::Value;
 use timed::network::Network;
 use timed::protocol::{DisconnectReason, Message, VersionParams};
 
-/// A `timed` command with a clean environment for these tests.
-fn timed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_timed"));
-    cmd.env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("TIMED_RPC_TOKEN")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Kills (and reaps) a child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// How often the waits here poll (each `rpc_json` is a `timed rpc` process).
+const POLL: Duration = Duration::from_millis(250);
 
 fn p(path: &Path) -> String {
     path.to_str().unwrap().to_owned()
@@ -49,7 +33,7 @@ fn p(path: &Path) -> String {
 /// `timed rpc --rpc-url URL METHOD` (bounded), returning the parsed JSON
 /// result, or `None` on failure.
 fn rpc_json(url: &str, method: &str) -> Option<Value> {
-    let mut child = timed()
+    let mut child = timed_stdin_null()
         .args(["rpc", "--rpc-url", url, method])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -68,35 +52,6 @@ fn rpc_json(url: &str, method: &str) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&bytes).ok()
-}
-
-/// Polls `f` every 250 ms until it returns `Some`, failing after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Waits at most `limit` for `child` to exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The pids of processes (other than this one) whose command line mentions
@@ -160,7 +115,7 @@ fn devnet_connects_three_nodes_and_stops_them_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("devnet");
     let mut devnet = Devnet {
-        child: timed()
+        child: timed_stdin_null()
             .args([
                 "devnet",
                 "--nodes",
@@ -251,9 +206,10 @@ fn devnet_connects_three_nodes_and_stops_them_on_ctrl_c() {
         .iter()
         .zip(&prefixes)
         .map(|(url, prefix)| {
-            let info = wait_for(
+            let info = poll_every(
                 &format!("{url} getnetworkinfo"),
                 Duration::from_secs(20),
+                POLL,
                 || rpc_json(url, "getnetworkinfo"),
             );
             let id = info["node_id"].as_str().unwrap().to_owned();
@@ -263,9 +219,10 @@ fn devnet_connects_three_nodes_and_stops_them_on_ctrl_c() {
         .collect();
 
     // A triangle: two connections each, node 1's peers are nodes 2 and 3.
-    wait_for(
+    poll_every(
         "two connections on every node",
         Duration::from_secs(20).saturating_sub(started.elapsed()) + Duration::from_secs(1),
+        POLL,
         || {
             urls.iter()
                 .all(|url| rpc_json(url, "getconnectioncount") == Some(Value::from(2)))
@@ -348,9 +305,12 @@ fn devnet_connects_three_nodes_and_stops_them_on_ctrl_c() {
         }
     });
     assert_eq!(goodbye, Some(DisconnectReason::Shutdown));
-    wait_for("the node processes to go", Duration::from_secs(5), || {
-        processes_mentioning(&p(&dir)).is_empty().then_some(())
-    });
+    poll_every(
+        "the node processes to go",
+        Duration::from_secs(5),
+        POLL,
+        || processes_mentioning(&p(&dir)).is_empty().then_some(()),
+    );
     for url in &urls {
         assert_eq!(rpc_json(url, "uptime"), None, "{url} still answers");
     }
@@ -376,7 +336,7 @@ fn stop_ends_a_node_whose_stdin_stays_open() {
     let log_path = tmp.path().join("timed.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut node = Guard(
-        timed()
+        timed_stdin_null()
             .args(["run", "--config", &p(&config), "--stop-on-stdin-eof"])
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
@@ -388,7 +348,7 @@ fn stop_ends_a_node_whose_stdin_stays_open() {
     let _stdin = node.0.stdin.take().unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let url = format!("http://{rpc_addr}/");
-    wait_for("the node's RPC", Duration::from_secs(60), || {
+    poll_every("the node's RPC", Duration::from_secs(60), POLL, || {
         if let Some(status) = node.0.try_wait().unwrap() {
             panic!("the node exited ({status}):\n{}", log());
         }

@@ -13,11 +13,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::procs::{clean_command, Guard};
 use serde_json::Value;
 use timed::config::RpcSection;
 use timed::crypto::NodeIdentity;
@@ -30,16 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Upper bound for waits involving whole processes on a busy machine.
 const LONG: Duration = Duration::from_secs(90);
-
-/// Kills (and reaps) a child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A `timed run` process with its addresses and log.
 struct Proc {
@@ -86,16 +77,14 @@ async fn start(dir: &Path, name: &str, config: &str, nofile: Option<u64>) -> Pro
     let exe = env!("CARGO_BIN_EXE_timed");
     let mut cmd = match nofile {
         Some(n) => {
-            let mut c = Command::new("prlimit");
+            let mut c = clean_command("prlimit");
             c.arg(format!("--nofile={n}:{n}")).arg("--").arg(exe);
             c
         }
-        None => Command::new(exe),
+        None => clean_command(exe),
     };
     cmd.args(["run", "--config"])
         .arg(&file)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);

@@ -21,36 +21,26 @@
 //! payment each); nodes listen on 127.4.x.x only. Every child is killed by
 //! a guard; waits have deadlines.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::{json, Value};
-use timed::chain::genesis::{Genesis, GenesisMasternode, DEVNET_GENESIS_TIMESTAMP};
-use timed::chain::state::{Chain, ChainOptions};
-use timed::chain::votes::Tier;
-use timed::chain::{TxOut, COIN};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::chains::seed_chain;
+use common::procs::{
+    call, clean_command, height, poll, timed_stdin_null, wait_exit, write_config, Guard,
+};
+use serde_json::json;
 use timed::crypto::NodeIdentity;
-use timed::network::Network;
-use timed::wallet::Wallet;
 
 /// Blocks in each prepared chain, genesis aside.
 const BLOCKS: u64 = 40;
 
 /// Upper bound for a node to start, answer or exit.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Kills (and reaps) a child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A prepared data dir: config, chain, the stored blocks' bytes.
 struct Prepared {
@@ -72,91 +62,21 @@ impl Prepared {
     }
 }
 
-fn write_config(dir: &Path, ip: [u8; 4], peers: &[String], chain: &str) -> (PathBuf, SocketAddr) {
-    std::fs::create_dir_all(dir).unwrap();
-    let rpc = SocketAddr::from((ip, 24_201));
-    let config = format!(
-        "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
-        dir.display(),
-        SocketAddr::from((ip, 24_200)),
-        peers
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    (path, rpc)
-}
-
 /// A data dir under `root` holding a chain of [`BLOCKS`] blocks produced by
 /// its own node key (the only masternode), and a config on `ip`.
 fn prepare(root: &Path, ip: [u8; 4]) -> Prepared {
     let dir = root.join(format!("node-{}-{}", ip[2], ip[3]));
-    std::fs::create_dir_all(&dir).unwrap();
-    let identity = NodeIdentity::load_or_generate(&dir.join("node_key")).unwrap();
-    let wallet = Wallet::load_or_create(&dir).unwrap();
-    let genesis = Genesis::new(
-        Network::Devnet,
-        DEVNET_GENESIS_TIMESTAMP,
-        1,
-        vec![GenesisMasternode {
-            public_key: *identity.public_key().as_bytes(),
-            tier: Tier::Free,
-        }],
-        vec![
-            TxOut {
-                value: 1_000 * COIN,
-                address: wallet.address(),
-            };
-            10
-        ],
-    )
-    .unwrap();
-    let raw_blocks = {
-        let chain = Chain::open(&dir, genesis.clone(), &identity, ChainOptions::default()).unwrap();
-        let other = Wallet::generate().address();
-        for slot in 1..=BLOCKS {
-            let spendable = chain.spendable(&wallet.address()).unwrap();
-            let tx = wallet
-                .build_payment(chain.magic(), &spendable, other, COIN, 1_000)
-                .unwrap();
-            chain.submit_tx(tx).unwrap();
-            let block = chain
-                .produce_if_scheduled(genesis.slot_start(slot))
-                .unwrap();
-            assert!(block.is_some(), "slot {slot}");
-        }
-        let raw = chain.store().raw_blocks(0, usize::MAX, usize::MAX).unwrap();
-        chain.store().close(Duration::from_secs(5));
-        raw
-    };
-    assert_eq!(raw_blocks.len() as u64, BLOCKS + 1);
-    let chain_section = format!(
-        "[chain]\nblock_interval_secs = 1\ngenesis_timestamp = {}\ngenesis_hash = \"{}\"\n\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n\n[[chain.allocations]]\naddress = \"{}\"\namount = \"1000\"\noutputs = 10\n",
-        genesis.timestamp,
-        hex::encode(genesis.hash()),
-        hex::encode(identity.public_key().as_bytes()),
-        wallet.address().to_text(Network::Devnet),
-    );
+    let seed = seed_chain(&dir, 1, BLOCKS);
+    assert_eq!(seed.raw_blocks.len() as u64, BLOCKS + 1);
+    let chain_section = seed.chain_section();
     let (config, rpc) = write_config(&dir, ip, &[], &chain_section);
     Prepared {
         dir,
         config,
         rpc,
         chain_section,
-        raw_blocks,
+        raw_blocks: seed.raw_blocks,
     }
-}
-
-fn timed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_timed"));
-    cmd.env("NO_COLOR", "1")
-        .env_remove("TIMED_RPC_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    cmd
 }
 
 /// `timed run --config ...` with stdout (the log) and stderr in files.
@@ -165,7 +85,7 @@ fn run_node(p: &Prepared, extra: &[&str], name: &str) -> (Guard, PathBuf, PathBu
         p.dir.join(format!("{name}.log")),
         p.dir.join(format!("{name}.err")),
     );
-    let child = timed()
+    let child = timed_stdin_null()
         .args(["run", "--config"])
         .arg(&p.config)
         .args(extra)
@@ -181,35 +101,22 @@ fn read(path: &Path) -> String {
 }
 
 /// Waits for the process to exit.
-fn wait_exit(guard: &mut Guard) -> ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node did not exit within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn exited(guard: &mut Guard) -> ExitStatus {
+    wait_exit(&mut guard.0, DEADLINE)
+        .unwrap_or_else(|| panic!("the node did not exit within {DEADLINE:?}"))
 }
 
 /// Stops the node with SIGTERM and returns its exit status.
 fn terminate(guard: &mut Guard) -> ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &guard.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    wait_exit(guard)
+    guard.signal("TERM");
+    exited(guard)
 }
 
 /// Runs the node on `p` and expects it to refuse to start: exit code 1 and
 /// a one-line error naming the problem; nothing panics.
 fn expect_refusal(p: &Prepared, name: &str, expected: &[&str]) -> String {
     let (mut node, log, err) = run_node(p, &[], name);
-    let status = wait_exit(&mut node);
+    let status = exited(&mut node);
     let stderr = read(&err);
     let all = format!("stderr:\n{stderr}\nlog:\n{}", read(&log));
     assert_eq!(status.code(), Some(1), "{name}: {all}");
@@ -227,48 +134,6 @@ fn expect_refusal(p: &Prepared, name: &str, expected: &[&str]) -> String {
         "{name}: what to do: {all}"
     );
     line.to_string()
-}
-
-/// One JSON-RPC call; `Err` carries the error object or the failure.
-fn call(rpc: SocketAddr, method: &str, params: Value) -> Result<Value, String> {
-    use std::io::Write;
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
-    let mut stream =
-        TcpStream::connect_timeout(&rpc, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: {rpc}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let json_start = response.find("\r\n\r\n").ok_or("no body")? + 4;
-    let reply: Value = serde_json::from_str(&response[json_start..]).map_err(|e| e.to_string())?;
-    match reply.get("error") {
-        Some(e) if !e.is_null() => Err(e.to_string()),
-        _ => Ok(reply["result"].clone()),
-    }
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn height(rpc: SocketAddr) -> Option<u64> {
-    call(rpc, "getblockcount", json!([])).ok()?.as_u64()
 }
 
 /// Flips one byte in the middle of every copy of `needle` in `bytes`
@@ -322,7 +187,7 @@ fn truncated_or_appended_files_are_clear_errors_or_recovered() {
     bytes.extend((0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     std::fs::write(p.db(), &bytes).unwrap();
     let (mut node, log, err) = run_node(&p, &[], "garbage");
-    let h = wait_for("the node answers", || height(p.rpc));
+    let h = poll("the node answers", DEADLINE, || height(p.rpc));
     assert!(h >= BLOCKS, "height {h} after recovery");
     let hash = call(p.rpc, "getblock", json!([BLOCKS])).unwrap()["hash"].clone();
     assert!(hash.is_string());
@@ -355,7 +220,7 @@ fn a_wrong_block_that_passes_redbs_check_is_never_served() {
     // Valid redb pages, wrong content: another block's bytes at `bad`.
     damage_block(&p, bad);
     let (_node, log, _err) = run_node(&p, &[], "served");
-    wait_for("the node answers", || height(p.rpc));
+    poll("the node answers", DEADLINE, || height(p.rpc));
     let refused = call(p.rpc, "getblock", json!([bad])).unwrap_err();
     assert!(
         refused.contains(&format!("height {bad} is damaged")),
@@ -381,9 +246,11 @@ fn a_wrong_block_that_passes_redbs_check_is_never_served() {
         raw_blocks: Vec::new(),
     };
     let (_follower, flog, _ferr) = run_node(&follower, &[], "follower");
-    wait_for("the follower syncs up to the damaged block", || {
-        (height(rpc)? == bad - 1).then_some(())
-    });
+    poll(
+        "the follower syncs up to the damaged block",
+        DEADLINE,
+        || (height(rpc)? == bad - 1).then_some(()),
+    );
     // Give it time to ask for more: it must stay below the damaged block.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(height(rpc), Some(bad - 1), "{}", read(&flog));
@@ -443,7 +310,7 @@ fn a_damaged_block_is_refetched_from_a_peer() {
     assert_eq!(config, p.config);
     let (_peer, _plog, _perr) = run_node(&peer, &[], "good");
     let (_node, log, _err) = run_node(&p, &[], "damaged");
-    wait_for("the nodes connect", || {
+    poll("the nodes connect", DEADLINE, || {
         (call(p.rpc, "getconnectioncount", json!([])).ok()? == json!(1)).then_some(())
     });
     // Reading the block finds the damage (and never serves it) ...
@@ -451,7 +318,7 @@ fn a_damaged_block_is_refetched_from_a_peer() {
     assert!(refused.contains("damaged"), "{refused}");
     // ... and the next sync round re-fetches it from the peer.
     let good = call(peer.rpc, "getblock", json!([bad])).unwrap();
-    let repaired = wait_for("the block is repaired", || {
+    let repaired = poll("the block is repaired", DEADLINE, || {
         call(p.rpc, "getblock", json!([bad])).ok()
     });
     assert_eq!(repaired["hash"], good["hash"]);
@@ -502,7 +369,7 @@ fn a_store_below_its_marker_is_lost_data_and_resync_starts_over() {
     let bytes = std::fs::read(p.db()).unwrap();
     std::fs::write(p.db(), &bytes[..bytes.len() / 2]).unwrap();
     let (mut node, log, err) = run_node(&p, &["--resync"], "resync");
-    wait_for("the node answers", || height(p.rpc));
+    poll("the node answers", DEADLINE, || height(p.rpc));
     let opened = chain_opened_line(&read(&log));
     assert!(
         opened.contains(" height=0 "),
@@ -532,7 +399,7 @@ fn a_store_below_its_marker_is_lost_data_and_resync_starts_over() {
     assert_eq!(terminate(&mut node).code(), Some(0), "{}", read(&err));
     // The next start is an ordinary one.
     let (mut node, log, err) = run_node(&p, &[], "after");
-    wait_for("the node answers", || height(p.rpc));
+    poll("the node answers", DEADLINE, || height(p.rpc));
     assert!(!read(&log).contains("STARTING OVER"));
     assert_eq!(terminate(&mut node).code(), Some(0), "{}", read(&err));
 }
@@ -571,7 +438,7 @@ fn a_database_that_fails_while_running_stops_the_node() {
         let _ = out.read_to_string(&mut s);
         s
     });
-    wait_for("the node answers", || height(p.rpc));
+    poll("the node answers", DEADLINE, || height(p.rpc));
     // From now on no file of the node may grow past 4 KiB: the next commit
     // fails (the header page aside, every page of chain.redb is beyond).
     let limited = Command::new("prlimit")
@@ -581,7 +448,7 @@ fn a_database_that_fails_while_running_stops_the_node() {
     assert!(limited.success());
     // A ban is written to the database (as is any block the node makes).
     let _ = call(p.rpc, "setban", json!(["192.0.2.1", "add", 3600]));
-    let status = wait_exit(&mut node);
+    let status = exited(&mut node);
     let log = collected.join().unwrap();
     let stderr = read(&err);
     assert_eq!(status.code(), Some(1), "{stderr}\n{log}");
@@ -600,11 +467,7 @@ fn a_database_that_fails_while_running_stops_the_node() {
 
 /// `sh -c script` with the usual environment of a `timed` child.
 fn timed_sh(script: &str) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.env("NO_COLOR", "1")
-        .env_remove("TIMED_RPC_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .args(["-c", script]);
+    let mut cmd = clean_command("sh");
+    cmd.stdin(Stdio::null()).args(["-c", script]);
     cmd
 }

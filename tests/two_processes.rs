@@ -2,11 +2,15 @@
 //! handshake and exchange pings; their log lines show it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::procs::Guard;
 
 /// A free port on `ip` (bound then released; the race is harmless on a
 /// test machine because nothing else picks ports on 127.0.0.x here).
@@ -17,8 +21,9 @@ fn free_addr(ip: [u8; 4]) -> SocketAddr {
         .unwrap()
 }
 
+/// A `timed` process (killed when dropped) and the lines it prints.
 struct Proc {
-    child: Child,
+    _child: Guard,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -48,7 +53,7 @@ impl Proc {
             });
         }
         Proc {
-            child,
+            _child: Guard(child),
             lines: rx,
             seen: Vec::new(),
         }
@@ -73,13 +78,6 @@ impl Proc {
                 ),
             }
         }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -32,13 +32,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use common::chains::seed_chain;
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use rand::Rng;
-use timed::chain::genesis::{Genesis, GenesisMasternode, DEVNET_GENESIS_TIMESTAMP};
+use timed::chain::genesis::Genesis;
 use timed::chain::state::{Chain, ChainOptions};
-use timed::chain::votes::Tier;
-use timed::chain::{TxOut, COIN};
 use timed::constants::{DEFAULT_MAX_PENDING_HANDSHAKES, SYNC_INTERVAL};
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::layers::auth::AuthConfig;
@@ -581,48 +580,6 @@ const HONEST_BLOCKS: u64 = 30;
 /// Blocks the slow peer claims and serves (a prefix of the honest chain).
 const SLOW_BLOCKS: u64 = 5;
 
-/// A genesis with `masternode` as its only (Free) masternode, a 60 s slot
-/// and ten outputs for `wallet`; `blocks` blocks of one payment each are
-/// produced in the chain at `dir`, in past slots.
-fn build_chain(
-    dir: &std::path::Path,
-    masternode: &NodeIdentity,
-    wallet: &Wallet,
-    blocks: u64,
-) -> (Genesis, Chain) {
-    let genesis = Genesis::new(
-        Network::Devnet,
-        DEVNET_GENESIS_TIMESTAMP,
-        60,
-        vec![GenesisMasternode {
-            public_key: *masternode.public_key().as_bytes(),
-            tier: Tier::Free,
-        }],
-        vec![
-            TxOut {
-                value: 1_000 * COIN,
-                address: wallet.address(),
-            };
-            10
-        ],
-    )
-    .unwrap();
-    let chain = Chain::open(dir, genesis.clone(), masternode, ChainOptions::default()).unwrap();
-    let other = Wallet::generate().address();
-    for slot in 1..=blocks {
-        let spendable = chain.spendable(&wallet.address()).unwrap();
-        let tx = wallet
-            .build_payment(chain.magic(), &spendable, other, COIN, 1_000)
-            .unwrap();
-        chain.submit_tx(tx).unwrap();
-        let block = chain
-            .produce_if_scheduled(genesis.slot_start(slot))
-            .unwrap();
-        assert!(block.is_some(), "slot {slot}");
-    }
-    (genesis, chain)
-}
-
 /// What the slow peer reports.
 #[derive(Debug)]
 enum Slow {
@@ -709,15 +666,18 @@ async fn a_slow_reply_costs_one_timeout_and_sync_completes_from_another_peer() {
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
     let slow_delay = REQUEST_TIMEOUT.mul_f64(1.5);
 
-    // The honest node: the only masternode, holding HONEST_BLOCKS blocks.
+    // The honest node: the only masternode, holding HONEST_BLOCKS blocks of
+    // one payment each, in past 60 s slots.
     let honest_dir = tempfile::tempdir().unwrap();
-    let masternode = NodeIdentity::generate();
-    let (genesis, honest_chain) = build_chain(
+    let seed = seed_chain(honest_dir.path(), 60, HONEST_BLOCKS);
+    let (genesis, masternode) = (seed.genesis, seed.identity);
+    let honest_chain = Chain::open(
         honest_dir.path(),
+        genesis.clone(),
         &masternode,
-        &Wallet::generate(),
-        HONEST_BLOCKS,
-    );
+        ChainOptions::default(),
+    )
+    .unwrap();
     let mut cfg = config([127, 6, 6, 2]);
     cfg.chain = Some(honest_chain.clone());
     let honest = Node::start(&masternode, cfg).await.unwrap();

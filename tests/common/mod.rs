@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: real nodes on loopback addresses,
-//! event waits with deadlines, raw attacker sessions and log capture.
+//! event waits with deadlines, raw attacker sessions and log capture; real
+//! `timed` processes in [`procs`], seed chains built in-process in
+//! [`chains`].
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod chains;
 pub mod procs;
 
 use std::io::Write;

@@ -1,11 +1,14 @@
 //! Real `timed` processes for the end-to-end tests: spawning with a guard
-//! that kills them, JSON-RPC calls over plain HTTP/1.1, polling with
-//! deadlines, and devnet configs written by the test itself.
+//! that kills them, waiting for them to exit, JSON-RPC calls over plain
+//! HTTP/1.1, polling with deadlines, and node and devnet configs written by
+//! the test itself.
 
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -25,27 +28,77 @@ impl Drop for Guard {
 }
 
 impl Guard {
-    /// Sends `signal` (e.g. "TERM", "KILL") and waits for the process to
-    /// exit; returns its status.
-    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+    /// Sends `signal` (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.0.id().to_string())
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") and waits for the process to
+    /// exit; returns its status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
         self.0.wait().unwrap()
     }
 }
 
-/// The `timed` binary, with stdin piped (nodes stop when it closes).
-pub fn timed() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_timed"));
+/// Waits at most `limit` for `child` to exit; `None` if it is still
+/// running then.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `program` with the environment of a `timed` child in these tests: no
+/// colours, and no `TIMED_RPC_TOKEN` or `RUST_LOG` from the caller's shell.
+pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
     cmd.env("NO_COLOR", "1")
         .env_remove("TIMED_RPC_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped());
+        .env_remove("RUST_LOG");
     cmd
+}
+
+/// The `timed` binary, with stdin piped (nodes stop when it closes).
+pub fn timed() -> Command {
+    let mut cmd = clean_command(env!("CARGO_BIN_EXE_timed"));
+    cmd.stdin(Stdio::piped());
+    cmd
+}
+
+/// The `timed` binary, with stdin null (for one-shot commands, and nodes
+/// that must not stop on its end of file).
+pub fn timed_stdin_null() -> Command {
+    let mut cmd = clean_command(env!("CARGO_BIN_EXE_timed"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Starts `timed run --config CONFIG --stop-on-stdin-eof` (stdin piped),
+/// its stdout and stderr going to `log`.
+pub fn run_node(config: &Path, log: File) -> Guard {
+    Guard(
+        timed()
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--stop-on-stdin-eof")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// One JSON-RPC call over a fresh HTTP/1.1 connection; `Err` carries the
@@ -76,7 +129,17 @@ pub fn call(rpc: SocketAddr, method: &str, params: Value) -> Result<Value, Strin
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
-pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn poll<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_every(what, limit, Duration::from_millis(100), f)
+}
+
+/// Polls `f` every `every` until it returns `Some`, failing after `limit`.
+pub fn poll_every<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(t) = f() {
@@ -86,7 +149,7 @@ pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
             Instant::now() < deadline,
             "timed out after {limit:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
     }
 }
 
@@ -115,16 +178,7 @@ impl DevnetNode {
             .append(true)
             .open(self.dir.join("timed.log"))
             .unwrap();
-        Guard(
-            timed()
-                .args(["run", "--config"])
-                .arg(&self.config)
-                .arg("--stop-on-stdin-eof")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
+        run_node(&self.config, log)
     }
 
     /// Its log so far.
@@ -187,17 +241,9 @@ pub fn write_devnet(root: &Path, ip_base: [u8; 3], n: u8, block_interval: u64) -
         let peers: Vec<String> = dirs[..index]
             .iter()
             .enumerate()
-            .map(|(j, (_, id))| format!("\"{id}@{}\"", SocketAddr::from((ip(j as u8 + 1), 24_200))))
+            .map(|(j, (_, id))| format!("{id}@{}", SocketAddr::from((ip(j as u8 + 1), 24_200))))
             .collect();
-        let rpc = SocketAddr::from((ip(i), 24_201));
-        let text = format!(
-            "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
-            dir.display(),
-            SocketAddr::from((ip(i), 24_200)),
-            peers.join(", "),
-        );
-        let config = dir.join("config.toml");
-        std::fs::write(&config, text).unwrap();
+        let (config, rpc) = write_config(dir, ip(i), &peers, &chain);
         nodes.push(DevnetNode {
             dir: dir.clone(),
             config,
@@ -208,20 +254,48 @@ pub fn write_devnet(root: &Path, ip_base: [u8; 3], n: u8, block_interval: u64) -
     nodes
 }
 
+/// Writes `dir/config.toml` for a devnet node on `ip` (P2P on port 24200,
+/// RPC on 24201, metrics off) dialling `peers` (`id@addr` or `addr`), with
+/// `chain` (a `[chain]` section and what follows) appended; returns the
+/// config's path and the RPC address.
+pub fn write_config(
+    dir: &Path,
+    ip: [u8; 4],
+    peers: &[String],
+    chain: &str,
+) -> (PathBuf, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let rpc = SocketAddr::from((ip, 24_201));
+    let config = format!(
+        "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
+        dir.display(),
+        SocketAddr::from((ip, 24_200)),
+        peers
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    (path, rpc)
+}
+
 /// Waits until every node has `n - 1` peers.
 pub fn wait_meshed(nodes: &[DevnetNode], limit: Duration) {
-    let want = nodes.len() as u64 - 1;
-    for (i, node) in nodes.iter().enumerate() {
+    let rpcs: Vec<SocketAddr> = nodes.iter().map(|n| n.rpc).collect();
+    wait_peers(&rpcs, limit);
+}
+
+/// Waits until each of the `n` nodes answering RPC on `rpcs` has `n - 1`
+/// peers.
+pub fn wait_peers(rpcs: &[SocketAddr], limit: Duration) {
+    let want = rpcs.len() as u64 - 1;
+    for (i, rpc) in rpcs.iter().enumerate() {
         poll(
             &format!("node {} connected to {want} peers", i + 1),
             limit,
-            || {
-                (call(node.rpc, "getconnectioncount", json!([]))
-                    .ok()?
-                    .as_u64()?
-                    == want)
-                    .then_some(())
-            },
+            || (call(*rpc, "getconnectioncount", json!([])).ok()?.as_u64()? == want).then_some(()),
         );
     }
 }
