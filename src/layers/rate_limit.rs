@@ -516,7 +516,11 @@ impl RateLimitLayer {
             }
             Err(_) => {
                 throttled(kind);
-                let reason = if scope == "ip" { "ip_limit" } else { "peer_limit" };
+                let reason = if scope == "ip" {
+                    "ip_limit"
+                } else {
+                    "peer_limit"
+                };
                 self.counters.reject(NAME, reason);
                 metrics::counter!("timed_rate_limit_hits_total", "kind" => kind, "scope" => scope)
                     .increment(1);

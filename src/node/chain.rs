@@ -151,8 +151,7 @@ impl Node {
             return;
         }
         if self.inner.announce_limiter.check().is_err() {
-            metrics::counter!("timed_pool_announcements_total", "result" => "skipped")
-                .increment(1);
+            metrics::counter!("timed_pool_announcements_total", "result" => "skipped").increment(1);
             if crate::logging::allow("announce_skipped") {
                 tracing::info!(peer = %peer.node_id, "pool announcement budget spent: not announcing to this peer");
             }

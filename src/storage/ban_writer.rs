@@ -438,7 +438,10 @@ mod tests {
         // Whenever the snapshot was taken, it and the changes queued after
         // it leave exactly the list.
         let stats = writer.stats();
-        assert!(stats.resyncs >= 1, "the overflow forced a rewrite: {stats:?}");
+        assert!(
+            stats.resyncs >= 1,
+            "the overflow forced a rewrite: {stats:?}"
+        );
         assert_eq!(stats.committed, u64::from(total));
         assert_eq!(store.load_bans().unwrap().len(), 10 + total as usize);
         writer.close(Duration::from_secs(30));
