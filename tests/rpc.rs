@@ -413,3 +413,43 @@ async fn params_are_strict_and_errors_never_echo_the_input() {
         );
     }
 }
+
+#[tokio::test]
+async fn clearbanned_and_unban_forgive_the_scores_behind_the_bans() {
+    use timed::layers::stack::BuiltLayer;
+    let (node, addr, stop) = rpc_node([127, 5, 30, 1], RpcSection::default()).await;
+    let book = node
+        .middleware()
+        .layers()
+        .iter()
+        .find_map(|l| match l {
+            BuiltLayer::Scoring(s) => Some(s.book().clone()),
+            _ => None,
+        })
+        .unwrap();
+    let half_life = node.score_half_life();
+    // Two peers below the disconnect threshold, from two subnets.
+    let ids: Vec<_> = (0..2)
+        .map(|_| timed::crypto::NodeIdentity::generate().node_id())
+        .collect();
+    let near: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    let far: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    book.handle(ids[0], near).add(-40.0, half_life);
+    book.handle(ids[1], far).add(-40.0, half_life);
+    // Lifting the ban of one subnet forgives the peers seen from it only.
+    call(&url(addr), None, "setban", json!(["10.1.2.0/24", "add", 60]))
+        .await
+        .unwrap();
+    call(&url(addr), None, "setban", json!(["10.1.2.0/24", "remove"]))
+        .await
+        .unwrap();
+    assert_eq!(score_of(&node, ids[0]), 0.0);
+    assert!(score_of(&node, ids[1]) < -39.0);
+    // clearbanned forgives everyone.
+    call(&url(addr), None, "clearbanned", json!([]))
+        .await
+        .unwrap();
+    assert_eq!(score_of(&node, ids[1]), 0.0);
+    stop.cancel();
+    node.shutdown();
+}
