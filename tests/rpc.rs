@@ -437,9 +437,14 @@ async fn clearbanned_and_unban_forgive_the_scores_behind_the_bans() {
     book.handle(ids[0], near).add(-40.0, half_life);
     book.handle(ids[1], far).add(-40.0, half_life);
     // Lifting the ban of one subnet forgives the peers seen from it only.
-    call(&url(addr), None, "setban", json!(["10.1.2.0/24", "add", 60]))
-        .await
-        .unwrap();
+    call(
+        &url(addr),
+        None,
+        "setban",
+        json!(["10.1.2.0/24", "add", 60]),
+    )
+    .await
+    .unwrap();
     call(&url(addr), None, "setban", json!(["10.1.2.0/24", "remove"]))
         .await
         .unwrap();

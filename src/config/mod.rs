@@ -192,8 +192,10 @@ pub struct RpcSection {
     /// hex); memory for bodies is bounded by `max_concurrent` times this.
     pub max_body_bytes: usize,
     /// Requests handled at once (reading their bodies included); more wait
-    /// up to `queue_timeout_secs`. 64 keeps a wallet and monitoring busy
-    /// while bounding body memory to 64 MiB.
+    /// up to `queue_timeout_secs`. Bitcoin Core runs 4 RPC threads with a
+    /// queue of 16; 16 here keeps a wallet, an exchange's payout loop and
+    /// monitoring busy (a call takes milliseconds) while bounding body
+    /// memory to 16 MiB, which the allocator then keeps at most.
     pub max_concurrent: usize,
     /// Most open RPC connections; a connection beyond is closed at once.
     /// 128 is twice `max_concurrent`: room for keep-alive clients that wait
@@ -224,7 +226,7 @@ impl Default for RpcSection {
             listen: None,
             bearer_token: None,
             max_body_bytes: 1024 * 1024,
-            max_concurrent: 64,
+            max_concurrent: 16,
             max_connections: 128,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
