@@ -1,7 +1,7 @@
 //! The signature schemes a TIME Coin key may use, behind one enum.
 //!
 //! Node identities and gossip envelopes are always ed25519. Transaction inputs
-//! (step 4) may be signed with ed25519 or with secp256k1 ECDSA (k256), chosen
+//! may be signed with ed25519 or with secp256k1 ECDSA (k256), chosen
 //! per input through [`SignatureScheme`].
 
 use ed25519_dalek::Verifier as _;

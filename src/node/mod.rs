@@ -124,7 +124,7 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Node configuration (the full TOML config arrives with step 3).
+/// Node configuration (built from the TOML config by `Config::node_config`).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// Where to listen for peers.

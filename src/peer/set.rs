@@ -228,7 +228,7 @@ pub enum PeerSetError {
 /// # Security
 /// Low latency alone decides among the two, so a low-latency attacker gets
 /// more requests (Zebra's weak spot); the random pick of candidates keeps
-/// it from getting all of them, and sync (step 4) verifies every answer.
+/// it from getting all of them, and sync verifies every answer.
 #[derive(Clone, Debug)]
 pub struct PeerSetService {
     set: Arc<PeerSet>,
