@@ -95,9 +95,8 @@ impl Node {
                 format!("{} inbound connections already", config.limits.max_inbound),
             );
         }
-        let refused_by_score =
-            inbound_full || scoring.as_ref().is_some_and(|s| !s.readmit(&context));
-        if refused_by_score {
+        let refused = inbound_full || scoring.as_ref().is_some_and(|s| !s.readmit(&context));
+        if refused {
             // The context is closed: the connection task says goodbye and
             // ends at once; the peer never enters the set.
             if let Some(report) = report.take() {
@@ -108,7 +107,7 @@ impl Node {
                 }))));
             }
         }
-        let admission = if refused_by_score {
+        let admission = if refused {
             Admission::Refused
         } else {
             inner.peers.admit(handle)
@@ -125,7 +124,7 @@ impl Node {
                 }
                 old.context.close(DisconnectReason::Duplicate);
             }
-            Admission::Refused if refused_by_score => {}
+            Admission::Refused if refused => {}
             Admission::Refused => {
                 if crate::logging::allow("duplicate_connection") {
                     tracing::info!("already connected to this node: closing the duplicate");

@@ -120,6 +120,31 @@ impl Store {
         verify(height, bytes, record).map_err(|problem| self.damaged_block(height, problem))
     }
 
+    /// The block at `height` read in `tx` and verified; `None` when the
+    /// chain has no block there. A recorded block whose bytes are missing is
+    /// damaged.
+    fn read_verified(
+        &self,
+        tx: &redb::ReadTransaction,
+        height: u64,
+    ) -> Result<Option<Block>, StoreError> {
+        let hashes = tx
+            .open_table(BLOCK_HASHES)
+            .map_err(db_err("open block_hashes"))?;
+        let record = hashes
+            .get(height)
+            .map_err(db_err("read block hash"))?
+            .map(|v| *v.value());
+        let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
+        match blocks.get(height).map_err(db_err("read block"))? {
+            Some(bytes) => self
+                .checked(height, bytes.value(), record.as_ref())
+                .map(Some),
+            None if record.is_some() => Err(self.damaged_block(height, "block missing")),
+            None => Ok(None),
+        }
+    }
+
     /// The heights whose stored block failed verification and has not been
     /// repaired yet, in increasing order (at most [`MAX_DAMAGED_TRACKED`]).
     pub fn damaged_heights(&self) -> Vec<u64> {
@@ -137,21 +162,7 @@ impl Store {
     pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
         self.watch(|| {
             let tx = self.db().begin_read().map_err(db_err("begin"))?;
-            let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-            let hashes = tx
-                .open_table(BLOCK_HASHES)
-                .map_err(db_err("open block_hashes"))?;
-            let record = hashes
-                .get(height)
-                .map_err(db_err("read block hash"))?
-                .map(|v| *v.value());
-            match blocks.get(height).map_err(db_err("read block"))? {
-                Some(bytes) => self
-                    .checked(height, bytes.value(), record.as_ref())
-                    .map(Some),
-                None if record.is_some() => Err(self.damaged_block(height, "block missing")),
-                None => Ok(None),
-            }
+            self.read_verified(&tx, height)
         })
     }
 
@@ -179,24 +190,14 @@ impl Store {
             else {
                 return Ok(None);
             };
-            let hashes = tx
-                .open_table(BLOCK_HASHES)
-                .map_err(db_err("open block_hashes"))?;
-            let record = hashes
-                .get(height)
-                .map_err(db_err("read block hash"))?
-                .map(|v| *v.value());
-            if record.is_some_and(|r| recorded_hash(&r) != *hash) {
-                return Err(corrupt(
+            match self.read_verified(&tx, height)? {
+                // Verified against its record: a hash that differs means the
+                // index points at another block.
+                Some(block) if block.hash() != *hash => Err(corrupt(
                     "block_heights",
                     format!("hash indexed at height {height} names another block"),
-                ));
-            }
-            let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-            match blocks.get(height).map_err(db_err("read block"))? {
-                Some(bytes) => self
-                    .checked(height, bytes.value(), record.as_ref())
-                    .map(Some),
+                )),
+                Some(block) => Ok(Some(block)),
                 None => Err(self.damaged_block(height, "block missing")),
             }
         })
@@ -290,17 +291,8 @@ impl Store {
             else {
                 return Ok(None);
             };
-            let hashes = tx
-                .open_table(BLOCK_HASHES)
-                .map_err(db_err("open block_hashes"))?;
-            let record = hashes
-                .get(height)
-                .map_err(db_err("read block hash"))?
-                .map(|v| *v.value());
-            let blocks = tx.open_table(BLOCKS).map_err(db_err("open blocks"))?;
-            let block = match blocks.get(height).map_err(db_err("read block"))? {
-                None => return Err(self.damaged_block(height, "block missing")),
-                Some(bytes) => self.checked(height, bytes.value(), record.as_ref())?,
+            let Some(block) = self.read_verified(&tx, height)? else {
+                return Err(self.damaged_block(height, "block missing"));
             };
             block
                 .transactions

@@ -28,14 +28,7 @@ pub struct SeedChain {
 impl SeedChain {
     /// The `[chain]` section of a config for nodes of this chain.
     pub fn chain_section(&self) -> String {
-        format!(
-            "[chain]\nblock_interval_secs = {}\ngenesis_timestamp = {}\ngenesis_hash = \"{}\"\n\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n\n[[chain.allocations]]\naddress = \"{}\"\namount = \"1000\"\noutputs = 10\n",
-            self.genesis.block_interval_secs,
-            self.genesis.timestamp,
-            hex::encode(self.genesis.hash()),
-            hex::encode(self.identity.public_key().as_bytes()),
-            self.wallet.address().to_text(Network::Devnet),
-        )
+        timed::cli::devnet::devnet_chain_section(&self.genesis)
     }
 }
 

@@ -206,34 +206,7 @@ pub fn write_devnet(root: &Path, ip_base: [u8; 3], n: u8, block_interval: u64) -
     let mut genesis = Genesis::devnet(block_interval, &keys, &wallets).unwrap();
     // Slots start now, so the first block comes one interval after start.
     genesis.timestamp = timed::protocol::version::unix_now().as_secs();
-    let mut chain = format!(
-        "[chain]\nblock_interval_secs = {block_interval}\ngenesis_timestamp = {}\n",
-        genesis.timestamp
-    );
-    for m in genesis.masternodes() {
-        chain += &format!(
-            "\n[[chain.masternodes]]\npublic_key = \"{}\"\ntier = \"free\"\n",
-            hex::encode(m.public_key)
-        );
-    }
-    for w in &wallets {
-        let outputs = genesis
-            .allocations
-            .iter()
-            .filter(|a| a.address == *w)
-            .count();
-        let value = genesis
-            .allocations
-            .iter()
-            .find(|a| a.address == *w)
-            .unwrap()
-            .value;
-        chain += &format!(
-            "\n[[chain.allocations]]\naddress = \"{}\"\namount = \"{}\"\noutputs = {outputs}\n",
-            w.to_text(Network::Devnet),
-            timed::wallet::format_amount(value)
-        );
-    }
+    let chain = timed::cli::devnet::devnet_chain_section(&genesis);
     let ip = |i: u8| [ip_base[0], ip_base[1], ip_base[2], i];
     let mut nodes = Vec::new();
     for (index, (dir, _)) in dirs.iter().enumerate() {

@@ -14,13 +14,13 @@
 //! that made it final are on disk, and the RPC returns a payment's id only
 //! once the payment is; see README "What final means".
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{Chain, ChainError, FinalityRecord, State, Tally, VoteHandled};
 use crate::chain::address::Address;
 use crate::chain::mempool::MempoolError;
-use crate::chain::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView};
+use crate::chain::transaction::{OutPoint, Transaction, TxOut, Txid, UtxoView};
 use crate::chain::votes::{Verdict, Vote, VoteError, VoteOutcome};
 use crate::constants::MAX_PENDING_VOTES;
 use crate::protocol::{codec, GossipKind};
@@ -86,6 +86,38 @@ pub struct Coin {
     pub output: TxOut,
     /// How far it can be trusted.
     pub status: CoinStatus,
+}
+
+/// `txs` ordered so that every transaction comes after those of `txs` it
+/// spends from (depth-first over the parents, iteratively).
+fn parents_first(mut txs: HashMap<Txid, Transaction>) -> Vec<Transaction> {
+    let mut ids: Vec<Txid> = txs.keys().copied().collect();
+    ids.sort_unstable();
+    let mut out = Vec::with_capacity(txs.len());
+    for root in ids {
+        // (txid, parents already pushed on the stack)
+        let mut stack = vec![(root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if !txs.contains_key(&id) {
+                continue;
+            }
+            if expanded {
+                if let Some(tx) = txs.remove(&id) {
+                    out.push(tx);
+                }
+                continue;
+            }
+            stack.push((id, true));
+            if let Some(tx) = txs.get(&id) {
+                for input in &tx.inputs {
+                    if txs.contains_key(&input.prevout.txid) {
+                        stack.push((input.prevout.txid, false));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Chain {
@@ -504,57 +536,48 @@ impl Chain {
     pub(super) fn restore_pool(&self) -> Result<(usize, usize), ChainError> {
         let stored = self.inner.store.load_pool()?;
         let mut state = self.state();
-        let mut waiting: Vec<Transaction> = Vec::new();
-        let mut dropped: Vec<Txid> = Vec::new();
+        let mut stored_txs: HashMap<Txid, Transaction> = HashMap::new();
         for bytes in &stored.transactions {
             match Self::decode_tx(bytes) {
-                Ok(tx) => waiting.push(tx),
+                Ok(tx) => {
+                    stored_txs.insert(tx.txid(), tx);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "dropping an undecodable stored mempool transaction");
                 }
             }
         }
-        // Parents first: a child waits until its parent is pooled.
+        // One pass, parents first: a child whose parent was dropped then
+        // fails with a missing input and is dropped too.
+        let mut dropped: Vec<Txid> = Vec::new();
         let mut restored = 0usize;
-        loop {
-            let mut progress = false;
-            let mut still = Vec::new();
-            for tx in waiting {
-                let txid = tx.txid();
-                if self.inner.store.tx_height(&txid)?.is_some() {
-                    dropped.push(txid);
-                    continue;
-                }
-                let view = PoolView {
-                    store: &self.inner.store,
-                    state: &state,
-                };
-                match tx.validate(self.inner.magic, &view) {
-                    Ok(fee) => {
-                        let st = &mut *state;
-                        match st
-                            .mempool
-                            .insert_protecting(tx, fee, |id| st.final_txs.contains(id))
-                        {
-                            Ok(evicted) => {
-                                dropped.extend(evicted);
-                                state.first_seen.insert(txid, Instant::now());
-                                restored += 1;
-                                progress = true;
-                            }
-                            Err(_) => dropped.push(txid),
-                        }
-                    }
-                    Err(TxError::MissingInput { .. }) => still.push(tx),
-                    Err(_) => dropped.push(txid),
-                }
+        for tx in parents_first(stored_txs) {
+            let txid = tx.txid();
+            if self.inner.store.tx_height(&txid)?.is_some() {
+                dropped.push(txid);
+                continue;
             }
-            waiting = still;
-            if !progress || waiting.is_empty() {
-                break;
+            let view = PoolView {
+                store: &self.inner.store,
+                state: &state,
+            };
+            let Ok(fee) = tx.validate(self.inner.magic, &view) else {
+                dropped.push(txid);
+                continue;
+            };
+            let st = &mut *state;
+            match st
+                .mempool
+                .insert_protecting(tx, fee, |id| st.final_txs.contains(id))
+            {
+                Ok(evicted) => {
+                    dropped.extend(evicted);
+                    state.first_seen.insert(txid, Instant::now());
+                    restored += 1;
+                }
+                Err(_) => dropped.push(txid),
             }
         }
-        dropped.extend(waiting.iter().map(Transaction::txid));
         // Votes: counted again, silently (their journal rows exist).
         let mut finalized = HashSet::new();
         for (txid, voter, verdict) in stored.votes {
@@ -721,5 +744,53 @@ impl Chain {
     /// The most transactions the mempool holds.
     pub fn mempool_max_txs(&self) -> usize {
         self.state().mempool.max_txs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::address::Address;
+    use crate::chain::transaction::TxIn;
+    use crate::crypto::SignatureScheme;
+
+    fn spending(prevouts: &[Txid], nonce: u64) -> Transaction {
+        Transaction {
+            version: 1,
+            inputs: prevouts
+                .iter()
+                .map(|txid| TxIn {
+                    prevout: OutPoint {
+                        txid: *txid,
+                        index: 0,
+                    },
+                    scheme: SignatureScheme::Ed25519,
+                    public_key: vec![0; 32],
+                    signature: [0; 64],
+                })
+                .collect(),
+            outputs: vec![TxOut {
+                value: 1,
+                address: Address([1; 20]),
+            }],
+            nonce,
+        }
+    }
+
+    #[test]
+    fn stored_transactions_are_ordered_parents_first() {
+        // A chain a -> b -> c, and d spending both b and an outside output.
+        let a = spending(&[[9; 32]], 1);
+        let b = spending(&[a.txid()], 2);
+        let c = spending(&[b.txid()], 3);
+        let d = spending(&[b.txid(), [8; 32]], 4);
+        let txs: HashMap<Txid, Transaction> = [&a, &b, &c, &d]
+            .into_iter()
+            .map(|t| (t.txid(), t.clone()))
+            .collect();
+        let order: Vec<Txid> = parents_first(txs).iter().map(Transaction::txid).collect();
+        let at = |t: &Transaction| order.iter().position(|id| *id == t.txid()).unwrap();
+        assert_eq!(order.len(), 4);
+        assert!(at(&a) < at(&b) && at(&b) < at(&c) && at(&b) < at(&d));
     }
 }
