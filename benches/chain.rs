@@ -42,10 +42,11 @@ use timed::chain::genesis::Genesis;
 use timed::chain::state::{BlockOutcome, Chain, ChainOptions};
 use timed::chain::{Address, Block, OutPoint, Transaction, TxOut, UtxoView, COIN};
 use timed::crypto::{NodeIdentity, PublicKey, Signature, SignatureScheme};
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{Node, NodeConfig, PeerTarget};
 use timed::peer::HandshakeConfig;
-use timed::protocol::{codec, VersionParams};
+use timed::encoding;
+use timed::protocol::VersionParams;
 use timed::storage::{Store, DB_FILE};
 use timed::transport::noise::CryptoBackend;
 use timed::wallet::Wallet;
@@ -364,7 +365,7 @@ fn block_apply(c: &mut Criterion, fx: &Fixture) {
             started.elapsed(),
             blocks
                 .iter()
-                .map(|b| codec::encode_value(b).unwrap().len())
+                .map(|b| encoding::encode_value(b).unwrap().len())
                 .sum::<usize>()
                 / blocks.len()
         );
@@ -422,7 +423,7 @@ fn breakdown(fx: &Fixture, blocks: &[Block], raw: &[Vec<u8>], seed: &Chain) {
     let start = Instant::now();
     for block in blocks {
         let header = &block.header;
-        assert!(codec::encode_value(block).unwrap().len() <= timed::chain::block::MAX_BLOCK_BYTES);
+        assert!(encoding::encode_value(block).unwrap().len() <= timed::chain::block::MAX_BLOCK_BYTES);
         let key = PublicKey::from_bytes(SignatureScheme::Ed25519, &header.producer).unwrap();
         let sig = Signature::from_bytes(SignatureScheme::Ed25519, &header.signature).unwrap();
         key.verify(&header.signing_digest(fx.magic), &sig).unwrap();
@@ -544,7 +545,7 @@ fn start_seed(rt: &Runtime, fx: &Fixture) -> Seed {
     let blocks = fx.build_chain(SYNC_BLOCKS, SYNC_TXS);
     let raw: Vec<Vec<u8>> = blocks
         .iter()
-        .map(|b| codec::encode_value(b).unwrap())
+        .map(|b| encoding::encode_value(b).unwrap())
         .collect();
     let bytes: u64 = raw.iter().map(|r| r.len() as u64).sum();
     eprintln!(

@@ -11,7 +11,7 @@ use criterion::{
 use ed25519_dalek::{Signer, SigningKey};
 
 use timed::crypto::NodeIdentity;
-use timed::network::Network;
+use timed::params::Network;
 use timed::protocol::codec::{decode_message, encode_message};
 use timed::protocol::{verify_batch, Envelope, GossipKind, Message, Ping, VersionParams};
 

@@ -32,7 +32,7 @@ use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
 use timed::constants::{DEFAULT_MAX_FRAME_LEN, MAX_NOISE_MESSAGE_LEN, MAX_NOISE_PLAINTEXT_LEN};
 use timed::crypto::NodeIdentity;
-use timed::network::Network;
+use timed::params::Network;
 use timed::peer::{establish, Direction, HandshakeConfig};
 use timed::protocol::VersionParams;
 use timed::transport::noise::{handshake, CryptoBackend, LocalKeys};

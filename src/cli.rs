@@ -20,7 +20,7 @@ use crate::chain::state::{Chain, ChainError, ChainOptions};
 use crate::config::{render_template, Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
 use crate::crypto::NodeIdentity;
-use crate::network::Network;
+use crate::params::Network;
 use crate::node::{Node, PeerTarget};
 use crate::rpc::{self, RpcContext};
 use crate::storage::{Store, StoreError, DB_FILE};

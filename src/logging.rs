@@ -80,7 +80,7 @@ pub fn allow(kind: &'static str) -> bool {
 pub fn allow_for(kind: &'static str, sub_kind: &'static str) -> bool {
     let now = Instant::now();
     let key = (kind, sub_kind);
-    let mut table = crate::sync::lock(table());
+    let mut table = crate::locks::lock(table());
     let state = table.entry(key).or_insert(KindState {
         window_start: now,
         written: 0,
@@ -101,7 +101,7 @@ pub fn allow_for(kind: &'static str, sub_kind: &'static str) -> bool {
 /// summary line).
 pub fn flush() {
     let now = Instant::now();
-    let mut table = crate::sync::lock(table());
+    let mut table = crate::locks::lock(table());
     for (key, state) in table.iter_mut() {
         roll(*key, state, now);
     }
@@ -109,7 +109,7 @@ pub fn flush() {
 
 /// Lines of `kind` suppressed in its current window (for tests).
 pub fn suppressed(kind: &'static str) -> u64 {
-    crate::sync::lock(table())
+    crate::locks::lock(table())
         .get(&(kind, ""))
         .map_or(0, |s| s.suppressed)
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use timed::constants::{DEFAULT_MAX_FRAME_LEN, NOISE_PROTOCOL_NAME};
 use timed::crypto::NodeIdentity;
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{NodeEvent, PeerTarget};
 use timed::protocol::codec::encode_message;
 use timed::protocol::{Message, Ping, VersionParams};

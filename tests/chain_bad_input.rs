@@ -40,10 +40,10 @@ use timed::chain::state::{Chain, ChainOptions, Tip};
 use timed::chain::votes::{Verdict, Vote};
 use timed::chain::{OutPoint, Transaction, TxIn, TxOut, Txid, COIN, MIN_FEE};
 use timed::crypto::{NodeId, NodeIdentity};
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{Node, NodeEvent};
 use timed::peer::ConnectionError;
-use timed::protocol::codec::encode_value;
+use timed::encoding::encode_value;
 use timed::protocol::version::unix_now;
 use timed::protocol::{
     DisconnectReason, Envelope, GossipKind, Message, MessageId, Ping, VersionParams,

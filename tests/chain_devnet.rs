@@ -21,7 +21,7 @@ use common::chains::seed_chain;
 use common::procs::{call, height, poll, run_node, timed, wait_peers, write_config, Guard};
 use serde_json::{json, Value};
 use timed::chain::COIN;
-use timed::network::Network;
+use timed::params::Network;
 
 fn block_hash(rpc: SocketAddr, h: u64) -> Option<String> {
     Some(

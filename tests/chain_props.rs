@@ -29,8 +29,8 @@ use timed::chain::votes::{Verdict, Vote};
 use timed::chain::{Address, OutPoint, Transaction, TxOut, COIN};
 use timed::constants::MAX_BLOCK_FUTURE_DRIFT_SECS;
 use timed::crypto::{NodeIdentity, SecretKey, SignatureScheme};
-use timed::network::Network;
-use timed::protocol::codec;
+use timed::params::Network;
+use timed::encoding;
 use timed::wallet::Wallet;
 
 const MAGIC: [u8; 4] = Network::Devnet.magic();
@@ -257,7 +257,7 @@ proptest! {
         prop_assert_eq!(tx.validate(MAGIC, &utxos), Ok(fee));
 
         if let TxMutation::Flip { at, mask } = &mutation {
-            let mut bytes = codec::encode_value(&tx).unwrap();
+            let mut bytes = encoding::encode_value(&tx).unwrap();
             let i = at.index(bytes.len());
             bytes[i] ^= mask;
             if let Ok(decoded) = Chain::decode_tx(&bytes) {
@@ -863,9 +863,9 @@ proptest! {
     ) {
         let f = fixture();
         let mut bytes = match which {
-            0 => codec::encode_value(&f.block).unwrap(),
-            1 => codec::encode_value(&f.block.transactions[0]).unwrap(),
-            _ => codec::encode_value(&sample_vote()).unwrap(),
+            0 => encoding::encode_value(&f.block).unwrap(),
+            1 => encoding::encode_value(&f.block.transactions[0]).unwrap(),
+            _ => encoding::encode_value(&sample_vote()).unwrap(),
         };
         for (at, mask) in flips {
             let i = at.index(bytes.len());
@@ -879,13 +879,13 @@ proptest! {
         let vote = Chain::decode_vote(&bytes);
         // What decodes re-encodes to the same bytes (one encoding per value).
         if let Ok(b) = block {
-            prop_assert_eq!(codec::encode_value(&b).unwrap(), bytes.clone());
+            prop_assert_eq!(encoding::encode_value(&b).unwrap(), bytes.clone());
         }
         if let Ok(t) = tx {
-            prop_assert_eq!(codec::encode_value(&t).unwrap(), bytes.clone());
+            prop_assert_eq!(encoding::encode_value(&t).unwrap(), bytes.clone());
         }
         if let Ok(v) = vote {
-            prop_assert_eq!(codec::encode_value(&v).unwrap(), bytes);
+            prop_assert_eq!(encoding::encode_value(&v).unwrap(), bytes);
         }
     }
 }
@@ -896,7 +896,7 @@ fn decoded_damaged_blocks_never_change_a_node() {
     let f = fixture();
     let (_dir, node) = fresh_node(f);
     let before = node_state(&node);
-    let encoded = codec::encode_value(&f.block).unwrap();
+    let encoded = encoding::encode_value(&f.block).unwrap();
     let mut runner = TestRunner::new(Config::with_cases(128));
     runner
         .run(

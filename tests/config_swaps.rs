@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use timed::layers::stack::MiddlewareConfig;
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{Node, NodeEvent};
 use timed::protocol::codec::encode_message;
 use timed::protocol::version::unix_now;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::procs::{poll_every, timed_stdin_null, wait_exit, Guard};
 use common::RawSession;
 use serde_json::Value;
-use timed::network::Network;
+use timed::params::Network;
 use timed::protocol::{DisconnectReason, Message, VersionParams};
 
 /// How often the waits here poll (each `rpc_json` is a `timed rpc` process).

@@ -17,7 +17,7 @@ use timed::constants::{
     NOISE_PROLOGUE_PREFIX, NOISE_PROTOCOL_NAME, PRE_VERSION_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use timed::crypto::{NodeId, NodeIdentity};
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{Node, NodeConfig, NodeEvent};
 use timed::peer::{ConnectionError, ConnectionEvent, HandshakeConfig};
 use timed::protocol::codec::{decode_message, encode_envelope, encode_message};

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{NodeEvent, PeerTarget};
 use timed::protocol::codec::encode_message;
 use timed::protocol::{DisconnectReason, GossipKind, Message, VersionParams};

@@ -46,7 +46,7 @@ use timed::layers::dedup::DedupConfig;
 use timed::layers::rate_limit::{KindLimit, RateLimitConfig};
 use timed::layers::scoring::ScoringConfig;
 use timed::layers::stack::{BuiltLayer, MiddlewareConfig};
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{Node, NodeEvent, PeerTarget};
 use timed::peer::ConnectionEvent;
 use timed::protocol::message::{capabilities, Blocks, GetBlocks};

@@ -19,7 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{PublicKey, SignatureScheme};
-use crate::network::Network;
+use crate::params::Network;
 
 /// Version byte of the text encoding.
 pub const ADDRESS_VERSION: u8 = 1;

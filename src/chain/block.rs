@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::transaction::{Transaction, Txid};
 use crate::crypto::NodeIdentity;
-use crate::protocol::codec;
+use crate::encoding;
 
 /// A block hash.
 pub type BlockHash = [u8; 32];
@@ -39,7 +39,7 @@ pub struct BlockHeader {
     /// The producing masternode's ed25519 key (zeros for genesis).
     pub producer: [u8; 32],
     /// The producer's signature (zeros for genesis).
-    #[serde(with = "crate::protocol::codec::fixed64")]
+    #[serde(with = "crate::encoding::fixed64")]
     pub signature: [u8; 64],
 }
 
@@ -84,7 +84,7 @@ impl BlockHeader {
     pub fn hash(&self) -> BlockHash {
         let mut unsigned = self.clone();
         unsigned.signature = [0u8; 64];
-        let bytes = codec::encode_value(&unsigned).unwrap_or_default();
+        let bytes = encoding::encode_value(&unsigned).unwrap_or_default();
         blake3::derive_key("timed v1 block", &bytes)
     }
 

@@ -32,8 +32,8 @@ use super::address::Address;
 use super::block::{merkle_root, Block, BlockHash, BlockHeader};
 use super::transaction::{Transaction, TxOut, MAX_MONEY, MAX_OUTPUTS};
 use super::votes::{MasternodeSet, Tier};
-use crate::network::Network;
-use crate::protocol::codec;
+use crate::params::Network;
+use crate::encoding;
 
 /// Longest block interval a genesis may set (one day).
 pub const MAX_BLOCK_INTERVAL_SECS: u64 = 86_400;
@@ -192,7 +192,7 @@ impl Genesis {
             self.block_interval_secs,
             &self.masternodes,
         );
-        let bytes = codec::encode_value(&params).unwrap_or_default();
+        let bytes = encoding::encode_value(&params).unwrap_or_default();
         blake3::derive_key("timed v1 genesis params", &bytes)
     }
 

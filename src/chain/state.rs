@@ -59,7 +59,8 @@ use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
 use crate::crypto::NodeIdentity;
 use crate::layers::Offence;
-use crate::protocol::{codec, GossipKind};
+use crate::encoding;
+use crate::protocol::GossipKind;
 use crate::storage::{Store, StoreError, DB_FILE};
 
 mod blocks;
@@ -354,7 +355,7 @@ impl Chain {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::sync::lock(&self.inner.state)
+        crate::locks::lock(&self.inner.state)
     }
 
     /// Sets how this node publishes its votes and blocks (once).
@@ -471,7 +472,7 @@ impl Chain {
             let Some(e) = state.mempool.get(&id) else {
                 continue;
             };
-            let Ok(b) = codec::encode_value(&e.tx) else {
+            let Ok(b) = encoding::encode_value(&e.tx) else {
                 continue;
             };
             if out.len() >= max_count || bytes + b.len() > max_bytes {

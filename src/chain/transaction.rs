@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::address::Address;
 use crate::crypto::{PublicKey, SecretKey, Signature, SignatureError, SignatureScheme};
-use crate::protocol::codec;
+use crate::encoding;
 
 /// Units in one TIME.
 pub const COIN: u64 = 100_000_000;
@@ -64,7 +64,7 @@ pub struct TxIn {
     #[serde(with = "serde_bytes")]
     pub public_key: Vec<u8>,
     /// The signature over the input's sighash.
-    #[serde(with = "crate::protocol::codec::fixed64")]
+    #[serde(with = "crate::encoding::fixed64")]
     pub signature: [u8; 64],
 }
 
@@ -211,7 +211,7 @@ impl Transaction {
 
     /// The transaction id (signatures excluded).
     pub fn txid(&self) -> Txid {
-        let bytes = codec::encode_value(&self.unsigned()).unwrap_or_default();
+        let bytes = encoding::encode_value(&self.unsigned()).unwrap_or_default();
         blake3::derive_key("timed v1 txid", &bytes)
     }
 
@@ -236,7 +236,7 @@ impl Transaction {
 
     /// The encoded size in bytes.
     pub fn size(&self) -> usize {
-        codec::encode_value(self)
+        encoding::encode_value(self)
             .map(|b| b.len())
             .unwrap_or(usize::MAX)
     }
@@ -453,8 +453,8 @@ mod tests {
         let mut other = tx.clone();
         other.nonce += 1;
         assert_ne!(tx.txid(), other.txid());
-        let bytes = codec::encode_value(&tx).unwrap();
-        assert_eq!(codec::decode_value::<Transaction>(&bytes).unwrap(), tx);
+        let bytes = encoding::encode_value(&tx).unwrap();
+        assert_eq!(encoding::decode_value::<Transaction>(&bytes).unwrap(), tx);
     }
 
     proptest! {
@@ -471,7 +471,7 @@ mod tests {
 
         #[test]
         fn decoding_arbitrary_bytes_as_a_transaction_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(tx) = codec::decode_value::<Transaction>(&bytes) {
+            if let Ok(tx) = encoding::decode_value::<Transaction>(&bytes) {
                 let _ = tx.validate(MAGIC, &HashMap::new());
             }
         }

@@ -10,7 +10,7 @@ use crate::chain::genesis::Genesis;
 use crate::config::{Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
 use crate::crypto::NodeIdentity;
-use crate::network::Network;
+use crate::params::Network;
 use crate::wallet::Wallet;
 
 /// The address of devnet node `i` (1-based) from `first`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::layers::stack::{parse_entries, MiddlewareConfig, StackError};
-use crate::network::Network;
+use crate::params::Network;
 use crate::node::{ConnectionLimits, NodeConfig, PeerTarget};
 use crate::peer::{ConnectionConfig, HandshakeConfig};
 use crate::protocol::VersionParams;

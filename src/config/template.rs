@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::Config;
-use crate::network::Network;
+use crate::params::Network;
 
 /// The commented config `timed init` writes; `{network}`, `{listen}`,
 /// `{rpc}`, `{metrics}` and `{data_dir}` are filled in.

@@ -289,7 +289,7 @@ impl Blacklist {
     /// [`prune`](Blacklist::prune). [`restore`](Blacklist::restore) does not
     /// report.
     pub fn set_sink(&self, sink: Arc<dyn BanSink>) {
-        *crate::sync::lock(&self.sink) = Some(sink);
+        *crate::locks::lock(&self.sink) = Some(sink);
     }
 
     /// Reports the stored value of each of `nets` to the sink, if any.
@@ -301,7 +301,7 @@ impl Blacklist {
         if nets.is_empty() {
             return;
         }
-        if let Some(sink) = crate::sync::lock(&self.sink).as_ref() {
+        if let Some(sink) = crate::locks::lock(&self.sink).as_ref() {
             for net in nets {
                 sink.changed(stored_change(state, *net, now));
             }
@@ -311,14 +311,14 @@ impl Blacklist {
     /// Lets the sink make an operator's change durable; called without the
     /// state lock.
     fn operator_changed(&self) {
-        let sink = crate::sync::lock(&self.sink).clone();
+        let sink = crate::locks::lock(&self.sink).clone();
         if let Some(sink) = sink {
             sink.operator_changed();
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+        crate::locks::lock(&self.state)
     }
 
     /// The active ban covering `ip`, if any.
@@ -478,7 +478,7 @@ impl Blacklist {
         let mut state = self.lock();
         state.ips.clear();
         state.subnets.retain(|b| b.reason == "config");
-        if let Some(sink) = crate::sync::lock(&self.sink).as_ref() {
+        if let Some(sink) = crate::locks::lock(&self.sink).as_ref() {
             sink.changed(BanChange::Cleared);
         }
         drop(state);

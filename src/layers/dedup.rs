@@ -137,7 +137,7 @@ impl DedupCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        crate::sync::lock(&self.cache)
+        crate::locks::lock(&self.cache)
     }
 
     /// Records `entry` for `id` at `now`, expiring and evicting from the

@@ -289,18 +289,18 @@ fn decayed(value: f64, since: Instant, now: Instant, half_life: Duration) -> f64
 impl ScoreHandle {
     /// The current value after decay.
     pub fn value(&self, half_life: Duration) -> f64 {
-        let guard = crate::sync::lock(&self.0);
+        let guard = crate::locks::lock(&self.0);
         decayed(guard.0, guard.1, Instant::now(), half_life)
     }
 
     /// Sets the score back to 0 (an operator forgave the peer).
     pub fn reset(&self) {
-        *crate::sync::lock(&self.0) = (0.0, Instant::now());
+        *crate::locks::lock(&self.0) = (0.0, Instant::now());
     }
 
     /// Decays, adds `delta`, clamps, and returns the new value.
     pub fn add(&self, delta: f64, half_life: Duration) -> f64 {
-        let mut guard = crate::sync::lock(&self.0);
+        let mut guard = crate::locks::lock(&self.0);
         let now = Instant::now();
         let value =
             (decayed(guard.0, guard.1, now, half_life) + delta).clamp(SCORE_RANGE.0, SCORE_RANGE.1);
@@ -333,7 +333,7 @@ impl LayerCounters {
     /// Records a request refused by `layer` for `reason`.
     pub fn reject(&self, layer: &'static str, reason: &'static str) {
         {
-            let mut guard = crate::sync::lock(&self.rejected);
+            let mut guard = crate::locks::lock(&self.rejected);
             match guard.iter_mut().find(|(r, _)| *r == reason) {
                 Some((_, n)) => *n += 1,
                 None => guard.push((reason, 1)),
@@ -355,7 +355,7 @@ impl LayerCounters {
 
     /// How many requests were refused for `reason`.
     pub fn rejected(&self, reason: &str) -> u64 {
-        let guard = crate::sync::lock(&self.rejected);
+        let guard = crate::locks::lock(&self.rejected);
         guard
             .iter()
             .find(|(r, _)| *r == reason)
@@ -364,7 +364,7 @@ impl LayerCounters {
 
     /// Every rejection reason with its count.
     pub fn rejections(&self) -> Vec<(&'static str, u64)> {
-        crate::sync::lock(&self.rejected).clone()
+        crate::locks::lock(&self.rejected).clone()
     }
 }
 

@@ -204,7 +204,7 @@ impl ScoreBook {
     /// The score handle of `node_id` (new at 0 if unknown), seen now from
     /// `ip`.
     pub fn handle(&self, node_id: NodeId, ip: IpAddr) -> ScoreHandle {
-        let mut scores = crate::sync::lock(&self.scores);
+        let mut scores = crate::locks::lock(&self.scores);
         if let Some((h, seen)) = scores.get_mut(&node_id) {
             *seen = ip;
             return h.clone();
@@ -237,7 +237,7 @@ impl ScoreBook {
 
     /// The score of `node_id`, if it has one.
     pub fn score(&self, node_id: &NodeId) -> Option<f64> {
-        crate::sync::lock(&self.scores)
+        crate::locks::lock(&self.scores)
             .get(node_id)
             .map(|(h, _)| h.value(self.half_life))
     }
@@ -246,7 +246,7 @@ impl ScoreBook {
     /// returns how many were forgiven. Live connections share the handles,
     /// so they are forgiven too.
     pub fn forgive(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
-        let scores = crate::sync::lock(&self.scores);
+        let scores = crate::locks::lock(&self.scores);
         let mut forgiven = 0;
         for (handle, ip) in scores.values() {
             if pred(*ip) && handle.value(self.half_life) < 0.0 {

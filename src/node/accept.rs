@@ -18,7 +18,7 @@ impl Drop for Slot {
             counter.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some((map, ip)) = &self.per_ip {
-            let mut map = crate::sync::lock(map);
+            let mut map = crate::locks::lock(map);
             if let Some(n) = map.get_mut(ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -39,7 +39,7 @@ pub(super) struct PendingHandshake {
 
 impl Drop for PendingHandshake {
     fn drop(&mut self) {
-        crate::sync::lock(&self.inner.pending).remove(&self.conn_id);
+        crate::locks::lock(&self.inner.pending).remove(&self.conn_id);
     }
 }
 
@@ -58,7 +58,7 @@ impl Node {
         if inner.config.limits.max_inbound == 0 {
             return Err("max_inbound");
         }
-        let mut per_ip = crate::sync::lock(&inner.per_ip);
+        let mut per_ip = crate::locks::lock(&inner.per_ip);
         let count = per_ip.entry(key).or_insert(0);
         if *count >= inner.config.limits.max_per_ip {
             return Err("max_per_ip");
@@ -76,7 +76,7 @@ impl Node {
     pub(super) fn register_pending(&self, conn_id: u64) -> PendingHandshake {
         let evicted = CancellationToken::new();
         let max = self.inner.config.limits.max_pending_handshakes.max(1);
-        let mut pending = crate::sync::lock(&self.inner.pending);
+        let mut pending = crate::locks::lock(&self.inner.pending);
         while pending.len() >= max {
             let Some((old, token)) = pending.pop_first() else {
                 break;

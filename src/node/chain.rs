@@ -205,7 +205,7 @@ impl Node {
 /// Charges `offence` to a connected peer through the scoring layer of the
 /// current stack (which disconnects or bans at its thresholds).
 pub(super) fn penalize_peer(inner: &Inner, peer: &PeerContext, offence: Offence) {
-    let stack = crate::sync::read(&inner.stack).clone();
+    let stack = crate::locks::read(&inner.stack).clone();
     for layer in stack.layers() {
         if let BuiltLayer::Scoring(scoring) = layer {
             scoring.penalize(peer, offence);

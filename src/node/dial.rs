@@ -57,7 +57,7 @@ impl Node {
     pub fn add_peer(&self, target: PeerTarget) -> bool {
         let token = self.inner.shutdown.child_token();
         {
-            let mut dialers = crate::sync::lock(&self.inner.dialers);
+            let mut dialers = crate::locks::lock(&self.inner.dialers);
             if dialers.contains_key(&target.addr) {
                 return false;
             }
@@ -70,13 +70,13 @@ impl Node {
     /// Stops redialling the peer at `addr` (an established connection
     /// stays); false if it was not kept.
     pub fn remove_peer(&self, addr: SocketAddr) -> bool {
-        let token = crate::sync::lock(&self.inner.dialers).remove(&addr);
+        let token = crate::locks::lock(&self.inner.dialers).remove(&addr);
         token.map(|t| t.cancel()).is_some()
     }
 
     /// The addresses whose peers are kept connected.
     pub fn kept_peers(&self) -> Vec<SocketAddr> {
-        crate::sync::lock(&self.inner.dialers)
+        crate::locks::lock(&self.inner.dialers)
             .keys()
             .copied()
             .collect()

@@ -448,7 +448,7 @@ impl Node {
 
     /// The middleware stack new connections get.
     pub fn middleware(&self) -> Arc<MiddlewareStack> {
-        crate::sync::read(&self.inner.stack).clone()
+        crate::locks::read(&self.inner.stack).clone()
     }
 
     /// The node-wide ban list.
@@ -504,7 +504,7 @@ impl Node {
             self.inner.blacklist.clone(),
         ));
         let described = stack.describe();
-        *crate::sync::write(&self.inner.stack) = stack;
+        *crate::locks::write(&self.inner.stack) = stack;
         tracing::info!(middleware = %described, "middleware reloaded for new connections");
         described
     }

@@ -82,7 +82,7 @@ impl SendQueue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
-        crate::sync::lock(&self.lanes)
+        crate::locks::lock(&self.lanes)
     }
 
     /// Queues an encoded message.

@@ -90,11 +90,11 @@ impl PeerSet {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<PeerHandle>>> {
-        crate::sync::read(&self.peers)
+        crate::locks::read(&self.peers)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Arc<PeerHandle>>> {
-        crate::sync::write(&self.peers)
+        crate::locks::write(&self.peers)
     }
 
     fn dialer(&self, handle: &PeerHandle) -> NodeId {
@@ -313,7 +313,7 @@ mod tests {
     use super::*;
     use crate::crypto::NodeIdentity;
     use crate::layers::ScoreHandle;
-    use crate::network::Network;
+    use crate::params::Network;
     use crate::peer::client::ClientRequest;
     use crate::protocol::VersionParams;
     use std::net::SocketAddr;

@@ -21,7 +21,6 @@
 //! `with_limit` is only enforced when decoding, hence the explicit checks.)
 
 use bytes::BytesMut;
-use serde::{Deserializer, Serializer};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::envelope::Envelope;
@@ -31,17 +30,13 @@ use crate::constants::{
     MAX_ENVELOPE_PAYLOAD_LEN, MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS,
     MAX_NETWORK_NAME_LEN, MAX_PEER_ADDRESSES, MAX_USER_AGENT_LEN,
 };
+use crate::encoding::EncodingError;
 use crate::transport::{FrameCodec, FrameError};
 
 /// Largest `Disconnect::detail` accepted.
 const MAX_DISCONNECT_DETAIL_LEN: usize = 256;
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<DEFAULT_MAX_FRAME_LEN>()
-}
+use crate::encoding::config;
 
 /// Errors turning bytes into messages and back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +70,16 @@ pub enum CodecError {
     /// [`DEFAULT_MAX_FRAME_LEN`]).
     #[error("message cannot be encoded: {0}")]
     Encode(String),
+}
+
+impl From<EncodingError> for CodecError {
+    fn from(error: EncodingError) -> Self {
+        match error {
+            EncodingError::Malformed(e) => CodecError::Malformed(e),
+            EncodingError::TrailingBytes { extra } => CodecError::TrailingBytes { extra },
+            EncodingError::Encode(e) => CodecError::Encode(e),
+        }
+    }
 }
 
 impl CodecError {
@@ -133,40 +138,6 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
     encode_message_into(message, &mut out)?;
     Ok(out)
-}
-
-/// Encodes any protocol value (a transaction, a block, a stored record)
-/// with the wire configuration; chain ids and storage use these bytes.
-///
-/// # Errors
-/// [`CodecError::Encode`] if the value is larger than the size limit.
-pub fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::new();
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    if out.len() > DEFAULT_MAX_FRAME_LEN {
-        return Err(CodecError::Encode(format!(
-            "{} bytes exceed the limit of {DEFAULT_MAX_FRAME_LEN}",
-            out.len()
-        )));
-    }
-    Ok(out)
-}
-
-/// Decodes a value encoded by [`encode_value`]; the whole input must be
-/// used.
-///
-/// # Errors
-/// [`CodecError::Malformed`] or [`CodecError::TrailingBytes`]; never panics.
-pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::TrailingBytes {
-            extra: bytes.len() - used,
-        });
-    }
-    Ok(value)
 }
 
 /// Encodes an envelope on its own (the bytes its id and signature cover).
@@ -242,47 +213,6 @@ fn check_limits(message: &Message) -> Result<(), CodecError> {
             limit("mempool.bytes", bytes, MAX_MEMPOOL_RESPONSE_BYTES)
         }
         Message::Ping(_) | Message::Pong(_) | Message::GetPeers | Message::GetMempool => Ok(()),
-    }
-}
-
-/// serde helper: a `[u8; 64]` as 64 raw bytes (a tuple), without a length.
-pub mod fixed64 {
-    use super::*;
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::ser::SerializeTuple;
-
-    /// Serializes 64 bytes as a 64-tuple.
-    pub fn serialize<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(64)?;
-        for b in bytes {
-            t.serialize_element(b)?;
-        }
-        t.end()
-    }
-
-    struct V;
-
-    impl<'de> Visitor<'de> for V {
-        type Value = [u8; 64];
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("64 bytes")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
-            let mut out = [0u8; 64];
-            for (i, slot) in out.iter_mut().enumerate() {
-                *slot = seq
-                    .next_element()?
-                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
-            }
-            Ok(out)
-        }
-    }
-
-    /// Deserializes a 64-tuple of bytes.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        d.deserialize_tuple(64, V)
     }
 }
 
@@ -412,7 +342,7 @@ mod tests {
     }
 
     fn version(user_agent_len: usize, network_len: usize) -> Message {
-        let mut v = VersionParams::new(crate::network::Network::Devnet)
+        let mut v = VersionParams::new(crate::params::Network::Devnet)
             .build(crate::crypto::NodeId([3; 32]), 0);
         v.user_agent = "u".repeat(user_agent_len);
         v.network = "n".repeat(network_len);

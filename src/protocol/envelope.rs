@@ -136,7 +136,7 @@ pub struct Envelope {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// ed25519 signature over the digest (see the module docs).
-    #[serde(with = "super::codec::fixed64")]
+    #[serde(with = "crate::encoding::fixed64")]
     pub signature: [u8; 64],
 }
 

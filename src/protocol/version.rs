@@ -7,7 +7,7 @@ use crate::constants::{
     MAX_VERSION_CLOCK_SKEW, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, USER_AGENT,
 };
 use crate::crypto::NodeId;
-use crate::network::Network;
+use crate::params::Network;
 
 /// What this node announces and expects in the version handshake.
 #[derive(Clone, Debug)]

@@ -13,7 +13,8 @@ use crate::chain::transaction::Transaction;
 use crate::chain::CoinStatus;
 use crate::chain::{Address, MIN_FEE};
 use crate::crypto::NodeId;
-use crate::protocol::{codec, GossipKind};
+use crate::encoding;
+use crate::protocol::GossipKind;
 use crate::wallet::{amount_from_json, format_amount, WalletError};
 
 /// The chain and wallet methods, for `help` and metrics labels.
@@ -72,7 +73,7 @@ const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// journal position the caller must wait for ([`durable`]) before
 /// answering.
 fn submit(ctx: &RpcContext, chain: &Chain, tx: Transaction) -> Result<(Value, u64), RpcError> {
-    let encoded = codec::encode_value(&tx)
+    let encoded = encoding::encode_value(&tx)
         .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
     let (txid, fee) = chain.submit_tx(tx).map_err(|e| refused(&e))?;
     let seq = chain.journal_seq();
@@ -131,7 +132,7 @@ fn block_json(chain: &Chain, block: &Block) -> Value {
         "timestamp": h.timestamp,
         "slot": chain.genesis().slot(h.timestamp),
         "producer": hex::encode(h.producer),
-        "size": codec::encode_value(block).map_or(0, |b| b.len()),
+        "size": encoding::encode_value(block).map_or(0, |b| b.len()),
         "tx": block.transactions.iter().map(|t| hex::encode(t.txid())).collect::<Vec<_>>(),
     })
 }
@@ -401,7 +402,7 @@ fn gettransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
         );
         o.insert(
             "hex".into(),
-            json!(codec::encode_value(tx).map(hex::encode).unwrap_or_default()),
+            json!(encoding::encode_value(tx).map(hex::encode).unwrap_or_default()),
         );
     }
     Ok(out)

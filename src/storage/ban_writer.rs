@@ -136,7 +136,7 @@ impl Store {
             status,
             thread: Mutex::new(Some(thread)),
         });
-        let mut writers = crate::sync::lock(&self.shared.ban_writers);
+        let mut writers = crate::locks::lock(&self.shared.ban_writers);
         writers.retain(|w| w.strong_count() > 0);
         writers.push(Arc::downgrade(&handle));
         Ok(BanWriter { handle })
@@ -161,7 +161,7 @@ impl BanWriter {
     /// changes may already be flowing).
     pub fn resync(&self) {
         self.handle.status.resync.store(true, Ordering::SeqCst);
-        if let Some(tx) = crate::sync::lock(&self.handle.tx).as_ref() {
+        if let Some(tx) = crate::locks::lock(&self.handle.tx).as_ref() {
             // Wakes the writer; a full queue means it is awake anyway.
             let _ = tx.try_send(Msg::Flush);
         }
@@ -175,7 +175,7 @@ impl BanWriter {
 
     /// Counters.
     pub fn stats(&self) -> BanWriterStats {
-        let progress = crate::sync::lock(&self.handle.status.progress);
+        let progress = crate::locks::lock(&self.handle.status.progress);
         BanWriterStats {
             sent: self.handle.status.sent.load(Ordering::SeqCst),
             committed: progress.committed,
@@ -187,7 +187,7 @@ impl BanWriter {
 
 impl Handle {
     fn send(&self, write: BanWrite) {
-        let tx = crate::sync::lock(&self.tx);
+        let tx = crate::locks::lock(&self.tx);
         let Some(tx) = tx.as_ref() else {
             tracing::debug!(?write, "ban writer closed: change not stored");
             return;
@@ -213,12 +213,12 @@ impl Handle {
 
     fn sync(&self, timeout: Duration) -> bool {
         let target = self.status.sent.load(Ordering::SeqCst);
-        if let Some(tx) = crate::sync::lock(&self.tx).as_ref() {
+        if let Some(tx) = crate::locks::lock(&self.tx).as_ref() {
             // A full queue means the writer is busy committing anyway.
             let _ = tx.try_send(Msg::Flush);
         }
         let deadline = Instant::now() + timeout;
-        let mut progress = crate::sync::lock(&self.status.progress);
+        let mut progress = crate::locks::lock(&self.status.progress);
         loop {
             if progress.committed >= target {
                 return true;
@@ -236,10 +236,10 @@ impl Handle {
 
     pub(super) fn close(&self, timeout: Duration) {
         let flushed = self.sync(timeout);
-        let stopped = crate::sync::lock(&self.status.progress).stopped;
+        let stopped = crate::locks::lock(&self.status.progress).stopped;
         // Dropping the sender ends the thread once the queue is empty.
-        drop(crate::sync::lock(&self.tx).take());
-        let thread = crate::sync::lock(&self.thread).take();
+        drop(crate::locks::lock(&self.tx).take());
+        let thread = crate::locks::lock(&self.thread).take();
         match thread {
             // A thread that stopped on a failed database has said so.
             Some(thread) if flushed || stopped => {
@@ -314,7 +314,7 @@ fn run(rx: &Receiver<Msg>, status: &Status, store: &Store, snapshot: &Snapshot) 
         } else {
             store.write_bans(&batch.writes)
         };
-        let mut progress = crate::sync::lock(&status.progress);
+        let mut progress = crate::locks::lock(&status.progress);
         match result {
             Ok(()) => {
                 progress.committed = progress.committed.max(batch.top);
@@ -340,7 +340,7 @@ fn run(rx: &Receiver<Msg>, status: &Status, store: &Store, snapshot: &Snapshot) 
             }
         }
     }
-    crate::sync::lock(&status.progress).stopped = true;
+    crate::locks::lock(&status.progress).stopped = true;
     status.changed.notify_all();
 }
 

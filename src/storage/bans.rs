@@ -21,7 +21,7 @@ use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransacti
 use serde::{Deserialize, Serialize};
 
 use super::{db_err, decode, encode, Store, StoreError};
-use crate::protocol::codec;
+use crate::encoding;
 
 /// Banned subnet (text) → encoded [`StoredBan`].
 pub(super) const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans_v2");
@@ -110,7 +110,7 @@ impl Store {
             let mut out = Vec::new();
             for entry in table.iter().map_err(db_err("read bans"))? {
                 let (key, value) = entry.map_err(db_err("read bans"))?;
-                match codec::decode_value::<StoredBan>(value.value()) {
+                match encoding::decode_value::<StoredBan>(value.value()) {
                     Ok(ban) if ban.subnet == key.value() => out.push(ban),
                     _ => tracing::warn!(
                         subnet = key.value().chars().take(64).collect::<String>(),

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::chain::block::{Block, BlockHash};
 use crate::chain::transaction::{Transaction, Txid};
-use crate::protocol::codec;
+use crate::encoding;
 
 /// Length of a `block_hashes` record: block hash ‖ digest of the bytes.
 pub(super) const RECORD_LEN: usize = 64;
@@ -70,7 +70,7 @@ pub(super) fn verify(
     if blake3::hash(bytes).as_bytes()[..] != record[32..] {
         return Err("stored bytes differ from those written");
     }
-    let block: Block = codec::decode_value(bytes).map_err(|_| "does not decode")?;
+    let block: Block = encoding::decode_value(bytes).map_err(|_| "does not decode")?;
     if block.header.height != height {
         return Err("header names another height");
     }
@@ -87,7 +87,7 @@ impl Store {
     /// Records `height` as damaged (logged once per height) and returns the
     /// error to report.
     pub(super) fn damaged_block(&self, height: u64, problem: &'static str) -> StoreError {
-        let mut damaged = crate::sync::lock(&self.shared.damaged);
+        let mut damaged = crate::locks::lock(&self.shared.damaged);
         if !damaged.contains(&height) {
             if damaged.len() < MAX_DAMAGED_TRACKED {
                 damaged.insert(height);
@@ -148,7 +148,7 @@ impl Store {
     /// The heights whose stored block failed verification and has not been
     /// repaired yet, in increasing order (at most [`MAX_DAMAGED_TRACKED`]).
     pub fn damaged_heights(&self) -> Vec<u64> {
-        crate::sync::lock(&self.shared.damaged)
+        crate::locks::lock(&self.shared.damaged)
             .iter()
             .copied()
             .collect()
@@ -355,7 +355,7 @@ impl Store {
                     .map_err(db_err("record block hash"))?;
             }
             tx.commit().map_err(db_err("commit"))?;
-            let was_damaged = crate::sync::lock(&self.shared.damaged).remove(&height);
+            let was_damaged = crate::locks::lock(&self.shared.damaged).remove(&height);
             tracing::info!(
                 path = %self.path().display(),
                 height,

@@ -134,7 +134,7 @@ impl TipMarker {
     /// Notes a committed tip: written now when the last write is at least
     /// [`MIN_WRITE_INTERVAL`] old, otherwise kept pending.
     pub(super) fn committed(&self, tip: MarkedTip) {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = crate::locks::lock(&self.state);
         let due = state
             .last_write
             .is_none_or(|at| at.elapsed() >= MIN_WRITE_INTERVAL);
@@ -149,7 +149,7 @@ impl TipMarker {
 
     /// Writes `tip` now, whatever the rate limit (at open).
     pub(super) fn write_now(&self, tip: MarkedTip) {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = crate::locks::lock(&self.state);
         state.pending = None;
         state.last_write = Some(Instant::now());
         self.write_logged(tip);
@@ -157,7 +157,7 @@ impl TipMarker {
 
     /// Writes the pending tip, if any (at a clean close).
     pub(super) fn flush(&self) {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = crate::locks::lock(&self.state);
         if let Some(tip) = state.pending.take() {
             state.last_write = Some(Instant::now());
             self.write_logged(tip);
@@ -238,7 +238,7 @@ mod tests {
             "nothing pending: unchanged"
         );
         // After the interval the next commit writes at once.
-        crate::sync::lock(&marker.state).last_write =
+        crate::locks::lock(&marker.state).last_write =
             Some(Instant::now() - MIN_WRITE_INTERVAL - Duration::from_millis(1));
         marker.committed(tip(4));
         assert_eq!(marker.read(), Ok(Some(tip(4))));

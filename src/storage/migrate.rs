@@ -20,7 +20,7 @@ use super::{
     BLOCK_HASHES, BLOCK_HEIGHTS, META, SCHEMA_VERSION, TX_INDEX, UNDO, UTXOS,
 };
 use crate::chain::block::{Block, BlockHash};
-use crate::protocol::codec;
+use crate::encoding;
 
 /// What preparing the tables found.
 #[derive(Debug, Default)]
@@ -105,7 +105,7 @@ fn block_hashes_from_blocks(tx: &WriteTransaction) -> Result<Vec<(u64, &'static 
     for entry in blocks.iter().map_err(db_err("read blocks"))? {
         let (height, bytes) = entry.map_err(db_err("read blocks"))?;
         let (height, bytes) = (height.value(), bytes.value());
-        let checked: Result<BlockHash, &'static str> = match codec::decode_value::<Block>(bytes) {
+        let checked: Result<BlockHash, &'static str> = match encoding::decode_value::<Block>(bytes) {
             Err(_) => Err("does not decode"),
             Ok(b) if b.header.height != height => Err("header names another height"),
             Ok(b) if !b.merkle_matches() => Err("merkle root does not match the transactions"),

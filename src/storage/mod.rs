@@ -82,7 +82,7 @@ use serde::Serialize;
 use crate::chain::address::Address;
 use crate::chain::block::BlockHash;
 use crate::chain::transaction::{OutPoint, TxOut, Txid, UtxoView};
-use crate::protocol::codec;
+use crate::encoding;
 
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const BLOCK_HASHES: TableDefinition<u64, &[u8; blocks::RECORD_LEN]> =
@@ -261,11 +261,11 @@ fn corrupt(table: &'static str, message: impl Into<String>) -> StoreError {
 }
 
 fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    codec::encode_value(value).map_err(|e| corrupt(table, e.to_string()))
+    encoding::encode_value(value).map_err(|e| corrupt(table, e.to_string()))
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    codec::decode_value(bytes).map_err(|e| corrupt(table, e.to_string()))
+    encoding::decode_value(bytes).map_err(|e| corrupt(table, e.to_string()))
 }
 
 fn outpoint_key(outpoint: &OutPoint) -> [u8; OUTPOINT_KEY_LEN] {
@@ -414,7 +414,7 @@ impl Store {
     /// tip marker. The store stays usable.
     pub fn close(&self, timeout: std::time::Duration) {
         let writers: Vec<Weak<ban_writer::Handle>> =
-            std::mem::take(&mut *crate::sync::lock(&self.shared.ban_writers));
+            std::mem::take(&mut *crate::locks::lock(&self.shared.ban_writers));
         for writer in writers.iter().filter_map(Weak::upgrade) {
             writer.close(timeout);
         }

@@ -56,7 +56,7 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
 /// hook logs this thread's panics through tracing instead of printing them
 /// to stderr; other threads' panics go to the previous hook.
 fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    let _serialised = crate::sync::lock(&PANIC_HOOK);
+    let _serialised = crate::locks::lock(&PANIC_HOOK);
     let previous = Arc::new(panic::take_hook());
     let opener = std::thread::current().id();
     let others = previous.clone();

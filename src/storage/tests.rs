@@ -172,7 +172,7 @@ fn scan(store: &Store) -> BTreeMap<OutPoint, TxOut> {
                 txid: key[..32].try_into().unwrap(),
                 index: u32::from_be_bytes(key[32..].try_into().unwrap()),
             };
-            (outpoint, codec::decode_value(&value).unwrap())
+            (outpoint, encoding::decode_value(&value).unwrap())
         })
         .collect()
 }
@@ -181,7 +181,7 @@ fn undo_at(store: &Store, height: u64) -> Option<Vec<(OutPoint, TxOut)>> {
     let tx = store.db().begin_read().unwrap();
     let undo = tx.open_table(UNDO).unwrap();
     let record = undo.get(height).unwrap();
-    record.map(|v| codec::decode_value(v.value()).unwrap())
+    record.map(|v| encoding::decode_value(v.value()).unwrap())
 }
 
 /// The address index answers exactly what a full scan of `utxos` does.
@@ -416,7 +416,7 @@ fn raw_blocks_stop_at_the_tip_the_count_and_the_byte_budget() {
     let raw: Vec<Vec<u8>> = c
         .blocks
         .iter()
-        .map(|b| codec::encode_value(b).unwrap())
+        .map(|b| encoding::encode_value(b).unwrap())
         .collect();
     let (l0, l1) = (raw[0].len(), raw[1].len());
     assert_eq!(store.raw_blocks(0, 10, usize::MAX).unwrap(), raw);
@@ -435,7 +435,7 @@ fn raw_blocks_stop_at_the_tip_the_count_and_the_byte_budget() {
     assert_eq!(store.raw_blocks(0, 10, l0 + l1 - 1).unwrap(), raw[..1]);
     assert_eq!(store.raw_blocks(1, 10, 0).unwrap(), raw[1..2]);
     // The bytes are the blocks.
-    let decoded: Block = codec::decode_value(&store.raw_blocks(2, 1, 0).unwrap()[0]).unwrap();
+    let decoded: Block = encoding::decode_value(&store.raw_blocks(2, 1, 0).unwrap()[0]).unwrap();
     assert_eq!(decoded, c.blocks[2]);
     store.rollback_tip().unwrap();
     assert_eq!(store.raw_blocks(0, 10, usize::MAX).unwrap(), raw[..2]);
@@ -582,7 +582,7 @@ fn a_store_written_before_schema_versions_is_refused() {
         let tx = db.begin_write().unwrap();
         {
             let mut meta = tx.open_table(META).unwrap();
-            let tip = codec::encode_value(&(0u64, [0u8; 32])).unwrap();
+            let tip = encoding::encode_value(&(0u64, [0u8; 32])).unwrap();
             meta.insert("tip", tip.as_slice()).unwrap();
         }
         tx.commit().unwrap();

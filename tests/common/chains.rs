@@ -10,7 +10,7 @@ use timed::chain::state::{Chain, ChainOptions};
 use timed::chain::votes::Tier;
 use timed::chain::{TxOut, COIN};
 use timed::crypto::NodeIdentity;
-use timed::network::Network;
+use timed::params::Network;
 use timed::wallet::Wallet;
 
 /// A seed chain built by [`seed_chain`].

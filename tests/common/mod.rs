@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::layers::stack::BuiltLayer;
 use timed::layers::LayerCounters;
-use timed::network::Network;
+use timed::params::Network;
 use timed::node::{Node, NodeConfig, NodeEvent, PeerTarget};
 use timed::peer::{ConnectionEvent, HandshakeConfig};
 use timed::protocol::codec::encode_message;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use timed::chain::genesis::Genesis;
 use timed::crypto::NodeIdentity;
-use timed::network::Network;
+use timed::params::Network;
 use timed::wallet::Wallet;
 
 /// Kills (and reaps) a child when dropped.

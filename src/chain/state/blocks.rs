@@ -13,7 +13,7 @@ impl Chain {
         if bytes.len() > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge(bytes.len()));
         }
-        codec::decode_value(bytes).map_err(|e| BlockError::Encoding(e.to_string()))
+        encoding::decode_value(bytes).map_err(|e| BlockError::Encoding(e.to_string()))
     }
 
     /// Checks `block` as a child of `parent` (its hash, height and
@@ -61,7 +61,7 @@ impl Chain {
     /// header passed [`Chain::check_header`].
     fn validate_body(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
         let header = &block.header;
-        let size = codec::encode_value(block).map_or(usize::MAX, |b| b.len());
+        let size = encoding::encode_value(block).map_or(usize::MAX, |b| b.len());
         if size > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge(size));
         }
@@ -424,7 +424,7 @@ impl Chain {
             hash = %hex::encode(block.hash()),
             "block produced"
         );
-        if let Ok(bytes) = codec::encode_value(&block) {
+        if let Ok(bytes) = encoding::encode_value(&block) {
             self.publish(GossipKind::Block, bytes);
         }
         Ok(Some(block))

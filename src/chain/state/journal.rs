@@ -58,7 +58,7 @@ impl Journal {
             .name("timed-pool-journal".into())
             .spawn(move || writer.run(&store))
         {
-            Ok(handle) => *crate::sync::lock(&journal.writer) = Some(handle),
+            Ok(handle) => *crate::locks::lock(&journal.writer) = Some(handle),
             Err(error) => {
                 tracing::error!(%error, "cannot start the pool journal thread: the pool is not persisted")
             }
@@ -68,7 +68,7 @@ impl Journal {
 
     /// Appends `op`; returns its sequence number.
     pub(crate) fn append(&self, op: PoolOp) -> u64 {
-        let mut queue = crate::sync::lock(&self.queue);
+        let mut queue = crate::locks::lock(&self.queue);
         queue.ops.push(op);
         queue.last += 1;
         let seq = queue.last;
@@ -79,7 +79,7 @@ impl Journal {
 
     /// The sequence number of the last op appended.
     pub(crate) fn last(&self) -> u64 {
-        crate::sync::lock(&self.queue).last
+        crate::locks::lock(&self.queue).last
     }
 
     /// The highest sequence number committed to disk.
@@ -110,9 +110,9 @@ impl Journal {
     /// Stops the writer after it committed what is queued, and waits for
     /// it.
     pub(crate) fn close(&self) {
-        crate::sync::lock(&self.queue).closed = true;
+        crate::locks::lock(&self.queue).closed = true;
         self.wake.notify_one();
-        let handle = crate::sync::lock(&self.writer).take();
+        let handle = crate::locks::lock(&self.writer).take();
         if let Some(handle) = handle {
             if handle.thread().id() != std::thread::current().id() {
                 let _ = handle.join();
@@ -124,7 +124,7 @@ impl Journal {
         let mut failed_group: Vec<PoolOp> = Vec::new();
         loop {
             let (group, seq, closed) = {
-                let mut queue = crate::sync::lock(&self.queue);
+                let mut queue = crate::locks::lock(&self.queue);
                 while queue.ops.is_empty() && failed_group.is_empty() && !queue.closed {
                     queue = self
                         .wake

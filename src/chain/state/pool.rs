@@ -23,7 +23,8 @@ use crate::chain::mempool::MempoolError;
 use crate::chain::transaction::{OutPoint, Transaction, TxOut, Txid, UtxoView};
 use crate::chain::votes::{Verdict, Vote, VoteError, VoteOutcome};
 use crate::constants::MAX_PENDING_VOTES;
-use crate::protocol::{codec, GossipKind};
+use crate::encoding;
+use crate::protocol::GossipKind;
 use crate::storage::{PoolOp, Store};
 
 /// Most finality records kept for `gettransaction` after a transaction left
@@ -126,7 +127,7 @@ impl Chain {
     /// # Errors
     /// [`ChainError::Encoding`].
     pub fn decode_tx(bytes: &[u8]) -> Result<Transaction, ChainError> {
-        codec::decode_value(bytes).map_err(|e| ChainError::Encoding {
+        encoding::decode_value(bytes).map_err(|e| ChainError::Encoding {
             what: "transaction",
             message: e.to_string(),
         })
@@ -137,7 +138,7 @@ impl Chain {
     /// # Errors
     /// [`ChainError::Encoding`].
     pub fn decode_vote(bytes: &[u8]) -> Result<Vote, ChainError> {
-        codec::decode_value(bytes).map_err(|e| ChainError::Encoding {
+        encoding::decode_value(bytes).map_err(|e| ChainError::Encoding {
             what: "vote",
             message: e.to_string(),
         })
@@ -206,7 +207,7 @@ impl Chain {
     }
 
     pub(super) fn publish_vote(&self, vote: Vote) {
-        if let Ok(bytes) = codec::encode_value(&vote) {
+        if let Ok(bytes) = encoding::encode_value(&vote) {
             self.publish(GossipKind::Vote, bytes);
         }
     }
@@ -469,7 +470,7 @@ impl Chain {
         fee: u64,
     ) -> Result<Option<Vote>, MempoolError> {
         let txid = tx.txid();
-        let bytes = codec::encode_value(&tx).unwrap_or_default();
+        let bytes = encoding::encode_value(&tx).unwrap_or_default();
         let st = &mut *state;
         let evicted = st
             .mempool
@@ -621,7 +622,7 @@ impl Chain {
             let Some(entry) = state.mempool.get(&txid) else {
                 continue;
             };
-            let Ok(tx_bytes) = codec::encode_value(&entry.tx) else {
+            let Ok(tx_bytes) = encoding::encode_value(&entry.tx) else {
                 continue;
             };
             if bytes + tx_bytes.len() > max_bytes {
@@ -636,7 +637,7 @@ impl Chain {
                     txid,
                     verdict: Verdict::Accept,
                 };
-                if let Ok(vote) = codec::encode_value(&vote) {
+                if let Ok(vote) = encoding::encode_value(&vote) {
                     out.push((GossipKind::Vote, vote));
                 }
             }

@@ -12,7 +12,7 @@ use crate::chain::transaction::MIN_FEE;
 use crate::chain::transaction::{TxIn, COIN};
 use crate::chain::votes::{Tier, Verdict};
 use crate::constants::MAX_PENDING_VOTES;
-use crate::network::Network;
+use crate::params::Network;
 use crate::wallet::Wallet;
 
 /// Seconds per slot of the test genesis.
@@ -584,7 +584,7 @@ fn a_reopened_chain_keeps_its_tip_and_refuses_another_genesis() {
 #[test]
 fn payloads_decode_or_fail_as_malformed() {
     let vote = accept([1; 32]);
-    let bytes = codec::encode_value(&vote).unwrap();
+    let bytes = encoding::encode_value(&vote).unwrap();
     assert_eq!(Chain::decode_vote(&bytes).unwrap(), vote);
     let err = Chain::decode_vote(&bytes[..10]).unwrap_err();
     assert_eq!(err.offence(), Some(Offence::Malformed));
@@ -606,7 +606,7 @@ fn payloads_decode_or_fail_as_malformed() {
         }],
         nonce: 0,
     };
-    let bytes = codec::encode_value(&tx).unwrap();
+    let bytes = encoding::encode_value(&tx).unwrap();
     assert_eq!(Chain::decode_tx(&bytes).unwrap(), tx);
     let mut trailing = bytes.clone();
     trailing.push(0);

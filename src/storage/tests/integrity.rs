@@ -247,12 +247,12 @@ fn make_v1(path: &std::path::Path, bans: &[StoredBan]) {
         let old: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("bans");
         let mut table = tx.open_table(old).unwrap();
         for (i, ban) in (0u64..).zip(bans) {
-            let value = codec::encode_value(ban).unwrap();
+            let value = encoding::encode_value(ban).unwrap();
             table.insert(i, value.as_slice()).unwrap();
         }
         table.insert(99, &b"not a ban"[..]).unwrap();
         let mut meta = tx.open_table(META).unwrap();
-        let one = codec::encode_value(&1u64).unwrap();
+        let one = encoding::encode_value(&1u64).unwrap();
         meta.insert("schema", one.as_slice()).unwrap();
     }
     tx.commit().unwrap();
@@ -300,7 +300,7 @@ fn a_schema_1_store_is_migrated_with_its_blocks_checked_and_its_bans_kept() {
         assert!(tx.open_table(old).is_err(), "schema 1's bans table dropped");
         let meta = tx.open_table(META).unwrap();
         let version: u64 =
-            codec::decode_value(meta.get("schema").unwrap().unwrap().value()).unwrap();
+            encoding::decode_value(meta.get("schema").unwrap().unwrap().value()).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
     }
     drop(store);
@@ -320,7 +320,7 @@ fn a_newer_schema_is_refused() {
         let tx = db.begin_write().unwrap();
         {
             let mut meta = tx.open_table(META).unwrap();
-            let v = codec::encode_value(&(SCHEMA_VERSION + 1)).unwrap();
+            let v = encoding::encode_value(&(SCHEMA_VERSION + 1)).unwrap();
             meta.insert("schema", v.as_slice()).unwrap();
         }
         tx.commit().unwrap();
