@@ -46,7 +46,7 @@ use timed::layers::dedup::{DedupConfig, DedupLayer};
 use timed::layers::rate_limit::{KindLimit, RateLimitConfig, RateLimitLayer};
 use timed::layers::scoring::{ScoringConfig, ScoringLayer};
 use timed::layers::stack::{InboundService, MiddlewareConfig, MiddlewareStack};
-use timed::layers::{Inbound, Outcome, PeerContext, ScoreHandle};
+use timed::peer::{Inbound, Outcome, PeerContext, ScoreHandle};
 use timed::peer::Direction;
 use timed::protocol::{Envelope, GossipKind, Message};
 

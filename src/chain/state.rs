@@ -58,7 +58,7 @@ use super::votes::{Vote, VoteBook, VoteError, VoteOutcome};
 use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
 use crate::crypto::NodeIdentity;
-use crate::layers::Offence;
+use crate::peer::Offence;
 use crate::encoding;
 use crate::protocol::GossipKind;
 use crate::storage::{Store, StoreError, DB_FILE};

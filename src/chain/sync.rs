@@ -59,7 +59,7 @@ use crate::constants::{
     SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,
 };
 use crate::crypto::NodeId;
-use crate::layers::Offence;
+use crate::peer::Offence;
 use crate::peer::client::{ClientError, Request, Response};
 use crate::peer::set::{PeerHandle, PeerSet};
 use crate::protocol::message::GetBlocks;

@@ -8,7 +8,7 @@ use tower::{BoxError, Service};
 use super::{refuse, SyncHandle};
 use crate::chain::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{MAX_BLOCKS_PER_RESPONSE, MAX_BLOCKS_RESPONSE_BYTES};
-use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::message::Blocks;
 use crate::protocol::{GossipKind, Message};
 

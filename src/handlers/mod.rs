@@ -34,7 +34,7 @@ use tower::{BoxError, Service, ServiceExt};
 
 use crate::chain::state::{Chain, ChainError};
 use crate::constants::MAX_PEER_ADDRESSES;
-use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::peer::set::PeerSet;
 use crate::protocol::{GossipKind, Message};
 

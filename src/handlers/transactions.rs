@@ -9,7 +9,7 @@ use super::refuse;
 use crate::chain::mempool::MempoolError;
 use crate::chain::state::{Chain, ChainError};
 use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
-use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
 
 /// The handler's name in rejections and metrics.

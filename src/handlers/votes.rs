@@ -13,7 +13,7 @@ use tower::{BoxError, Service};
 
 use super::refuse;
 use crate::chain::state::{Chain, VoteHandled};
-use crate::layers::{Inbound, Offence, Outcome, Rejection};
+use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
 
 /// The handler's name in rejections and metrics.

@@ -56,7 +56,8 @@ use serde::{Deserialize, Serialize};
 use tower::{BoxError, Layer, Service};
 
 use super::blacklist::Blacklist;
-use super::{Inbound, LayerCounters, Offence, Outcome, PeerContext, Rejection, ScoreHandle};
+use super::{Inbound, LayerCounters, Offence, Outcome, PeerContext, Rejection};
+use crate::peer::{PeerJudge, ScoreHandle};
 use crate::crypto::NodeId;
 use crate::protocol::DisconnectReason;
 
@@ -265,6 +266,19 @@ pub struct ScoringLayer {
     blacklist: Arc<Blacklist>,
     book: Arc<ScoreBook>,
     counters: Arc<LayerCounters>,
+    /// False when `scoring` is not in the stack: offences are still scored
+    /// (and shown by `getpeerinfo`), but never disconnect or ban.
+    enforce: bool,
+}
+
+impl PeerJudge for ScoringLayer {
+    fn penalize(&self, peer: &PeerContext, offence: Offence) {
+        ScoringLayer::penalize(self, peer, offence);
+    }
+
+    fn response_time(&self, peer: &PeerContext, elapsed: Duration) {
+        ScoringLayer::response_time(self, peer, elapsed);
+    }
 }
 
 impl ScoringLayer {
@@ -275,7 +289,24 @@ impl ScoringLayer {
             config: Arc::new(config.clone()),
             blacklist,
             counters: Arc::new(LayerCounters::default()),
+            enforce: true,
         }
+    }
+
+    /// The judge of a node whose stack has no `scoring` layer: the default
+    /// penalties and rewards are recorded in the score book, so scores stay
+    /// visible and carry over if `scoring` is added back, but no score
+    /// disconnects or bans a peer.
+    pub fn record_only(blacklist: Arc<Blacklist>) -> Self {
+        ScoringLayer {
+            enforce: false,
+            ..ScoringLayer::new(&ScoringConfig::default(), blacklist)
+        }
+    }
+
+    /// Whether scores disconnect and ban (the layer is in the stack).
+    pub fn enforces(&self) -> bool {
+        self.enforce
     }
 
     /// The decision counters (`accepted` counts scored outcomes; rejections
@@ -303,6 +334,9 @@ impl ScoringLayer {
             .add(self.config.penalty(offence), self.config.half_life());
         metrics::counter!("timed_score_penalties_total", "offence" => offence.as_str())
             .increment(1);
+        if !self.enforce {
+            return score;
+        }
         if score <= self.config.ban_threshold {
             // Messages already in flight may push it further: ban once.
             if peer.close_reason.get() != Some(&DisconnectReason::Banned) {
@@ -359,7 +393,7 @@ impl ScoringLayer {
     pub fn readmit(&self, peer: &PeerContext) -> bool {
         let half_life = self.config.half_life();
         let score = peer.score.value(half_life);
-        if score > self.config.disconnect_threshold {
+        if !self.enforce || score > self.config.disconnect_threshold {
             return true;
         }
         // |score| halves every half-life: it is above the threshold after

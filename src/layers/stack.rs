@@ -34,17 +34,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tower::util::BoxCloneService;
-use tower::{BoxError, Layer};
+use tower::Layer;
 
 use super::auth::{AuthConfig, AuthLayer};
 use super::blacklist::{Blacklist, BlacklistConfig, BlacklistLayer};
 use super::dedup::{DedupConfig, DedupLayer};
 use super::rate_limit::{GossipScale, RateLimitConfig, RateLimitLayer};
 use super::scoring::{ScoringConfig, ScoringLayer};
-use super::{Inbound, LayerCounters, Outcome};
+use super::LayerCounters;
 
-/// A connection's type-erased middleware stack (or a handler).
-pub type InboundService = BoxCloneService<Inbound, Outcome, BoxError>;
+pub use crate::peer::InboundService;
 
 /// One `[[middleware]]` entry: the layer's name and its parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -236,6 +235,7 @@ pub struct MiddlewareStack {
     layers: Vec<BuiltLayer>,
     configs: Vec<MiddlewareConfig>,
     blacklist: Arc<Blacklist>,
+    judge: ScoringLayer,
 }
 
 impl MiddlewareStack {
@@ -280,11 +280,19 @@ impl MiddlewareStack {
                 MiddlewareConfig::Dedup(d) => BuiltLayer::Dedup(DedupLayer::new(d)),
                 MiddlewareConfig::Auth(a) => BuiltLayer::Auth(AuthLayer::new(a, magic)),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let judge = layers
+            .iter()
+            .find_map(|l| match l {
+                BuiltLayer::Scoring(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| ScoringLayer::record_only(blacklist.clone()));
         MiddlewareStack {
             layers,
             configs: configs.to_vec(),
             blacklist,
+            judge,
         }
     }
 
@@ -310,6 +318,13 @@ impl MiddlewareStack {
     /// The node-wide ban list.
     pub fn blacklist(&self) -> &Arc<Blacklist> {
         &self.blacklist
+    }
+
+    /// Who judges offences and response times outside the stack: the
+    /// `scoring` layer, or without it a judge that records scores and
+    /// never disconnects or bans.
+    pub fn judge(&self) -> &ScoringLayer {
+        &self.judge
     }
 
     /// The layer names, outermost first, joined by ` -> `.

@@ -206,11 +206,7 @@ impl Node {
 /// current stack (which disconnects or bans at its thresholds).
 pub(super) fn penalize_peer(inner: &Inner, peer: &PeerContext, offence: Offence) {
     let stack = crate::locks::read(&inner.stack).clone();
-    for layer in stack.layers() {
-        if let BuiltLayer::Scoring(scoring) = layer {
-            scoring.penalize(peer, offence);
-        }
-    }
+    stack.judge().penalize(peer, offence);
 }
 
 /// Penalises the masternode with key `voter` if it is connected: it signed

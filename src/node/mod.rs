@@ -76,7 +76,7 @@ use crate::handlers::{Handlers, Router};
 use crate::layers::blacklist::{ip_key, Blacklist, PersistedBan};
 use crate::layers::rate_limit::GossipScale;
 use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
-use crate::layers::{Inbound, Offence, PeerContext, ScoreHandle};
+use crate::peer::{Inbound, Offence, PeerContext};
 use crate::peer::client::Client;
 use crate::peer::connection::{
     self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts,
@@ -464,26 +464,12 @@ impl Node {
     /// Resets the negative scores of peers last seen from an IP matching
     /// `pred` (the operator lifted their bans); returns how many.
     pub fn forgive_scores(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
-        self.middleware()
-            .layers()
-            .iter()
-            .map(|l| match l {
-                BuiltLayer::Scoring(s) => s.book().forgive(&pred),
-                _ => 0,
-            })
-            .sum()
+        self.middleware().judge().book().forgive(&pred)
     }
 
     /// The half-life of peer scores (the scoring layer's, or its default).
     pub fn score_half_life(&self) -> Duration {
-        self.middleware()
-            .layers()
-            .iter()
-            .find_map(|l| match l {
-                BuiltLayer::Scoring(s) => Some(s.config().half_life()),
-                _ => None,
-            })
-            .unwrap_or_else(|| crate::layers::scoring::ScoringConfig::default().half_life())
+        self.middleware().judge().config().half_life()
     }
 
     /// How long the node has been running.

@@ -55,14 +55,8 @@ impl Node {
 
         // The peer's context, stack, queue and client.
         let stack = self.middleware();
-        let scoring = stack.layers().iter().find_map(|l| match l {
-            BuiltLayer::Scoring(s) => Some(s.clone()),
-            _ => None,
-        });
-        let score = scoring
-            .as_ref()
-            .map(|s| s.book().handle(info.node_id, addr.ip()))
-            .unwrap_or_else(ScoreHandle::default);
+        let judge = stack.judge().clone();
+        let score = judge.book().handle(info.node_id, addr.ip());
         let context = Arc::new(PeerContext::new(
             info.node_id,
             addr,
@@ -95,7 +89,7 @@ impl Node {
                 format!("{} inbound connections already", config.limits.max_inbound),
             );
         }
-        let refused = inbound_full || scoring.as_ref().is_some_and(|s| !s.readmit(&context));
+        let refused = inbound_full || !judge.readmit(&context);
         if refused {
             // The context is closed: the connection task says goodbye and
             // ends at once; the peer never enters the set.
@@ -161,7 +155,7 @@ impl Node {
             stack,
             queue,
             requests: request_rx,
-            scoring,
+            judge: Arc::new(judge),
         };
         if let Some(report) = report {
             let _ = report.send(Ok(info.clone()));

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tower::{BoxError, Service};
 
-use crate::layers::PeerContext;
+use crate::peer::PeerContext;
 use crate::protocol::message::{Blocks, GetBlocks};
 use crate::protocol::PeerAddress;
 

@@ -46,9 +46,8 @@ use super::client::{ClientError, ClientRequest, Request, Response};
 use super::handshake::{Connection, PeerInfo};
 use super::queue::{Priority, SendQueue};
 use crate::constants::{DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT};
-use crate::layers::scoring::ScoringLayer;
-use crate::layers::stack::InboundService;
-use crate::layers::{Inbound, Offence, Outcome, PeerContext, Rejection};
+use crate::peer::InboundService;
+use crate::peer::{Inbound, Offence, Outcome, PeerContext, PeerJudge, Rejection};
 use crate::protocol::codec::encode_message;
 use crate::protocol::version::unix_now;
 use crate::protocol::{
@@ -275,8 +274,9 @@ pub struct ConnectionParts {
     pub queue: Arc<SendQueue>,
     /// Requests from the [`super::client::Client`].
     pub(crate) requests: mpsc::Receiver<ClientRequest>,
-    /// The scoring layer, for offences outside the stack.
-    pub scoring: Option<ScoringLayer>,
+    /// Judges offences outside the stack (timeouts, unsolicited answers)
+    /// and response times.
+    pub judge: Arc<dyn PeerJudge>,
 }
 
 impl std::fmt::Debug for ConnectionParts {
@@ -359,7 +359,7 @@ pub async fn run(
         mut stack,
         queue,
         mut requests,
-        scoring,
+        judge,
     } = parts;
     let Connection { framed, info } = conn;
     let info = Arc::new(info);
@@ -408,9 +408,7 @@ pub async fn run(
                 if let Some(p) = pending.take_if(|p| p.sent + config.request_timeout <= now) {
                     late = Some(p.request.kind());
                     let _ = p.reply.send(Err(ClientError::Timeout(config.request_timeout)));
-                    if let Some(scoring) = &scoring {
-                        scoring.penalize(&context, Offence::Timeout);
-                    }
+                    judge.penalize(&context, Offence::Timeout);
                 }
             }
             _ = ticker.tick() => {
@@ -483,9 +481,7 @@ pub async fn run(
                             Some(p) => {
                                 let rtt = p.sent.elapsed();
                                 context.stats.record_rtt(rtt);
-                                if let Some(scoring) = &scoring {
-                                    scoring.response_time(&context, rtt);
-                                }
+                                judge.response_time(&context, rtt);
                                 let _ = p.reply.send(Ok(Response::Pong(rtt)));
                             }
                             None if late == Some(Request::Ping.kind()) => {
@@ -493,20 +489,18 @@ pub async fn run(
                                 late_response(Request::Ping.kind());
                             }
                             None => {
-                                if let Some(scoring) = &scoring {
-                                    scoring.penalize(&context, Offence::ProtocolViolation);
-                                }
+                                judge.penalize(&context, Offence::ProtocolViolation);
                             }
                         }
                     }
                     Message::Peers(addresses) if pending.as_ref().is_some_and(|p| p.request == Request::GetPeers) => {
-                        answer(&mut pending, &scoring, &context, Response::Peers(addresses));
+                        answer(&mut pending, &*judge, &context, Response::Peers(addresses));
                     }
                     Message::Blocks(blocks) if pending.as_ref().is_some_and(|p| matches!(p.request, Request::GetBlocks(_))) => {
-                        answer(&mut pending, &scoring, &context, Response::Blocks(blocks));
+                        answer(&mut pending, &*judge, &context, Response::Blocks(blocks));
                     }
                     Message::Mempool(txs) if pending.as_ref().is_some_and(|p| p.request == Request::GetMempool) => {
-                        answer(&mut pending, &scoring, &context, Response::Mempool(txs));
+                        answer(&mut pending, &*judge, &context, Response::Mempool(txs));
                     }
                     Message::Peers(_) | Message::Blocks(_) | Message::Mempool(_)
                         if late.is_some() && late == response_to(&message) =>
@@ -590,7 +584,7 @@ fn late_response(kind: &'static str) {
 /// the peer took.
 fn answer(
     pending: &mut Option<Pending>,
-    scoring: &Option<ScoringLayer>,
+    judge: &dyn PeerJudge,
     context: &Arc<PeerContext>,
     response: Response,
 ) {
@@ -598,9 +592,7 @@ fn answer(
         let elapsed = p.sent.elapsed();
         metrics::histogram!("timed_request_duration_seconds", "kind" => p.request.kind())
             .record(elapsed.as_secs_f64());
-        if let Some(scoring) = scoring {
-            scoring.response_time(context, elapsed);
-        }
+        judge.response_time(context, elapsed);
         let _ = p.reply.send(Ok(response));
     }
 }

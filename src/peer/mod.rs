@@ -6,9 +6,15 @@ pub mod client;
 pub mod connection;
 pub mod handshake;
 pub mod queue;
+pub mod request;
 pub mod set;
 
 pub use client::{Client, ClientError, Request, Response};
 pub use connection::{ConnectionConfig, ConnectionError, ConnectionEvent};
 pub use handshake::{establish, ConnectError, Connection, Direction, HandshakeConfig, PeerInfo};
+pub use request::{
+    Inbound, InboundService, Offence, Outcome, PeerContext, PeerJudge, PeerStats, Rejection,
+    ScoreHandle,
+    SCORE_RANGE,
+};
 pub use set::{PeerSet, PeerSetService};

@@ -27,7 +27,7 @@ use super::connection::{enqueue_encoded, priority_of};
 use super::handshake::{Direction, PeerInfo};
 use super::queue::SendQueue;
 use crate::crypto::NodeId;
-use crate::layers::PeerContext;
+use crate::peer::PeerContext;
 use crate::protocol::codec::encode_message;
 use crate::protocol::{Message, PeerAddress};
 
@@ -312,7 +312,7 @@ impl Service<Request> for PeerSetService {
 mod tests {
     use super::*;
     use crate::crypto::NodeIdentity;
-    use crate::layers::ScoreHandle;
+    use crate::peer::ScoreHandle;
     use crate::params::Network;
     use crate::peer::client::ClientRequest;
     use crate::protocol::VersionParams;
