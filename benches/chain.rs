@@ -39,7 +39,7 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use timed::chain::genesis::Genesis;
-use timed::chain::state::{BlockOutcome, Chain, ChainOptions};
+use timed::state::{BlockOutcome, Chain, ChainOptions};
 use timed::chain::{Address, Block, OutPoint, Transaction, TxOut, UtxoView, COIN};
 use timed::crypto::{NodeIdentity, PublicKey, Signature, SignatureScheme};
 use timed::params::Network;

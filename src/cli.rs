@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::chain::state::{Chain, ChainError, ChainOptions};
+use crate::state::{Chain, ChainError, ChainOptions};
 use crate::config::{render_template, Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
 use crate::crypto::NodeIdentity;

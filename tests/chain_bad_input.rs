@@ -36,7 +36,7 @@ use std::time::Duration;
 use common::*;
 use timed::chain::block::Block;
 use timed::chain::genesis::Genesis;
-use timed::chain::state::{Chain, ChainOptions, Tip};
+use timed::state::{Chain, ChainOptions, Tip};
 use timed::chain::votes::{Verdict, Vote};
 use timed::chain::{OutPoint, Transaction, TxIn, TxOut, Txid, COIN, MIN_FEE};
 use timed::crypto::{NodeId, NodeIdentity};

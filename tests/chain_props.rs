@@ -23,7 +23,7 @@ use proptest::test_runner::{Config, TestRunner};
 use timed::chain::block::{merkle_root, Block, MAX_BLOCK_BYTES};
 use timed::chain::genesis::Genesis;
 use timed::chain::mempool::MempoolError;
-use timed::chain::state::{BlockOutcome, Chain, ChainError, ChainOptions, TxStatus};
+use timed::state::{BlockOutcome, Chain, ChainError, ChainOptions, TxStatus};
 use timed::chain::transaction::{TxError, MIN_FEE};
 use timed::chain::votes::{Verdict, Vote};
 use timed::chain::{Address, OutPoint, Transaction, TxOut, COIN};

@@ -37,7 +37,7 @@ use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use rand::Rng;
 use timed::chain::genesis::Genesis;
-use timed::chain::state::{Chain, ChainOptions};
+use timed::state::{Chain, ChainOptions};
 use timed::constants::{DEFAULT_MAX_PENDING_HANDSHAKES, SYNC_INTERVAL};
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::layers::auth::AuthConfig;

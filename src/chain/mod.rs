@@ -6,12 +6,9 @@ pub mod address;
 pub mod block;
 pub mod genesis;
 pub mod mempool;
-pub mod state;
-pub mod sync;
 pub mod transaction;
 pub mod votes;
 
 pub use address::{Address, AddressError};
 pub use block::{Block, BlockHash, BlockHeader};
-pub use state::{Coin, CoinStatus};
 pub use transaction::{OutPoint, Transaction, TxError, TxIn, TxOut, Txid, UtxoView, COIN, MIN_FEE};

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Service};
 
 use super::{refuse, SyncHandle};
-use crate::chain::state::{BlockOutcome, Chain, ChainError};
+use crate::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{MAX_BLOCKS_PER_RESPONSE, MAX_BLOCKS_RESPONSE_BYTES};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::message::Blocks;

@@ -6,7 +6,7 @@
 //! ([`Outcome::Accepted`]) to all other peers.
 //!
 //! With a chain ([`Handlers::chain`]) the block, transaction and vote
-//! handlers own the chain state ([`crate::chain::state::Chain`]): they
+//! handlers own the chain state ([`crate::state::Chain`]): they
 //! validate, store and relay what is new, and answer `GetBlocks` and
 //! `GetMempool`. Without one ([`Handlers::minimal`], for network-only
 //! nodes and the network layer's tests) gossip is accepted and counted. The
@@ -21,7 +21,7 @@ pub mod blocks;
 pub mod transactions;
 pub mod votes;
 
-pub use crate::chain::sync::SyncHandle;
+pub use crate::sync::SyncHandle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::chain::state::{Chain, ChainError};
+use crate::state::{Chain, ChainError};
 use crate::constants::MAX_PEER_ADDRESSES;
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::peer::set::PeerSet;

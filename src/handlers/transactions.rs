@@ -7,7 +7,7 @@ use tower::{BoxError, Service};
 
 use super::refuse;
 use crate::chain::mempool::MempoolError;
-use crate::chain::state::{Chain, ChainError};
+use crate::state::{Chain, ChainError};
 use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};

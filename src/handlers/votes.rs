@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Service};
 
 use super::refuse;
-use crate::chain::state::{Chain, VoteHandled};
+use crate::state::{Chain, VoteHandled};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
 

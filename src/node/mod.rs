@@ -68,8 +68,8 @@ use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
 use tracing::{field, Instrument};
 
-use crate::chain::state::Chain;
-use crate::chain::sync::{Penalizer, SyncHandle, Syncer};
+use crate::state::Chain;
+use crate::sync::{Penalizer, SyncHandle, Syncer};
 use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
 use crate::crypto::{NodeId, NodeIdentity};
 use crate::handlers::{Handlers, Router};

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use super::{codes, RpcContext, RpcError};
 use crate::chain::block::Block;
-use crate::chain::state::{Chain, ChainError, TxStatus};
+use crate::state::{Chain, ChainError, TxStatus};
 use crate::chain::transaction::Transaction;
-use crate::chain::CoinStatus;
+use crate::state::CoinStatus;
 use crate::chain::{Address, MIN_FEE};
 use crate::crypto::NodeId;
 use crate::encoding;
@@ -194,13 +194,13 @@ fn address_coins(
     ctx: &RpcContext,
     params: &Value,
     index: usize,
-) -> Result<Vec<crate::chain::Coin>, RpcError> {
+) -> Result<Vec<crate::state::Coin>, RpcError> {
     let address = wallet_address(ctx, params, index)?;
     chain(ctx)?.coins(&address).map_err(|e| refused(&e))
 }
 
 /// Sum of the values of `coins` matching `pred`.
-fn sum(coins: &[crate::chain::Coin], pred: impl Fn(CoinStatus) -> bool) -> u64 {
+fn sum(coins: &[crate::state::Coin], pred: impl Fn(CoinStatus) -> bool) -> u64 {
     coins
         .iter()
         .filter(|c| pred(c.status))
@@ -302,7 +302,7 @@ async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcErr
 fn pick_and_build(
     chain: &Chain,
     wallet: &crate::wallet::Wallet,
-    coins: &[crate::chain::Coin],
+    coins: &[crate::state::Coin],
     to: Address,
     units: u64,
     fee: u64,

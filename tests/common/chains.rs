@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use timed::chain::genesis::{Genesis, GenesisMasternode, DEVNET_GENESIS_TIMESTAMP};
-use timed::chain::state::{Chain, ChainOptions};
+use timed::state::{Chain, ChainOptions};
 use timed::chain::votes::Tier;
 use timed::chain::{TxOut, COIN};
 use timed::crypto::NodeIdentity;

@@ -28,7 +28,7 @@
 //! (at most [`MAX_REORG_DEPTH`] back) until its answer links to our chain,
 //! skip the blocks we share, and offer the rest to [`Chain::reorg`], which
 //! switches if that branch wins by the fork-choice rule (see
-//! [`super::state`]).
+//! [`crate::state`]).
 //!
 //! Progress is logged with the height, the target, the percentage and the
 //! blocks per second, and exported as `timed_sync_progress` and
@@ -53,7 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
-use super::state::{BlockOutcome, Chain, ChainError};
+use crate::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{
     MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, SYNC_INTERVAL,
     SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,

@@ -9,7 +9,7 @@
 //! # Transactions
 //! A transaction is accepted into the mempool when its structure, its
 //! signatures and its inputs check out against the UTXO set, its fee is at
-//! least [`MIN_FEE`](super::transaction::MIN_FEE) and it does not spend an output a pooled transaction
+//! least [`MIN_FEE`](crate::chain::transaction::MIN_FEE) and it does not spend an output a pooled transaction
 //! already spends (no replace-by-fee). A masternode then signs an `Accept`
 //! vote for it; for a valid transaction that conflicts with one it accepted
 //! first it signs a `Reject` vote.
@@ -18,12 +18,12 @@
 //! A vote travels in a `Vote` envelope signed by the masternode's node key:
 //! the envelope's originator *is* the voter. A transaction is final once
 //! masternodes holding at least 2/3 of the total weight accepted it; see
-//! [`super::votes`] for why conflicting transactions cannot both be final.
+//! [`crate::chain::votes`] for why conflicting transactions cannot both be final.
 //! A vote that overtakes its transaction is held (bounded by
 //! [`MAX_PENDING_VOTES`](crate::constants::MAX_PENDING_VOTES)) and counted when the transaction arrives.
 //!
 //! # Blocks
-//! The masternode scheduled for the current slot (see [`super::genesis`])
+//! The masternode scheduled for the current slot (see [`crate::chain::genesis`])
 //! produces a block on its tip holding the final transactions of its
 //! mempool. Every node checks, for a block extending its tip: the version,
 //! size, height and `prev_hash`, that its slot is later than its parent's
@@ -50,11 +50,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use super::block::{Block, BlockHash, MAX_BLOCK_BYTES};
-use super::genesis::Genesis;
-use super::mempool::{Mempool, MempoolError};
-use super::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView};
-use super::votes::{Vote, VoteBook, VoteError, VoteOutcome};
+use crate::chain::block::{Block, BlockHash, MAX_BLOCK_BYTES};
+use crate::chain::genesis::Genesis;
+use crate::chain::mempool::{Mempool, MempoolError};
+use crate::chain::transaction::{OutPoint, Transaction, TxError, TxOut, Txid, UtxoView};
+use crate::chain::votes::{Vote, VoteBook, VoteError, VoteOutcome};
 use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
 use crate::crypto::NodeIdentity;
@@ -153,8 +153,8 @@ pub struct ChainOptions {
 impl Default for ChainOptions {
     fn default() -> Self {
         ChainOptions {
-            mempool_max_txs: super::mempool::DEFAULT_MAX_TXS,
-            mempool_max_bytes: super::mempool::DEFAULT_MAX_BYTES,
+            mempool_max_txs: crate::chain::mempool::DEFAULT_MAX_TXS,
+            mempool_max_bytes: crate::chain::mempool::DEFAULT_MAX_BYTES,
             masternode: true,
         }
     }
