@@ -254,3 +254,9 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 32;
 /// back at once, while a stream of new identities cannot turn its cheap
 /// handshakes into more than 12 × 3 MiB a minute of our sending.
 pub const POOL_ANNOUNCEMENTS_PER_MINUTE: u32 = 12;
+
+/// Default most transactions in the mempool (`[chain] mempool_max_txs`).
+/// The gossip budgets of `rate_limit` are sized from it: a peer may relay a
+/// whole pool's worth of transactions in one burst, since that is what an
+/// honest node with a full pool does to a new peer.
+pub const DEFAULT_MEMPOOL_MAX_TXS: usize = 5_000;

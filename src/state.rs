@@ -58,9 +58,7 @@ use crate::chain::votes::{Vote, VoteBook, VoteError, VoteOutcome};
 use crate::constants::{MAX_BLOCK_FUTURE_DRIFT_SECS, MAX_REORG_DEPTH};
 use crate::crypto::signature::{PublicKey, Signature, SignatureScheme};
 use crate::crypto::NodeIdentity;
-use crate::peer::Offence;
 use crate::encoding;
-use crate::protocol::GossipKind;
 use crate::storage::{Store, StoreError, DB_FILE};
 
 mod blocks;
@@ -68,12 +66,24 @@ mod error;
 mod journal;
 mod pool;
 
-pub use error::{BlockError, ChainError};
+pub use error::{BlockError, ChainError, Fault};
 
 pub use pool::{Coin, CoinStatus};
 
-/// Publishes a payload as a signed envelope of this node.
-pub type Publisher = Arc<dyn Fn(GossipKind, Vec<u8>) + Send + Sync>;
+/// What the chain hands out to be published or announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ItemKind {
+    /// An encoded transaction.
+    Transaction,
+    /// An encoded vote.
+    Vote,
+    /// An encoded block.
+    Block,
+}
+
+/// Publishes an encoded item as this node (the application signs it and
+/// gossips it).
+pub type Publisher = Arc<dyn Fn(ItemKind, Vec<u8>) + Send + Sync>;
 
 /// What happened to a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +278,9 @@ impl<'a> Overlay<'a> {
 }
 
 fn now_secs() -> u64 {
-    crate::protocol::version::unix_now().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Chain {
@@ -363,7 +375,7 @@ impl Chain {
         let _ = self.inner.publisher.set(publisher);
     }
 
-    fn publish(&self, kind: GossipKind, payload: Vec<u8>) {
+    fn publish(&self, kind: ItemKind, payload: Vec<u8>) {
         if let Some(p) = self.inner.publisher.get() {
             p(kind, payload);
         }

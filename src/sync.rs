@@ -336,7 +336,7 @@ impl Syncer {
                     true
                 }
                 Err(e) => {
-                    if e.offence().is_some_and(|o| o != Offence::Conflicting) {
+                    if e.fault().map(Offence::from).is_some_and(|o| o != Offence::Conflicting) {
                         self.bad_data(peer, &e);
                     } else {
                         tracing::debug!(peer = %peer.info.node_id, fork_height = fork, error = %e, "kept our branch");
@@ -362,7 +362,7 @@ impl Syncer {
     }
 
     fn bad_data(&self, peer: &PeerHandle, error: &ChainError) {
-        let offence = error.offence().unwrap_or(Offence::InvalidData);
+        let offence = error.fault().map(Offence::from).unwrap_or(Offence::InvalidData);
         if crate::logging::allow_for("sync_bad_block", error.kind()) {
             tracing::warn!(
                 peer = %peer.info.node_id,
@@ -526,7 +526,7 @@ fn apply_batch(chain: &Chain, raws: &[serde_bytes::ByteBuf]) -> BatchResult {
                 break;
             }
             Err(e) => {
-                if e.offence().is_some_and(|o| o != Offence::Conflicting) {
+                if e.fault().map(Offence::from).is_some_and(|o| o != Offence::Conflicting) {
                     result.error = Some(e);
                 } else {
                     result.unlinked = true;

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use super::transaction::{OutPoint, Transaction, TxOut, Txid};
 
 /// Default most transactions in the pool.
-pub const DEFAULT_MAX_TXS: usize = 5_000;
+pub const DEFAULT_MAX_TXS: usize = crate::constants::DEFAULT_MEMPOOL_MAX_TXS;
 
 /// Default most bytes in the pool (encoded transactions).
 pub const DEFAULT_MAX_BYTES: usize = 20 * 1024 * 1024;

@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::state::{Chain, ChainError};
+use crate::state::{Chain, ChainError, Fault};
 use crate::constants::MAX_PEER_ADDRESSES;
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::peer::set::PeerSet;
@@ -122,6 +122,22 @@ impl Service<Inbound> for PeersHandler {
     }
 }
 
+/// The router's mapping from a chain verdict to a peer offence.
+impl From<Fault> for Offence {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::Malformed => Offence::Malformed,
+            Fault::Invalid => Offence::InvalidData,
+            Fault::NotPermitted => Offence::ProtocolViolation,
+        }
+    }
+}
+
+/// The offence of the peer that sent data the chain refused with `error`.
+pub fn offence(error: &ChainError) -> Option<Offence> {
+    error.fault().map(Offence::from)
+}
+
 /// Logs why a handler refused `request` and turns the error into a
 /// [`Rejection`] carrying its offence.
 pub(crate) fn refuse(handler: &'static str, request: &Inbound, error: &ChainError) -> BoxError {
@@ -131,7 +147,7 @@ pub(crate) fn refuse(handler: &'static str, request: &Inbound, error: &ChainErro
             peer = %request.peer.node_id,
             peer.addr = %request.peer.addr,
             reason = error.kind(),
-            offence = error.offence().map(|o| o.as_str()),
+            offence = offence(error).map(|o| o.as_str()),
             error = %error,
             "message refused by its handler"
         );
@@ -139,7 +155,7 @@ pub(crate) fn refuse(handler: &'static str, request: &Inbound, error: &ChainErro
     Rejection {
         layer: handler,
         reason: error.kind(),
-        offence: error.offence(),
+        offence: offence(error),
     }
     .into()
 }

@@ -111,7 +111,7 @@ impl Default for GossipScale {
     fn default() -> Self {
         GossipScale {
             masternodes: 1,
-            mempool_max_txs: crate::chain::mempool::DEFAULT_MAX_TXS,
+            mempool_max_txs: crate::constants::DEFAULT_MEMPOOL_MAX_TXS,
         }
     }
 }

@@ -12,7 +12,7 @@ impl Node {
         let local_addr = self.local_addr;
         chain.set_publisher(Arc::new(move |kind, payload| {
             if let Some(inner) = weak.upgrade() {
-                Node { inner, local_addr }.publish(kind, payload);
+                Node { inner, local_addr }.publish(gossip_kind(kind), payload);
             }
         }));
         self.persist_bans(&chain);
@@ -167,7 +167,7 @@ impl Node {
                 chain
                     .announcements(MAX_MEMPOOL_RESPONSE_TXS, MAX_MEMPOOL_RESPONSE_BYTES)
                     .into_iter()
-                    .map(|(kind, payload)| node.sign(kind, payload))
+                    .map(|(kind, payload)| node.sign(gossip_kind(kind), payload))
                     .collect::<Vec<Envelope>>()
             })
             .await
@@ -254,5 +254,14 @@ pub(super) async fn produce_loop(chain: Chain, peers: Arc<PeerSet>, shutdown: Ca
         if let Err(error) = chain.produce_if_scheduled(now) {
             tracing::error!(%error, "cannot produce a block");
         }
+    }
+}
+
+/// The gossip kind that carries a chain item.
+pub(super) fn gossip_kind(kind: crate::state::ItemKind) -> GossipKind {
+    match kind {
+        crate::state::ItemKind::Transaction => GossipKind::Transaction,
+        crate::state::ItemKind::Vote => GossipKind::Vote,
+        crate::state::ItemKind::Block => GossipKind::Block,
     }
 }

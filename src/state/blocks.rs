@@ -425,7 +425,7 @@ impl Chain {
             "block produced"
         );
         if let Ok(bytes) = encoding::encode_value(&block) {
-            self.publish(GossipKind::Block, bytes);
+            self.publish(ItemKind::Block, bytes);
         }
         Ok(Some(block))
     }

@@ -134,10 +134,11 @@ impl ChainError {
         }
     }
 
-    /// What the peer that sent the offending data did wrong, if anything.
-    pub fn offence(&self) -> Option<Offence> {
+    /// What the sender of the offending data did wrong, if anything (the
+    /// router turns it into a peer offence).
+    pub fn fault(&self) -> Option<Fault> {
         match self {
-            ChainError::Encoding { .. } => Some(Offence::Malformed),
+            ChainError::Encoding { .. } => Some(Fault::Malformed),
             // An honest relay under load sends these too: a child that
             // overtook its parent on another path, one of two conflicting
             // payments (each node relays the one it saw first), a block
@@ -147,10 +148,21 @@ impl ChainError {
             | ChainError::AlreadyInChain
             | ChainError::Block(BlockError::Stale { .. })
             | ChainError::Vote(VoteError::Duplicate | VoteError::Equivocation { .. }) => None,
-            ChainError::Tx(_) => Some(Offence::InvalidData),
-            ChainError::Block(_) => Some(Offence::InvalidData),
-            ChainError::Vote(VoteError::NotMasternode) => Some(Offence::ProtocolViolation),
+            ChainError::Tx(_) => Some(Fault::Invalid),
+            ChainError::Block(_) => Some(Fault::Invalid),
+            ChainError::Vote(VoteError::NotMasternode) => Some(Fault::NotPermitted),
             ChainError::WrongGenesis { .. } | ChainError::Store(_) => None,
         }
     }
+}
+
+/// What the sender of bad chain data did wrong, in the chain's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The bytes do not decode.
+    Malformed,
+    /// A transaction or block that breaks the rules.
+    Invalid,
+    /// Something only a masternode may send, from one that is not.
+    NotPermitted,
 }

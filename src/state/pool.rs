@@ -24,7 +24,7 @@ use crate::chain::transaction::{OutPoint, Transaction, TxOut, Txid, UtxoView};
 use crate::chain::votes::{Verdict, Vote, VoteError, VoteOutcome};
 use crate::constants::MAX_PENDING_VOTES;
 use crate::encoding;
-use crate::protocol::GossipKind;
+use super::ItemKind;
 use crate::storage::{PoolOp, Store};
 
 /// Most finality records kept for `gettransaction` after a transaction left
@@ -208,7 +208,7 @@ impl Chain {
 
     pub(super) fn publish_vote(&self, vote: Vote) {
         if let Ok(bytes) = encoding::encode_value(&vote) {
-            self.publish(GossipKind::Vote, bytes);
+            self.publish(ItemKind::Vote, bytes);
         }
     }
 
@@ -608,7 +608,7 @@ impl Chain {
     /// What to announce to a peer that just connected: the pooled
     /// transactions, parents first, and (on a masternode) this node's own
     /// votes on them, within `max_txs` transactions and `max_bytes`.
-    pub fn announcements(&self, max_txs: usize, max_bytes: usize) -> Vec<(GossipKind, Vec<u8>)> {
+    pub fn announcements(&self, max_txs: usize, max_bytes: usize) -> Vec<(ItemKind, Vec<u8>)> {
         let state = self.state();
         let own = self.own_key();
         let mut out = Vec::new();
@@ -629,7 +629,7 @@ impl Chain {
                 break;
             }
             bytes += tx_bytes.len();
-            out.push((GossipKind::Transaction, tx_bytes));
+            out.push((ItemKind::Transaction, tx_bytes));
             // A masternode's vote on a pooled transaction is an Accept (it
             // refuses a conflict instead of pooling it).
             if self.inner.masternode && state.votes.has_voted(&txid, &own) {
@@ -638,7 +638,7 @@ impl Chain {
                     verdict: Verdict::Accept,
                 };
                 if let Ok(vote) = encoding::encode_value(&vote) {
-                    out.push((GossipKind::Vote, vote));
+                    out.push((ItemKind::Vote, vote));
                 }
             }
         }

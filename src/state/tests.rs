@@ -179,7 +179,7 @@ fn tally(chain: &Chain, txid: &Txid) -> (u64, u64, usize, bool) {
     (t.accept, t.reject, t.voters, t.finalized)
 }
 
-type Published = Arc<Mutex<Vec<(GossipKind, Vec<u8>)>>>;
+type Published = Arc<Mutex<Vec<(ItemKind, Vec<u8>)>>>;
 
 /// Records what `chain` publishes.
 fn capture(chain: &Chain) -> Published {
@@ -196,7 +196,7 @@ fn published_votes(published: &Published) -> Vec<Vote> {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(k, _)| *k == GossipKind::Vote)
+        .filter(|(k, _)| *k == ItemKind::Vote)
         .map(|(_, b)| Chain::decode_vote(b).unwrap())
         .collect()
 }
@@ -236,7 +236,7 @@ fn assert_refused(chain: &Chain, block: Block, expected: &BlockError) {
         Err(e) => e,
         Ok(outcome) => panic!("expected {expected:?}, got {outcome:?}"),
     };
-    assert_eq!(error.offence(), Some(Offence::InvalidData), "{error}");
+    assert_eq!(error.fault(), Some(Fault::Invalid), "{error}");
     assert_eq!(&block_error(Err(error)), expected);
     assert_eq!(snapshot(chain), before);
     assert_eq!(chain.store().height_of(&hash).unwrap(), None);
@@ -295,7 +295,7 @@ fn a_payment_is_final_at_once_with_one_masternode() {
         again,
         ChainError::Mempool(MempoolError::Duplicate)
     ));
-    assert_eq!(again.offence(), None);
+    assert_eq!(again.fault(), None);
     // Its own vote cannot be counted twice.
     let dup = chain.handle_vote(net.key(0), accept(txid)).unwrap();
     assert_eq!(dup, VoteHandled::Duplicate);
@@ -383,7 +383,7 @@ fn votes_from_outsiders_are_a_protocol_violation() {
     let outsider = key(&NodeIdentity::generate());
     let err = chain.handle_vote(outsider, accept(txid)).unwrap_err();
     assert!(matches!(err, ChainError::Vote(VoteError::NotMasternode)));
-    assert_eq!(err.offence(), Some(Offence::ProtocolViolation));
+    assert_eq!(err.fault(), Some(Fault::NotPermitted));
     assert_eq!(err.kind(), "not_masternode");
     // Also for a transaction nobody knows: never held.
     let err = chain.handle_vote(outsider, accept([9; 32])).unwrap_err();
@@ -587,7 +587,7 @@ fn payloads_decode_or_fail_as_malformed() {
     let bytes = encoding::encode_value(&vote).unwrap();
     assert_eq!(Chain::decode_vote(&bytes).unwrap(), vote);
     let err = Chain::decode_vote(&bytes[..10]).unwrap_err();
-    assert_eq!(err.offence(), Some(Offence::Malformed));
+    assert_eq!(err.fault(), Some(Fault::Malformed));
     assert_eq!(err.kind(), "malformed");
     let tx = Transaction {
         version: 1,

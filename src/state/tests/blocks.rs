@@ -159,7 +159,7 @@ fn a_double_spend_is_refused_and_voted_down() {
         matches!(err, ChainError::Mempool(MempoolError::Conflict(id)) if id == id1),
         "{err:?}"
     );
-    assert_eq!(err.offence(), None, "an honest relay may send a conflict");
+    assert_eq!(err.fault(), None, "an honest relay may send a conflict");
     assert_eq!(err.kind(), "conflict");
     assert_eq!(a.mempool_txids(), vec![id1]);
     // a accepted the first and voted the second down.
@@ -190,7 +190,7 @@ fn a_double_spend_is_refused_and_voted_down() {
         late,
         ChainError::Tx(TxError::MissingInput { index: 0 })
     ));
-    assert_eq!(late.offence(), None, "a relay race, not an offence");
+    assert_eq!(late.fault(), None, "a relay race, not an offence");
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn invalid_transactions_are_refused_as_invalid_data() {
         err,
         ChainError::Tx(TxError::Signature { index: 0, .. })
     ));
-    assert_eq!(err.offence(), Some(Offence::InvalidData));
+    assert_eq!(err.fault(), Some(Fault::Invalid));
     let mut cheap = tx.clone();
     cheap.outputs.last_mut().unwrap().value += MIN_FEE;
     cheap.sign(chain.magic(), &[net.wallets[0].secret_key()]);
@@ -544,7 +544,7 @@ fn the_earlier_slot_wins_between_competing_blocks() {
             ),
             "{err:?}"
         );
-        assert_eq!(err.offence(), None, "losing a race is no offence");
+        assert_eq!(err.fault(), None, "losing a race is no offence");
         assert_eq!(snapshot(chain), before);
     }
     // On the winner's own producer too.
