@@ -38,15 +38,16 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
+use timed::app::Node;
 use timed::chain::genesis::Genesis;
-use timed::state::{BlockOutcome, Chain, ChainOptions};
 use timed::chain::{Address, Block, OutPoint, Transaction, TxOut, UtxoView, COIN};
 use timed::crypto::{NodeIdentity, PublicKey, Signature, SignatureScheme};
-use timed::params::Network;
-use timed::node::{Node, NodeConfig, PeerTarget};
-use timed::peer::HandshakeConfig;
 use timed::encoding;
+use timed::network::{NetworkConfig, PeerTarget};
+use timed::params::Network;
+use timed::peer::HandshakeConfig;
 use timed::protocol::VersionParams;
+use timed::state::{BlockOutcome, Chain, ChainOptions};
 use timed::storage::{Store, DB_FILE};
 use timed::transport::noise::CryptoBackend;
 use timed::wallet::Wallet;
@@ -423,7 +424,9 @@ fn breakdown(fx: &Fixture, blocks: &[Block], raw: &[Vec<u8>], seed: &Chain) {
     let start = Instant::now();
     for block in blocks {
         let header = &block.header;
-        assert!(encoding::encode_value(block).unwrap().len() <= timed::chain::block::MAX_BLOCK_BYTES);
+        assert!(
+            encoding::encode_value(block).unwrap().len() <= timed::chain::block::MAX_BLOCK_BYTES
+        );
         let key = PublicKey::from_bytes(SignatureScheme::Ed25519, &header.producer).unwrap();
         let sig = Signature::from_bytes(SignatureScheme::Ed25519, &header.signature).unwrap();
         key.verify(&header.signing_digest(fx.magic), &sig).unwrap();
@@ -531,8 +534,8 @@ fn breakdown(fx: &Fixture, blocks: &[Block], raw: &[Vec<u8>], seed: &Chain) {
     record("sync_breakdown/fsync", blocks.len() as u64, fsync);
 }
 
-fn config(ip: [u8; 4]) -> NodeConfig {
-    NodeConfig::new(
+fn config(ip: [u8; 4]) -> NetworkConfig {
+    NetworkConfig::new(
         SocketAddr::from((ip, 0)),
         HandshakeConfig::new(VersionParams::new(Network::Devnet)),
     )
@@ -560,9 +563,10 @@ fn start_seed(rt: &Runtime, fx: &Fixture) -> Seed {
     let served = chain.store().raw_blocks(1, usize::MAX, usize::MAX).unwrap();
     assert_eq!(served, raw, "the store serves the blocks as encoded");
 
-    let mut cfg = config([127, 0, 80, 1]);
-    cfg.chain = Some(chain.clone());
-    let node = rt.block_on(Node::start(&fx.producer, cfg)).unwrap();
+    let cfg = config([127, 0, 80, 1]);
+    let node = rt
+        .block_on(Node::start(&fx.producer, cfg, Some(chain.clone())))
+        .unwrap();
     Seed {
         _dir: dir,
         node,
@@ -577,7 +581,6 @@ fn start_seed(rt: &Runtime, fx: &Fixture) -> Seed {
 fn sync_once(rt: &Runtime, fx: &Fixture, seed: &Seed, ip: [u8; 4]) -> Duration {
     let (_dir, chain) = fx.fresh_chain();
     let mut cfg = config(ip);
-    cfg.chain = Some(chain.clone());
     cfg.peers = vec![PeerTarget {
         addr: seed.node.local_addr(),
         node_id: Some(seed.node.node_id()),
@@ -585,7 +588,9 @@ fn sync_once(rt: &Runtime, fx: &Fixture, seed: &Seed, ip: [u8; 4]) -> Duration {
     let identity = NodeIdentity::generate();
     let elapsed = rt.block_on(async {
         let start = Instant::now();
-        let node = Node::start(&identity, cfg).await.unwrap();
+        let node = Node::start(&identity, cfg, Some(chain.clone()))
+            .await
+            .unwrap();
         while chain.tip().height < seed.height {
             assert!(
                 start.elapsed() < SYNC_DEADLINE,

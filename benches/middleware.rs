@@ -46,8 +46,8 @@ use timed::layers::dedup::{DedupConfig, DedupLayer};
 use timed::layers::rate_limit::{KindLimit, RateLimitConfig, RateLimitLayer};
 use timed::layers::scoring::{ScoringConfig, ScoringLayer};
 use timed::layers::stack::{InboundService, MiddlewareConfig, MiddlewareStack};
-use timed::peer::{Inbound, Outcome, PeerContext, ScoreHandle};
 use timed::peer::Direction;
+use timed::peer::{Inbound, Outcome, PeerContext, ScoreHandle};
 use timed::protocol::{Envelope, GossipKind, Message};
 
 const MAGIC: [u8; 4] = *b"TDEV";

@@ -16,13 +16,14 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{Chain, ChainError, ChainOptions};
+use crate::app::Node;
 use crate::config::{render_template, Config, LogFormat};
 use crate::constants::NODE_KEY_FILE;
 use crate::crypto::NodeIdentity;
+use crate::network::PeerTarget;
 use crate::params::Network;
-use crate::node::{Node, PeerTarget};
 use crate::rpc::{self, RpcContext};
+use crate::state::{Chain, ChainError, ChainOptions};
 use crate::storage::{Store, StoreError, DB_FILE};
 use crate::wallet::{Wallet, WALLET_KEY_FILE};
 
@@ -322,9 +323,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         wallet = %wallet.address().to_text(config.network()),
         "chain opened"
     );
-    let mut node_config = config.node_config();
-    node_config.chain = Some(chain);
-    let node = Node::start(&identity, node_config)
+    let node = Node::start(&identity, config.node_config(), Some(chain))
         .await
         .map_err(Failure::runtime)?;
     if let Some(handle) = metrics_handle {
@@ -337,7 +336,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .await
         .map_err(Failure::runtime)?;
         tokio::spawn(crate::metrics::refresh(
-            node.clone(),
+            node.network().clone(),
             Duration::from_secs(2),
             stop.clone(),
         ));
@@ -370,8 +369,17 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             tracing::error!("the mempool could not be written to disk before exit");
         }
     }
-    // Let connections send their Disconnect.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Connections send their Disconnect and every task of the node ends;
+    // a task that does not is not waited for past the deadline.
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, node.stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            deadline_s = SHUTDOWN_DEADLINE.as_secs(),
+            "some tasks did not stop in time: exiting anyway"
+        );
+    }
     match failure {
         None => {
             // Buffered ban changes and the tip marker, for a clean stop.
@@ -388,6 +396,9 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         ))),
     }
 }
+
+/// How long shutdown waits for the node's tasks after telling them to stop.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
 
 /// The one-line message for a chain that cannot be opened.
 fn chain_open_failure(data_dir: &Path, error: &ChainError) -> String {

@@ -70,9 +70,9 @@ pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, E
 
 /// serde helper: a `[u8; 64]` as 64 raw bytes (a tuple), without a length.
 pub mod fixed64 {
-    use serde::{Deserializer, Serializer};
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::ser::SerializeTuple;
+    use serde::{Deserializer, Serializer};
 
     /// Serializes 64 bytes as a 64-tuple.
     pub fn serialize<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
@@ -108,4 +108,3 @@ pub mod fixed64 {
         d.deserialize_tuple(64, V)
     }
 }
-

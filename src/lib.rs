@@ -78,6 +78,7 @@
 //!   are in the same file as the blocks, written in groups before the node
 //!   acknowledges them or reports them final.
 
+pub mod app;
 pub mod chain;
 pub mod cli;
 pub mod config;
@@ -88,16 +89,17 @@ pub mod fds;
 pub mod handlers;
 pub mod http;
 pub mod layers;
+pub mod locks;
 pub mod logging;
 pub mod metrics;
+pub mod network;
 pub mod params;
-pub mod node;
 pub mod peer;
 pub mod protocol;
 pub mod rpc;
 pub mod state;
 pub mod storage;
 pub mod sync;
-pub mod locks;
+pub mod tasks;
 pub mod transport;
 pub mod wallet;

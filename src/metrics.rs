@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::layers::stack::LAYER_NAMES;
-use crate::node::Node;
+use crate::network::Network;
 use crate::peer::Direction;
 
 /// Kind of a metric.
@@ -34,6 +34,7 @@ pub enum Kind {
 pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_build_info", Kind::Gauge, "version, network", "Always 1; labels carry the version and network."),
     ("timed_uptime_seconds", Kind::Gauge, "", "Seconds since the node started."),
+    ("timed_task_panics_total", Kind::Counter, "task", "Long-lived tasks (connections, dialers, sync, block production, ...) that panicked, by task name; the panic is logged and the rest of the node keeps running."),
     ("timed_peers", Kind::Gauge, "direction", "Connected peers by direction (inbound, outbound)."),
     ("timed_handshakes_total", Kind::Counter, "result", "Connection setups by result: ok, or the error kind (timeout, forged_identity, wrong_genesis, ...)."),
     ("timed_connections_refused_total", Kind::Counter, "reason", "Connections refused: before the handshake (banned, accept_rate, max_per_ip) or right after it (max_inbound)."),
@@ -218,7 +219,7 @@ pub fn register_defaults(network: &str) {
 
 /// Updates the gauges derived from the node's state every `interval` until
 /// `stop`.
-pub async fn refresh(node: Node, interval: Duration, stop: CancellationToken) {
+pub async fn refresh(node: Network, interval: Duration, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {

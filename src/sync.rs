@@ -53,16 +53,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
-use crate::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{
     MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, SYNC_INTERVAL,
     SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,
 };
 use crate::crypto::NodeId;
-use crate::peer::Offence;
 use crate::peer::client::{ClientError, Request, Response};
 use crate::peer::set::{PeerHandle, PeerSet};
+use crate::peer::Offence;
 use crate::protocol::message::GetBlocks;
+use crate::state::{BlockOutcome, Chain, ChainError};
 
 /// Charges a peer for bad data.
 pub type Penalizer = Arc<dyn Fn(&PeerHandle, Offence) + Send + Sync>;
@@ -336,7 +336,10 @@ impl Syncer {
                     true
                 }
                 Err(e) => {
-                    if e.fault().map(Offence::from).is_some_and(|o| o != Offence::Conflicting) {
+                    if e.fault()
+                        .map(Offence::from)
+                        .is_some_and(|o| o != Offence::Conflicting)
+                    {
                         self.bad_data(peer, &e);
                     } else {
                         tracing::debug!(peer = %peer.info.node_id, fork_height = fork, error = %e, "kept our branch");
@@ -362,7 +365,10 @@ impl Syncer {
     }
 
     fn bad_data(&self, peer: &PeerHandle, error: &ChainError) {
-        let offence = error.fault().map(Offence::from).unwrap_or(Offence::InvalidData);
+        let offence = error
+            .fault()
+            .map(Offence::from)
+            .unwrap_or(Offence::InvalidData);
         if crate::logging::allow_for("sync_bad_block", error.kind()) {
             tracing::warn!(
                 peer = %peer.info.node_id,
@@ -526,7 +532,10 @@ fn apply_batch(chain: &Chain, raws: &[serde_bytes::ByteBuf]) -> BatchResult {
                 break;
             }
             Err(e) => {
-                if e.fault().map(Offence::from).is_some_and(|o| o != Offence::Conflicting) {
+                if e.fault()
+                    .map(Offence::from)
+                    .is_some_and(|o| o != Offence::Conflicting)
+                {
                     result.error = Some(e);
                 } else {
                     result.unlinked = true;

@@ -9,7 +9,8 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use common::config;
-use timed::node::{Node, NodeEvent, PeerTarget, REDIAL_JITTER};
+use timed::app::Node;
+use timed::network::{NetworkEvent, PeerTarget, REDIAL_JITTER};
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
@@ -25,7 +26,7 @@ async fn a_down_peer_is_redialled_on_the_documented_schedule() {
         node_id: None,
     }];
     let identity = timed::crypto::NodeIdentity::generate();
-    let node = Node::start(&identity, cfg).await.unwrap();
+    let node = Node::start(&identity, cfg, None).await.unwrap();
     let mut events = node.subscribe();
 
     let mut expected_base = 5.0f64;
@@ -38,7 +39,7 @@ async fn a_down_peer_is_redialled_on_the_documented_schedule() {
             .expect("no dial event within an hour of virtual time")
             .unwrap();
         match event {
-            NodeEvent::DialAttempt { target } => {
+            NetworkEvent::DialAttempt { target } => {
                 assert_eq!(target.addr, dead);
                 if let Some((at, delay)) = last_retry.take() {
                     let waited = at.elapsed();
@@ -49,7 +50,7 @@ async fn a_down_peer_is_redialled_on_the_documented_schedule() {
                 }
                 attempts += 1;
             }
-            NodeEvent::DialRetry { retry_in, .. } => {
+            NetworkEvent::DialRetry { retry_in, .. } => {
                 let secs = retry_in.as_secs_f64();
                 assert!(
                     secs >= expected_base * REDIAL_JITTER.0 - 1e-6

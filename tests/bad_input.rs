@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use timed::constants::{DEFAULT_MAX_FRAME_LEN, NOISE_PROTOCOL_NAME};
 use timed::crypto::NodeIdentity;
+use timed::network::{NetworkEvent, PeerTarget};
 use timed::params::Network;
-use timed::node::{NodeEvent, PeerTarget};
 use timed::protocol::codec::encode_message;
 use timed::protocol::{Message, Ping, VersionParams};
 use timed::transport::frame::RECORD_FRAME_START;
@@ -271,7 +271,7 @@ async fn self_connection_is_refused() {
 }
 
 /// An attacker that completed Noise and the version exchange with `server`.
-async fn established_attacker(server: &timed::node::Node) -> RawSession {
+async fn established_attacker(server: &timed::app::Node) -> RawSession {
     let mut raw = RawSession::open([127, 0, 1, 101], server.local_addr(), DEVNET).await;
     let version = VersionParams::new(Network::Devnet).build(raw.identity.node_id(), 0);
     let frame = encode_message(&Message::Version(version)).unwrap();
@@ -280,9 +280,9 @@ async fn established_attacker(server: &timed::node::Node) -> RawSession {
 }
 
 /// Waits until the server lists the attacker as connected.
-async fn wait_connected(events: &mut tokio::sync::broadcast::Receiver<NodeEvent>) {
+async fn wait_connected(events: &mut tokio::sync::broadcast::Receiver<NetworkEvent>) {
     wait_for(events, |e| {
-        matches!(e, NodeEvent::Connected(_)).then_some(())
+        matches!(e, NetworkEvent::Connected(_)).then_some(())
     })
     .await;
 }

@@ -34,20 +34,21 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::*;
+use timed::app::Node;
 use timed::chain::block::Block;
 use timed::chain::genesis::Genesis;
-use timed::state::{Chain, ChainOptions, Tip};
 use timed::chain::votes::{Verdict, Vote};
 use timed::chain::{OutPoint, Transaction, TxIn, TxOut, Txid, COIN, MIN_FEE};
 use timed::crypto::{NodeId, NodeIdentity};
-use timed::params::Network;
-use timed::node::{Node, NodeEvent};
-use timed::peer::ConnectionError;
 use timed::encoding::encode_value;
+use timed::network::NetworkEvent;
+use timed::params::Network;
+use timed::peer::ConnectionError;
 use timed::protocol::version::unix_now;
 use timed::protocol::{
     DisconnectReason, Envelope, GossipKind, Message, MessageId, Ping, VersionParams,
 };
+use timed::state::{Chain, ChainOptions, Tip};
 use timed::wallet::Wallet;
 use tokio::sync::broadcast;
 
@@ -83,7 +84,7 @@ struct Snapshot {
 struct Victim {
     node: Node,
     chain: Chain,
-    events: broadcast::Receiver<NodeEvent>,
+    events: broadcast::Receiver<NetworkEvent>,
     logs: LogBuffer,
     net: u8,
     /// The genesis masternodes (sorted by key, like the schedule).
@@ -123,9 +124,10 @@ impl Victim {
         let dir = tempfile::tempdir().unwrap();
         let chain = Chain::open(dir.path(), genesis, &identity, ChainOptions::default()).unwrap();
         assert_eq!(chain.is_masternode(), producer.is_some());
-        let mut cfg = config([127, 0, net, 1]);
-        cfg.chain = Some(chain.clone());
-        let node = Node::start(&identity, cfg).await.unwrap();
+        let cfg = config([127, 0, net, 1]);
+        let node = Node::start(&identity, cfg, Some(chain.clone()))
+            .await
+            .unwrap();
         let events = node.subscribe();
         Victim {
             node,
@@ -163,7 +165,7 @@ impl Victim {
         }
         let id = raw.identity.node_id();
         wait_for(&mut self.events, |e| match e {
-            NodeEvent::Connected(info) if info.node_id == id => Some(()),
+            NetworkEvent::Connected(info) if info.node_id == id => Some(()),
             _ => None,
         })
         .await;
@@ -179,10 +181,10 @@ impl Victim {
     /// Fails if a gossip delivery from it is seen first.
     async fn disconnected(&mut self, peer: NodeId) -> std::sync::Arc<ConnectionError> {
         wait_for(&mut self.events, |e| match e {
-            NodeEvent::Disconnected { peer: info, error } if info.node_id == peer => {
+            NetworkEvent::Disconnected { peer: info, error } if info.node_id == peer => {
                 Some(error.clone())
             }
-            NodeEvent::Delivered { id, from, .. } if *from == peer => {
+            NetworkEvent::Delivered { id, from, .. } if *from == peer => {
                 panic!("unexpected delivery of {id:?} from the attacker")
             }
             _ => None,
@@ -193,7 +195,7 @@ impl Victim {
     /// Waits until the envelope `id` from `from` is accepted by a handler.
     async fn delivered(&mut self, id: MessageId, from: NodeId) {
         let by = wait_for(&mut self.events, |e| match e {
-            NodeEvent::Delivered { id: got, from, .. } if *got == id => Some(*from),
+            NetworkEvent::Delivered { id: got, from, .. } if *got == id => Some(*from),
             _ => None,
         })
         .await;

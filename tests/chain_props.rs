@@ -23,14 +23,14 @@ use proptest::test_runner::{Config, TestRunner};
 use timed::chain::block::{merkle_root, Block, MAX_BLOCK_BYTES};
 use timed::chain::genesis::Genesis;
 use timed::chain::mempool::MempoolError;
-use timed::state::{BlockOutcome, Chain, ChainError, ChainOptions, TxStatus};
 use timed::chain::transaction::{TxError, MIN_FEE};
 use timed::chain::votes::{Verdict, Vote};
 use timed::chain::{Address, OutPoint, Transaction, TxOut, COIN};
 use timed::constants::MAX_BLOCK_FUTURE_DRIFT_SECS;
 use timed::crypto::{NodeIdentity, SecretKey, SignatureScheme};
-use timed::params::Network;
 use timed::encoding;
+use timed::params::Network;
+use timed::state::{BlockOutcome, Chain, ChainError, ChainOptions, TxStatus};
 use timed::wallet::Wallet;
 
 const MAGIC: [u8; 4] = Network::Devnet.magic();

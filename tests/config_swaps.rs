@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use timed::app::Node;
 use timed::layers::stack::MiddlewareConfig;
+use timed::network::NetworkEvent;
 use timed::params::Network;
-use timed::node::{Node, NodeEvent};
 use timed::protocol::codec::encode_message;
 use timed::protocol::version::unix_now;
 use timed::protocol::{Envelope, GossipKind, Message, Ping, VersionParams};
@@ -22,14 +23,14 @@ const DEVNET: [u8; 4] = *b"TDEV";
 async fn attacker(
     server: &Node,
     src: [u8; 4],
-    events: &mut broadcast::Receiver<NodeEvent>,
+    events: &mut broadcast::Receiver<NetworkEvent>,
 ) -> RawSession {
     let mut raw = RawSession::open(src, server.local_addr(), DEVNET).await;
     let version = VersionParams::new(Network::Devnet).build(raw.identity.node_id(), 0);
     raw.send_frame(&encode_message(&Message::Version(version)).unwrap())
         .await;
     wait_for(events, |e| {
-        matches!(e, NodeEvent::Connected(_)).then_some(())
+        matches!(e, NetworkEvent::Connected(_)).then_some(())
     })
     .await;
     raw
@@ -43,10 +44,10 @@ fn without(name: &str) -> Vec<MiddlewareConfig> {
 }
 
 /// Counts `Delivered` events for `id` until `quiet` passes without one.
-async fn deliveries(events: &mut broadcast::Receiver<NodeEvent>, quiet: Duration) -> usize {
+async fn deliveries(events: &mut broadcast::Receiver<NetworkEvent>, quiet: Duration) -> usize {
     let mut n = 0;
     while let Ok(Ok(event)) = tokio::time::timeout(quiet, events.recv()).await {
-        if matches!(event, NodeEvent::Delivered { .. }) {
+        if matches!(event, NetworkEvent::Delivered { .. }) {
             n += 1;
         }
     }
@@ -144,7 +145,7 @@ async fn rate_limit_outside_scoring_refuses_without_penalty() {
     assert!(server.peers().contains(&raw.identity.node_id()));
     while let Ok(event) = events.try_recv() {
         assert!(
-            !matches!(event, NodeEvent::Disconnected { .. }),
+            !matches!(event, NetworkEvent::Disconnected { .. }),
             "{event:?}"
         );
     }

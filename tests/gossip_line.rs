@@ -11,7 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use timed::node::{Node, NodeEvent, PeerTarget};
+use timed::app::Node;
+use timed::network::{NetworkEvent, PeerTarget};
 use timed::protocol::{GossipKind, MessageId};
 use tokio::sync::broadcast;
 
@@ -50,11 +51,11 @@ async fn wait_line_up(nodes: &[Node]) {
 }
 
 /// Deliveries of `id` still queued in `rx` (non-blocking).
-fn drain_deliveries(rx: &mut broadcast::Receiver<NodeEvent>, id: MessageId) -> usize {
+fn drain_deliveries(rx: &mut broadcast::Receiver<NetworkEvent>, id: MessageId) -> usize {
     let mut count = 0;
     loop {
         match rx.try_recv() {
-            Ok(NodeEvent::Delivered { id: got, .. }) if got == id => count += 1,
+            Ok(NetworkEvent::Delivered { id: got, .. }) if got == id => count += 1,
             Ok(_) => {}
             Err(broadcast::error::TryRecvError::Lagged(n)) => {
                 panic!("missed {n} events: cannot prove there was no second delivery")
@@ -68,7 +69,7 @@ fn drain_deliveries(rx: &mut broadcast::Receiver<NodeEvent>, id: MessageId) -> u
 async fn a_published_transaction_crosses_a_line_of_five_exactly_once() {
     let nodes = line(20, 5).await;
     wait_line_up(&nodes).await;
-    let mut events: Vec<_> = nodes.iter().map(Node::subscribe).collect();
+    let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
 
     let payload = b"line transaction".to_vec();
     let id = nodes[0].publish(GossipKind::Transaction, payload);
@@ -76,7 +77,7 @@ async fn a_published_transaction_crosses_a_line_of_five_exactly_once() {
     // Nodes 2..5 each deliver it once, from their left neighbour.
     for (i, rx) in events.iter_mut().enumerate().skip(1) {
         let (kind, from) = wait_for(rx, |e| match e {
-            NodeEvent::Delivered {
+            NetworkEvent::Delivered {
                 id: got,
                 kind,
                 from,
@@ -147,12 +148,12 @@ async fn in_a_ring_the_second_copy_is_dropped_by_dedup() {
         nodes.iter().all(|n| n.peers().len() == 2)
     })
     .await;
-    let mut events: Vec<_> = nodes.iter().map(Node::subscribe).collect();
+    let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
 
     let id = nodes[0].publish(GossipKind::Transaction, b"ring transaction".to_vec());
     for rx in events.iter_mut().skip(1) {
         wait_for(rx, |e| match e {
-            NodeEvent::Delivered { id: got, .. } if *got == id => Some(()),
+            NetworkEvent::Delivered { id: got, .. } if *got == id => Some(()),
             _ => None,
         })
         .await;

@@ -14,10 +14,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::*;
+use timed::app::Node;
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::layers::blacklist::BlacklistConfig;
 use timed::layers::stack::MiddlewareConfig;
-use timed::node::{Node, NodeEvent, PeerTarget};
+use timed::network::{NetworkEvent, PeerTarget};
 use timed::peer::{ConnectionError, ConnectionEvent};
 use timed::protocol::codec::encode_message;
 use timed::protocol::version::unix_now;
@@ -39,9 +40,9 @@ fn ip(addr: [u8; 4]) -> IpAddr {
 }
 
 /// Waits until `server` reports `peer` connected.
-async fn connected(events: &mut broadcast::Receiver<NodeEvent>, peer: NodeId) {
+async fn connected(events: &mut broadcast::Receiver<NetworkEvent>, peer: NodeId) {
     wait_for(events, |e| match e {
-        NodeEvent::Connected(info) if info.node_id == peer => Some(()),
+        NetworkEvent::Connected(info) if info.node_id == peer => Some(()),
         _ => None,
     })
     .await;
@@ -50,14 +51,14 @@ async fn connected(events: &mut broadcast::Receiver<NodeEvent>, peer: NodeId) {
 /// Waits until `server` reports `peer` disconnected; returns the error.
 /// Fails if a gossip delivery from `peer` is seen first.
 async fn disconnected(
-    events: &mut broadcast::Receiver<NodeEvent>,
+    events: &mut broadcast::Receiver<NetworkEvent>,
     peer: NodeId,
 ) -> std::sync::Arc<ConnectionError> {
     wait_for(events, |e| match e {
-        NodeEvent::Disconnected { peer: info, error } if info.node_id == peer => {
+        NetworkEvent::Disconnected { peer: info, error } if info.node_id == peer => {
             Some(error.clone())
         }
-        NodeEvent::Delivered { id, from, .. } if *from == peer => {
+        NetworkEvent::Delivered { id, from, .. } if *from == peer => {
             panic!("unexpected delivery of {id:?} from the attacker")
         }
         _ => None,
@@ -66,12 +67,12 @@ async fn disconnected(
 }
 
 /// Deliveries (of any id) still queued in `rx`, after `QUIET`.
-async fn deliveries_after_quiet(rx: &mut broadcast::Receiver<NodeEvent>) -> Vec<MessageId> {
+async fn deliveries_after_quiet(rx: &mut broadcast::Receiver<NetworkEvent>) -> Vec<MessageId> {
     tokio::time::sleep(QUIET).await;
     let mut out = Vec::new();
     loop {
         match rx.try_recv() {
-            Ok(NodeEvent::Delivered { id, .. }) => out.push(id),
+            Ok(NetworkEvent::Delivered { id, .. }) => out.push(id),
             Ok(_) => {}
             Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("missed {n} events"),
             Err(_) => return out,
@@ -190,7 +191,7 @@ async fn a_replayed_envelope_is_delivered_once_and_a_stale_one_never() {
     raw.send(&Message::Gossip(envelope.clone())).await;
     raw.send(&Message::Gossip(envelope)).await;
     let from = wait_for(&mut events, |e| match e {
-        NodeEvent::Delivered { id: got, from, .. } if *got == id => Some(*from),
+        NetworkEvent::Delivered { id: got, from, .. } if *got == id => Some(*from),
         _ => None,
     })
     .await;
@@ -267,10 +268,10 @@ async fn flood_pings(raw: &mut RawSession, count: usize) {
 }
 
 /// Waits for the next keepalive pong on `honest`'s connection.
-async fn next_pong(events: &mut broadcast::Receiver<NodeEvent>) {
+async fn next_pong(events: &mut broadcast::Receiver<NetworkEvent>) {
     wait_for(events, |e| match e {
-        NodeEvent::Connection(ConnectionEvent::Pong { .. }) => Some(()),
-        NodeEvent::Disconnected { error, .. } => {
+        NetworkEvent::Connection(ConnectionEvent::Pong { .. }) => Some(()),
+        NetworkEvent::Disconnected { error, .. } => {
             panic!("the honest peer was disconnected: {error}")
         }
         _ => None,
@@ -282,7 +283,7 @@ async fn next_pong(events: &mut broadcast::Receiver<NodeEvent>) {
 /// policy. Returns the attacker's score after it.
 async fn flood_session(
     server: &Node,
-    events: &mut broadcast::Receiver<NodeEvent>,
+    events: &mut broadcast::Receiver<NetworkEvent>,
     identity: &NodeIdentity,
     src: [u8; 4],
 ) -> f64 {
@@ -359,7 +360,7 @@ async fn a_ping_flood_is_rate_limited_then_disconnected_then_banned_while_honest
         "one disconnect does not ban"
     );
     wait_for(&mut honest_events, |e| match e {
-        NodeEvent::Delivered { id, from, .. } if *id == gossip => Some(*from),
+        NetworkEvent::Delivered { id, from, .. } if *id == gossip => Some(*from),
         _ => None,
     })
     .await;
@@ -390,8 +391,8 @@ async fn a_ping_flood_is_rate_limited_then_disconnected_then_banned_while_honest
     // a single handshake byte: no Noise message 2.
     let mut stream = dial_from(attacker_ip, server.local_addr()).await;
     let (addr, reason) = wait_for(&mut events, |e| match e {
-        NodeEvent::Refused { addr, reason } => Some((*addr, *reason)),
-        NodeEvent::Connected(info) if info.node_id == attacker => {
+        NetworkEvent::Refused { addr, reason } => Some((*addr, *reason)),
+        NetworkEvent::Connected(info) if info.node_id == attacker => {
             panic!("the banned attacker got through")
         }
         _ => None,
@@ -512,8 +513,8 @@ async fn a_configured_banned_subnet_is_refused_at_accept() {
     // From inside the subnet: closed at accept, not a byte sent.
     let mut stream = dial_from([127, 0, 24, 9], server.local_addr()).await;
     let (addr, reason) = wait_for(&mut events, |e| match e {
-        NodeEvent::Refused { addr, reason } => Some((*addr, *reason)),
-        NodeEvent::Connected(_) | NodeEvent::HandshakeFailed { .. } => {
+        NetworkEvent::Refused { addr, reason } => Some((*addr, *reason)),
+        NetworkEvent::Connected(_) | NetworkEvent::HandshakeFailed { .. } => {
             panic!("the banned address reached the handshake: {e:?}")
         }
         _ => None,

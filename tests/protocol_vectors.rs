@@ -11,14 +11,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use timed::app::Node;
 use timed::constants::{
     DEFAULT_MAX_FRAME_LEN, IDENTITY_SIGNATURE_DOMAIN, MAX_ENVELOPE_PAYLOAD_LEN,
     MAX_HANDSHAKE_MESSAGE_LEN, MAX_NETWORK_NAME_LEN, MAX_PEER_ADDRESSES, MAX_USER_AGENT_LEN,
     NOISE_PROLOGUE_PREFIX, NOISE_PROTOCOL_NAME, PRE_VERSION_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use timed::crypto::{NodeId, NodeIdentity};
+use timed::network::{NetworkConfig, NetworkEvent};
 use timed::params::Network;
-use timed::node::{Node, NodeConfig, NodeEvent};
 use timed::peer::{ConnectionError, ConnectionEvent, HandshakeConfig};
 use timed::protocol::codec::{decode_message, encode_envelope, encode_message};
 use timed::protocol::message::capabilities;
@@ -776,7 +777,7 @@ impl SpecClient {
     }
 }
 
-async fn start_node() -> (Node, tokio::sync::broadcast::Receiver<NodeEvent>) {
+async fn start_node() -> (Node, tokio::sync::broadcast::Receiver<NetworkEvent>) {
     let mut handshake = HandshakeConfig::new(VersionParams::new(Network::Devnet));
     // The node rotates its key after every record, so the client's REKEY
     // handling is exercised too.
@@ -784,8 +785,8 @@ async fn start_node() -> (Node, tokio::sync::broadcast::Receiver<NodeEvent>) {
         after_messages: 1,
         after_bytes: u64::MAX,
     };
-    let config = NodeConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), handshake);
-    let node = Node::start(&NodeIdentity::generate(), config)
+    let config = NetworkConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), handshake);
+    let node = Node::start(&NodeIdentity::generate(), config, None)
         .await
         .unwrap();
     let events = node.subscribe();
@@ -793,8 +794,8 @@ async fn start_node() -> (Node, tokio::sync::broadcast::Receiver<NodeEvent>) {
 }
 
 async fn next_event<T>(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    mut pick: impl FnMut(&NodeEvent) -> Option<T>,
+    events: &mut tokio::sync::broadcast::Receiver<NetworkEvent>,
+    mut pick: impl FnMut(&NetworkEvent) -> Option<T>,
 ) -> T {
     loop {
         if let Some(t) = pick(&events.recv().await.unwrap()) {
@@ -822,7 +823,7 @@ async fn a_client_written_from_the_document_talks_to_a_node() {
         assert_eq!(v.node_id, client.server_id);
         assert_eq!(v.genesis_hash, Network::Devnet.default_genesis_hash());
         next_event(&mut events, |e| {
-            matches!(e, NodeEvent::Connected(_)).then_some(())
+            matches!(e, NetworkEvent::Connected(_)).then_some(())
         })
         .await;
 
@@ -853,7 +854,7 @@ async fn a_client_written_from_the_document_talks_to_a_node() {
             }
         }
         next_event(&mut events, |e| {
-            matches!(e, NodeEvent::Connection(ConnectionEvent::Pong { .. })).then_some(())
+            matches!(e, NetworkEvent::Connection(ConnectionEvent::Pong { .. })).then_some(())
         })
         .await;
 
@@ -872,7 +873,7 @@ async fn a_client_written_from_the_document_talks_to_a_node() {
         );
         client.send(&Message::Gossip(env.clone())).await;
         let (kind, from) = next_event(&mut events, |e| match e {
-            NodeEvent::Delivered { id, kind, from } if *id == env.id() => Some((*kind, *from)),
+            NetworkEvent::Delivered { id, kind, from } if *id == env.id() => Some((*kind, *from)),
             _ => None,
         })
         .await;
@@ -885,7 +886,7 @@ async fn a_client_written_from_the_document_talks_to_a_node() {
             }))
             .await;
         let error = next_event(&mut events, |e| match e {
-            NodeEvent::Disconnected { error, .. } => Some(error.clone()),
+            NetworkEvent::Disconnected { error, .. } => Some(error.clone()),
             _ => None,
         })
         .await;

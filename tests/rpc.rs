@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use timed::app::Node;
 use timed::config::RpcSection;
-use timed::node::Node;
 use timed::rpc::client::{call, CallError};
 use timed::rpc::{codes, serve, RpcContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -331,7 +331,7 @@ async fn reloadconfig_applies_the_new_stack_to_new_connections() {
     // A connection made before the reload keeps the full default stack.
     let (before, _) = start(config([127, 0, 105, 2])).await;
     before
-        .connect(&timed::node::PeerTarget {
+        .connect(&timed::network::PeerTarget {
             addr: node.local_addr(),
             node_id: Some(node.node_id()),
         })

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use timed::network::{NetworkEvent, PeerTarget};
 use timed::params::Network;
-use timed::node::{NodeEvent, PeerTarget};
 use timed::protocol::codec::encode_message;
 use timed::protocol::{DisconnectReason, GossipKind, Message, VersionParams};
 
@@ -26,7 +26,7 @@ async fn a_peer_that_does_not_read_is_disconnected() {
         .await;
     let slow_id = raw.identity.node_id();
     wait_for(&mut events, |e| match e {
-        NodeEvent::Connected(info) if info.node_id == slow_id => Some(()),
+        NetworkEvent::Connected(info) if info.node_id == slow_id => Some(()),
         _ => None,
     })
     .await;
@@ -49,7 +49,7 @@ async fn a_peer_that_does_not_read_is_disconnected() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let error = wait_for(&mut events, |e| match e {
-        NodeEvent::Disconnected { peer, error } if peer.node_id == slow_id => {
+        NetworkEvent::Disconnected { peer, error } if peer.node_id == slow_id => {
             Some(error.to_string())
         }
         _ => None,
@@ -63,7 +63,7 @@ async fn a_peer_that_does_not_read_is_disconnected() {
     let mut delivered = 0;
     while delivered < 30 {
         wait_for(&mut honest_events, |e| {
-            matches!(e, NodeEvent::Delivered { .. }).then_some(())
+            matches!(e, NetworkEvent::Delivered { .. }).then_some(())
         })
         .await;
         delivered += 1;

@@ -36,8 +36,8 @@ use common::chains::seed_chain;
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use rand::Rng;
+use timed::app::Node;
 use timed::chain::genesis::Genesis;
-use timed::state::{Chain, ChainOptions};
 use timed::constants::{DEFAULT_MAX_PENDING_HANDSHAKES, SYNC_INTERVAL};
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::layers::auth::AuthConfig;
@@ -46,12 +46,13 @@ use timed::layers::dedup::DedupConfig;
 use timed::layers::rate_limit::{KindLimit, RateLimitConfig};
 use timed::layers::scoring::ScoringConfig;
 use timed::layers::stack::{BuiltLayer, MiddlewareConfig};
+use timed::network::{NetworkEvent, PeerTarget};
 use timed::params::Network;
-use timed::node::{Node, NodeEvent, PeerTarget};
 use timed::peer::ConnectionEvent;
 use timed::protocol::message::{capabilities, Blocks, GetBlocks};
 use timed::protocol::version::unix_now;
 use timed::protocol::{Envelope, GossipKind, Message, PeerAddress, Ping, Pong, VersionParams};
+use timed::state::{Chain, ChainOptions};
 use timed::wallet::Wallet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -87,9 +88,9 @@ async fn wait_until_within(what: &str, limit: Duration, mut cond: impl FnMut() -
 }
 
 /// Waits until `node` reports `peer` connected.
-async fn connected(events: &mut broadcast::Receiver<NodeEvent>, peer: NodeId) {
+async fn connected(events: &mut broadcast::Receiver<NetworkEvent>, peer: NodeId) {
     wait_for(events, |e| match e {
-        NodeEvent::Connected(info) if info.node_id == peer => Some(()),
+        NetworkEvent::Connected(info) if info.node_id == peer => Some(()),
         _ => None,
     })
     .await;
@@ -228,7 +229,7 @@ async fn flood_socket(
 /// Counts the server's refusals and handshake failures for flood IPs
 /// (`127.6.<flood_net>.x`) until aborted.
 fn watch_flood_events(
-    mut events: broadcast::Receiver<NodeEvent>,
+    mut events: broadcast::Receiver<NetworkEvent>,
     flood_net: u8,
     refused: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
@@ -240,10 +241,10 @@ fn watch_flood_events(
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(NodeEvent::Refused { addr, .. }) if from_flood(&addr) => {
+                Ok(NetworkEvent::Refused { addr, .. }) if from_flood(&addr) => {
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(NodeEvent::HandshakeFailed { addr, .. }) if from_flood(&addr) => {
+                Ok(NetworkEvent::HandshakeFailed { addr, .. }) if from_flood(&addr) => {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -318,7 +319,7 @@ async fn honest_peer_gets_in_during_flood(net: u8, flood_net: u8, stalled: bool)
     };
     assert_eq!(info.node_id, server.node_id());
     wait_for(&mut client_events, |e| match e {
-        NodeEvent::Connection(ConnectionEvent::Pong { peer, .. })
+        NetworkEvent::Connection(ConnectionEvent::Pong { peer, .. })
             if peer.node_id == server.node_id() =>
         {
             Some(())
@@ -446,7 +447,7 @@ async fn an_envelope_held_when_its_sender_leaves_is_delivered_from_an_honest_pee
     attacker.send(&Message::Gossip(a.clone())).await;
     let a_id = a.id();
     wait_for(&mut events, |e| match e {
-        NodeEvent::Delivered { id, from, .. } if *id == a_id && *from == attacker_id => Some(()),
+        NetworkEvent::Delivered { id, from, .. } if *id == a_id && *from == attacker_id => Some(()),
         _ => None,
     })
     .await;
@@ -456,8 +457,8 @@ async fn an_envelope_held_when_its_sender_leaves_is_delivered_from_an_honest_pee
     // The attacker's connection is closed while B waits in the stack.
     assert_eq!(server.disconnect(|p| p.node_id == attacker_id), 1);
     wait_for(&mut events, |e| match e {
-        NodeEvent::Disconnected { peer, .. } if peer.node_id == attacker_id => Some(()),
-        NodeEvent::Delivered { id, .. } if *id == b_id => {
+        NetworkEvent::Disconnected { peer, .. } if peer.node_id == attacker_id => Some(()),
+        NetworkEvent::Delivered { id, .. } if *id == b_id => {
             panic!("B was delivered from the closing connection")
         }
         _ => None,
@@ -472,7 +473,7 @@ async fn an_envelope_held_when_its_sender_leaves_is_delivered_from_an_honest_pee
     connected(&mut events, honest_id).await;
     honest.send(&Message::Gossip(b)).await;
     let from = wait_for(&mut events, |e| match e {
-        NodeEvent::Delivered { id, from, .. } if *id == b_id => Some(*from),
+        NetworkEvent::Delivered { id, from, .. } if *id == b_id => Some(*from),
         _ => None,
     })
     .await;
@@ -518,7 +519,7 @@ async fn next_before(raw: &mut RawSession, deadline: Instant) -> Next {
 /// announcing `caps` and `best_height`.
 async fn raw_chain_peer(
     node: &Node,
-    events: &mut broadcast::Receiver<NodeEvent>,
+    events: &mut broadcast::Receiver<NetworkEvent>,
     src: [u8; 4],
     genesis_hash: [u8; 32],
     caps: u64,
@@ -553,15 +554,15 @@ async fn victim(
     ip: [u8; 4],
     genesis: Genesis,
     dir: &std::path::Path,
-    tune: impl FnOnce(&mut timed::node::NodeConfig),
+    tune: impl FnOnce(&mut timed::network::NetworkConfig),
 ) -> (Node, Chain) {
     let identity = NodeIdentity::generate();
     let chain = Chain::open(dir, genesis, &identity, ChainOptions::default()).unwrap();
     assert!(!chain.is_masternode());
     let mut cfg = config(ip);
-    cfg.chain = Some(chain.clone());
+    let start_chain = Some(chain.clone());
     tune(&mut cfg);
-    let node = Node::start(&identity, cfg).await.unwrap();
+    let node = Node::start(&identity, cfg, start_chain).await.unwrap();
     (node, chain)
 }
 
@@ -678,9 +679,9 @@ async fn a_slow_reply_costs_one_timeout_and_sync_completes_from_another_peer() {
         ChainOptions::default(),
     )
     .unwrap();
-    let mut cfg = config([127, 6, 6, 2]);
-    cfg.chain = Some(honest_chain.clone());
-    let honest = Node::start(&masternode, cfg).await.unwrap();
+    let cfg = config([127, 6, 6, 2]);
+    let start_chain = Some(honest_chain.clone());
+    let honest = Node::start(&masternode, cfg, start_chain).await.unwrap();
     let honest_height = honest_chain.tip().height;
     assert!(honest_height >= HONEST_BLOCKS);
 
@@ -752,7 +753,7 @@ async fn a_slow_reply_costs_one_timeout_and_sync_completes_from_another_peer() {
         "the slow peer was not charged its Timeout: score {score} > {highest}"
     );
     while let Ok(event) = events.try_recv() {
-        if let NodeEvent::Disconnected { peer, error } = event {
+        if let NetworkEvent::Disconnected { peer, error } = event {
             assert_ne!(
                 peer.node_id, slow_id,
                 "the slow peer was disconnected: {error}"

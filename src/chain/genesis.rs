@@ -32,8 +32,8 @@ use super::address::Address;
 use super::block::{merkle_root, Block, BlockHash, BlockHeader};
 use super::transaction::{Transaction, TxOut, MAX_MONEY, MAX_OUTPUTS};
 use super::votes::{MasternodeSet, Tier};
-use crate::params::Network;
 use crate::encoding;
+use crate::params::Network;
 
 /// Longest block interval a genesis may set (one day).
 pub const MAX_BLOCK_INTERVAL_SECS: u64 = 86_400;

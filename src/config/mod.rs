@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::layers::stack::{parse_entries, MiddlewareConfig, StackError};
+use crate::network::{ConnectionLimits, NetworkConfig, PeerTarget};
 use crate::params::Network;
-use crate::node::{ConnectionLimits, NodeConfig, PeerTarget};
 use crate::peer::{ConnectionConfig, HandshakeConfig};
 use crate::protocol::VersionParams;
 use crate::transport::{CryptoBackend, RekeyPolicy};
@@ -634,7 +634,7 @@ impl Config {
     }
 
     /// The node configuration this file describes.
-    pub fn node_config(&self) -> NodeConfig {
+    pub fn node_config(&self) -> NetworkConfig {
         let p = &self.p2p;
         let listen = self.p2p_listen();
         let mut version = VersionParams::new(self.network());
@@ -652,7 +652,7 @@ impl Config {
             after_messages: p.rekey_after_messages,
             after_bytes: p.rekey_after_bytes,
         };
-        let mut node = NodeConfig::new(listen, handshake);
+        let mut node = NetworkConfig::new(listen, handshake);
         node.peers = p.peers.clone();
         node.connection = ConnectionConfig {
             ping_interval: Duration::from_secs(p.ping_interval_secs),

@@ -6,11 +6,11 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Service};
 
 use super::{refuse, SyncHandle};
-use crate::state::{BlockOutcome, Chain, ChainError};
 use crate::constants::{MAX_BLOCKS_PER_RESPONSE, MAX_BLOCKS_RESPONSE_BYTES};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::message::Blocks;
 use crate::protocol::{GossipKind, Message};
+use crate::state::{BlockOutcome, Chain, ChainError};
 
 /// The handler's name in rejections and metrics.
 pub const NAME: &str = "blocks";

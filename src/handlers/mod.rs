@@ -32,11 +32,11 @@ use std::task::{Context, Poll};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::state::{Chain, ChainError, Fault};
 use crate::constants::MAX_PEER_ADDRESSES;
-use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::peer::set::PeerSet;
+use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
+use crate::state::{Chain, ChainError, Fault};
 
 /// The router's name in rejections and metrics.
 pub const NAME: &str = "router";

@@ -7,10 +7,10 @@ use tower::{BoxError, Service};
 
 use super::refuse;
 use crate::chain::mempool::MempoolError;
-use crate::state::{Chain, ChainError};
 use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
+use crate::state::{Chain, ChainError};
 
 /// The handler's name in rejections and metrics.
 pub const NAME: &str = "transactions";

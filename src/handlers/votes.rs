@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Service};
 
 use super::refuse;
-use crate::state::{Chain, VoteHandled};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
+use crate::state::{Chain, VoteHandled};
 
 /// The handler's name in rejections and metrics.
 pub const NAME: &str = "votes";

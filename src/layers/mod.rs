@@ -98,10 +98,10 @@ pub(crate) mod test_support {
     use super::*;
     use crate::crypto::NodeId;
     use crate::peer::Direction;
+    use crate::peer::ScoreHandle;
     use crate::protocol::Message;
     use std::net::SocketAddr;
     use std::sync::Arc;
-    use crate::peer::ScoreHandle;
 
     /// A peer context for `ip`.
     pub fn peer(ip: [u8; 4]) -> Arc<PeerContext> {

@@ -57,8 +57,8 @@ use tower::{BoxError, Layer, Service};
 
 use super::blacklist::Blacklist;
 use super::{Inbound, LayerCounters, Offence, Outcome, PeerContext, Rejection};
-use crate::peer::{PeerJudge, ScoreHandle};
 use crate::crypto::NodeId;
+use crate::peer::{PeerJudge, ScoreHandle};
 use crate::protocol::DisconnectReason;
 
 /// The layer's name in the config and in metrics.

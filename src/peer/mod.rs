@@ -14,7 +14,6 @@ pub use connection::{ConnectionConfig, ConnectionError, ConnectionEvent};
 pub use handshake::{establish, ConnectError, Connection, Direction, HandshakeConfig, PeerInfo};
 pub use request::{
     Inbound, InboundService, Offence, Outcome, PeerContext, PeerJudge, PeerStats, Rejection,
-    ScoreHandle,
-    SCORE_RANGE,
+    ScoreHandle, SCORE_RANGE,
 };
 pub use set::{PeerSet, PeerSetService};

@@ -312,9 +312,9 @@ impl Service<Request> for PeerSetService {
 mod tests {
     use super::*;
     use crate::crypto::NodeIdentity;
-    use crate::peer::ScoreHandle;
     use crate::params::Network;
     use crate::peer::client::ClientRequest;
+    use crate::peer::ScoreHandle;
     use crate::protocol::VersionParams;
     use std::net::SocketAddr;
     use tokio::sync::mpsc;

@@ -8,13 +8,13 @@ use serde_json::{json, Value};
 
 use super::{codes, RpcContext, RpcError};
 use crate::chain::block::Block;
-use crate::state::{Chain, ChainError, TxStatus};
 use crate::chain::transaction::Transaction;
-use crate::state::CoinStatus;
 use crate::chain::{Address, MIN_FEE};
 use crate::crypto::NodeId;
 use crate::encoding;
 use crate::protocol::GossipKind;
+use crate::state::CoinStatus;
+use crate::state::{Chain, ChainError, TxStatus};
 use crate::wallet::{amount_from_json, format_amount, WalletError};
 
 /// The chain and wallet methods, for `help` and metrics labels.
@@ -402,7 +402,9 @@ fn gettransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
         );
         o.insert(
             "hex".into(),
-            json!(encoding::encode_value(tx).map(hex::encode).unwrap_or_default()),
+            json!(encoding::encode_value(tx)
+                .map(hex::encode)
+                .unwrap_or_default()),
         );
     }
     Ok(out)

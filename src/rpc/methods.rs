@@ -14,7 +14,7 @@ use crate::constants::{PROTOCOL_VERSION, USER_AGENT};
 use crate::crypto::NodeId;
 use crate::layers::blacklist::BanUntil;
 use crate::layers::stack::BuiltLayer;
-use crate::node::PeerTarget;
+use crate::network::PeerTarget;
 use crate::protocol::version::unix_now;
 
 /// Every method, for `help` and metrics labels.

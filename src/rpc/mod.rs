@@ -39,9 +39,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Node;
 use crate::config::{Config, RpcSection};
 use crate::http::AbuseTally;
-use crate::node::Node;
 
 mod chain;
 pub mod client;

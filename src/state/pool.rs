@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
+use super::ItemKind;
 use super::{Chain, ChainError, FinalityRecord, State, Tally, VoteHandled};
 use crate::chain::address::Address;
 use crate::chain::mempool::MempoolError;
@@ -24,7 +25,6 @@ use crate::chain::transaction::{OutPoint, Transaction, TxOut, Txid, UtxoView};
 use crate::chain::votes::{Verdict, Vote, VoteError, VoteOutcome};
 use crate::constants::MAX_PENDING_VOTES;
 use crate::encoding;
-use super::ItemKind;
 use crate::storage::{PoolOp, Store};
 
 /// Most finality records kept for `gettransaction` after a transaction left

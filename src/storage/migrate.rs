@@ -105,7 +105,8 @@ fn block_hashes_from_blocks(tx: &WriteTransaction) -> Result<Vec<(u64, &'static 
     for entry in blocks.iter().map_err(db_err("read blocks"))? {
         let (height, bytes) = entry.map_err(db_err("read blocks"))?;
         let (height, bytes) = (height.value(), bytes.value());
-        let checked: Result<BlockHash, &'static str> = match encoding::decode_value::<Block>(bytes) {
+        let checked: Result<BlockHash, &'static str> = match encoding::decode_value::<Block>(bytes)
+        {
             Err(_) => Err("does not decode"),
             Ok(b) if b.header.height != height => Err("header names another height"),
             Ok(b) if !b.merkle_matches() => Err("merkle root does not match the transactions"),

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use timed::chain::genesis::{Genesis, GenesisMasternode, DEVNET_GENESIS_TIMESTAMP};
-use timed::state::{Chain, ChainOptions};
 use timed::chain::votes::Tier;
 use timed::chain::{TxOut, COIN};
 use timed::crypto::NodeIdentity;
 use timed::params::Network;
+use timed::state::{Chain, ChainOptions};
 use timed::wallet::Wallet;
 
 /// A seed chain built by [`seed_chain`].

@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use timed::app::Node;
 use timed::crypto::{NodeId, NodeIdentity};
 use timed::layers::stack::BuiltLayer;
 use timed::layers::LayerCounters;
+use timed::network::{NetworkConfig, NetworkEvent, PeerTarget};
 use timed::params::Network;
-use timed::node::{Node, NodeConfig, NodeEvent, PeerTarget};
 use timed::peer::{ConnectionEvent, HandshakeConfig};
 use timed::protocol::codec::encode_message;
 use timed::protocol::{Message, MessageCodec, VersionParams};
@@ -31,24 +32,24 @@ use tokio::sync::broadcast;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A node config listening on `ip:0` for the devnet.
-pub fn config(ip: [u8; 4]) -> NodeConfig {
-    NodeConfig::new(
+pub fn config(ip: [u8; 4]) -> NetworkConfig {
+    NetworkConfig::new(
         SocketAddr::from((ip, 0)),
         HandshakeConfig::new(VersionParams::new(Network::Devnet)),
     )
 }
 
 /// Starts a node with a fresh identity.
-pub async fn start(config: NodeConfig) -> (Node, NodeIdentity) {
+pub async fn start(config: NetworkConfig) -> (Node, NodeIdentity) {
     let identity = NodeIdentity::generate();
-    let node = Node::start(&identity, config).await.unwrap();
+    let node = Node::start(&identity, config, None).await.unwrap();
     (node, identity)
 }
 
 /// Waits for the first event matching `pred`, returning what it maps to.
 pub async fn wait_for<T>(
-    rx: &mut broadcast::Receiver<NodeEvent>,
-    mut pred: impl FnMut(&NodeEvent) -> Option<T>,
+    rx: &mut broadcast::Receiver<NetworkEvent>,
+    mut pred: impl FnMut(&NetworkEvent) -> Option<T>,
 ) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
@@ -68,9 +69,9 @@ pub async fn wait_for<T>(
 }
 
 /// Waits for the next handshake failure and returns its kind and text.
-pub async fn handshake_failure(rx: &mut broadcast::Receiver<NodeEvent>) -> (String, String) {
+pub async fn handshake_failure(rx: &mut broadcast::Receiver<NetworkEvent>) -> (String, String) {
     wait_for(rx, |e| match e {
-        NodeEvent::HandshakeFailed { error, .. } => {
+        NetworkEvent::HandshakeFailed { error, .. } => {
             Some((error.kind().to_owned(), error.to_string()))
         }
         _ => None,
@@ -79,9 +80,11 @@ pub async fn handshake_failure(rx: &mut broadcast::Receiver<NodeEvent>) -> (Stri
 }
 
 /// Waits for the next disconnection and returns its kind and text.
-pub async fn disconnection(rx: &mut broadcast::Receiver<NodeEvent>) -> (String, String) {
+pub async fn disconnection(rx: &mut broadcast::Receiver<NetworkEvent>) -> (String, String) {
     wait_for(rx, |e| match e {
-        NodeEvent::Disconnected { error, .. } => Some((error.kind().to_owned(), error.to_string())),
+        NetworkEvent::Disconnected { error, .. } => {
+            Some((error.kind().to_owned(), error.to_string()))
+        }
         _ => None,
     })
     .await
@@ -102,7 +105,7 @@ pub async fn assert_serves(server: &Node, client_ip: [u8; 4]) {
         .expect("honest peer must connect");
     assert_eq!(info.node_id, server.node_id());
     wait_for(&mut rx, |e| match e {
-        NodeEvent::Connection(ConnectionEvent::Pong { .. }) => Some(()),
+        NetworkEvent::Connection(ConnectionEvent::Pong { .. }) => Some(()),
         _ => None,
     })
     .await;

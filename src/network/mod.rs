@@ -1,6 +1,12 @@
-//! The node: the listener with its pre-handshake gate, dialers for
-//! configured peers, one task per connection, the peer set and the
+//! The network service: the listener with its pre-handshake gate, dialers
+//! for configured peers, one task per connection, the peer set and the
 //! middleware stack.
+//!
+//! The network knows nothing of the chain. The application hands it an
+//! inbound service (the router over its handlers, see [`Network::start`]),
+//! a [`PeerObserver`] told about every admitted peer, and data: the best
+//! height for `Version` messages through a `watch` channel, and the
+//! capabilities and genesis hash in the version parameters.
 //!
 //! # Inbound connections
 //! 1. Pre-handshake gate, before a single byte is read: the ban list (IPs,
@@ -38,12 +44,10 @@
 //! `conn.id`, `peer.addr`, `direction` and (once authenticated) `node.id`.
 
 mod accept;
-mod chain;
 mod dial;
 mod setup;
 
 use accept::{PendingHandshake, Slot};
-use chain::penalize_masternode;
 
 pub use dial::{
     Backoff, InvalidPeerTarget, PeerTarget, HEALTHY_SESSION, REDIAL_INITIAL_DELAY, REDIAL_JITTER,
@@ -62,31 +66,28 @@ use std::time::Duration;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::util::BoxCloneService;
+use tokio_util::task::TaskTracker;
+use tower::util::{BoxCloneService, BoxCloneSyncService};
+use tower::BoxError;
 use tracing::{field, Instrument};
 
-use crate::state::Chain;
-use crate::sync::{Penalizer, SyncHandle, Syncer};
-use crate::constants::{MAX_MEMPOOL_RESPONSE_BYTES, MAX_MEMPOOL_RESPONSE_TXS};
 use crate::crypto::{NodeId, NodeIdentity};
-use crate::handlers::{Handlers, Router};
-use crate::layers::blacklist::{ip_key, Blacklist, PersistedBan};
+use crate::layers::blacklist::{ip_key, Blacklist};
 use crate::layers::rate_limit::GossipScale;
 use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
-use crate::peer::{Inbound, Offence, PeerContext};
 use crate::peer::client::Client;
 use crate::peer::connection::{
     self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts,
 };
 use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig, PeerInfo};
 use crate::peer::queue::{SendQueue, DEFAULT_QUEUE_BYTES};
-use crate::peer::set::{Admission, PeerSet};
+use crate::peer::set::{Admission, PeerHandle, PeerSet};
+use crate::peer::{Inbound, Offence, PeerContext};
 use crate::protocol::message::capabilities;
 use crate::protocol::{DisconnectReason, Envelope, GossipKind, Message, MessageId};
-use crate::storage::StoredBan;
 use crate::transport::noise::{CryptoBackend, HandshakeError, LocalKeys};
 
 /// Capacity of the event channel; slow observers miss events rather than
@@ -124,9 +125,9 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Node configuration (built from the TOML config by `Config::node_config`).
+/// Network configuration (built from the TOML config by `Config::node_config`).
 #[derive(Clone, Debug)]
-pub struct NodeConfig {
+pub struct NetworkConfig {
     /// Where to listen for peers.
     pub listen: SocketAddr,
     /// Peers to dial and keep dialling.
@@ -143,18 +144,18 @@ pub struct NodeConfig {
     pub middleware: Vec<MiddlewareConfig>,
     /// Byte budget of each peer's send queue.
     pub send_queue_bytes: usize,
-    /// The chain this node follows, validates, stores and serves; `None`
-    /// for a network-only node (gossip is accepted and counted).
-    pub chain: Option<Chain>,
-    /// What the gossip budgets of `rate_limit` are sized for (taken from
-    /// the chain when there is one).
+    /// What the gossip budgets of `rate_limit` are sized for (the
+    /// application sets it from its chain).
     pub gossip: GossipScale,
+    /// The best height announced in `Version` messages, kept current by
+    /// the application.
+    pub best_height: watch::Receiver<u64>,
 }
 
-impl NodeConfig {
+impl NetworkConfig {
     /// Defaults for a node listening on `listen` with `handshake`.
     pub fn new(listen: SocketAddr, handshake: HandshakeConfig) -> Self {
-        NodeConfig {
+        NetworkConfig {
             listen,
             peers: Vec::new(),
             handshake,
@@ -163,15 +164,15 @@ impl NodeConfig {
             limits: ConnectionLimits::default(),
             middleware: MiddlewareConfig::default_stack(),
             send_queue_bytes: DEFAULT_QUEUE_BYTES,
-            chain: None,
             gossip: GossipScale::default(),
+            best_height: watch::channel(0).1,
         }
     }
 }
 
 /// Something the node did, for observers.
 #[derive(Clone, Debug)]
-pub enum NodeEvent {
+pub enum NetworkEvent {
     /// An inbound socket was closed by the pre-handshake gate.
     Refused {
         /// The remote address.
@@ -224,7 +225,7 @@ pub enum NodeEvent {
 
 /// Errors starting the node.
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
+pub enum NetworkError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -245,79 +246,106 @@ type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 /// Where `connect` learns how its dial ended.
 type Report = tokio::sync::oneshot::Sender<Result<Arc<PeerInfo>, Arc<ConnectError>>>;
 
+/// What the application serves peers with: the router over its handlers.
+pub type InboundHandler = BoxCloneSyncService<Inbound, crate::peer::Outcome, BoxError>;
+
+/// Told about every peer the network admits, before the peer's first
+/// message is read (e.g. to announce what it may have missed, or to learn
+/// its best height).
+pub trait PeerObserver: Send + Sync {
+    /// `peer` was admitted to the peer set.
+    fn admitted(&self, network: &Network, peer: &Arc<PeerHandle>);
+}
+
+/// What the application hands the network when it starts.
+pub struct Application {
+    /// Serves every peer's messages (behind the middleware stack).
+    pub inbound: InboundHandler,
+    /// Told about admitted peers.
+    pub observer: Option<Arc<dyn PeerObserver>>,
+}
+
 struct Inner {
     identity: NodeIdentity,
-    sync: SyncHandle,
     keys: LocalKeys,
-    config: NodeConfig,
+    config: NetworkConfig,
     stack: RwLock<Arc<MiddlewareStack>>,
     blacklist: Arc<Blacklist>,
     dialers: Mutex<HashMap<SocketAddr, CancellationToken>>,
     started: Instant,
     peers: Arc<PeerSet>,
-    router: Router,
-    events: broadcast::Sender<NodeEvent>,
+    inbound: std::sync::OnceLock<InboundHandler>,
+    observer: std::sync::OnceLock<Arc<dyn PeerObserver>>,
+    events: broadcast::Sender<NetworkEvent>,
     shutdown: CancellationToken,
     next_conn_id: AtomicU64,
-    inbound: Arc<AtomicUsize>,
+    inbound_count: Arc<AtomicUsize>,
     outbound: Arc<AtomicUsize>,
     per_ip: IpCounts,
     accept_limiter: DefaultKeyedRateLimiter<IpAddr>,
-    /// Node-wide budget of pool announcements to new peers.
-    announce_limiter: governor::DefaultDirectRateLimiter,
+    /// Every long-lived task of the network.
+    tasks: TaskTracker,
     /// Inbound handshakes in progress, oldest (lowest connection id)
     /// first, with the switch that evicts each.
     pending: Mutex<BTreeMap<u64, CancellationToken>>,
 }
 
-/// A running node. Clones share it; call [`Node::shutdown`] to stop it.
+/// A running node. Clones share it; call [`Network::shutdown`] to stop it.
 #[derive(Clone)]
-pub struct Node {
+pub struct Network {
     inner: Arc<Inner>,
     local_addr: SocketAddr,
 }
 
-impl fmt::Debug for Node {
+/// A handle to the network that does not keep it alive (for callbacks the
+/// network itself holds, e.g. inside its inbound service).
+#[derive(Clone, Debug)]
+pub struct WeakNetwork {
+    inner: std::sync::Weak<Inner>,
+    local_addr: SocketAddr,
+}
+
+impl WeakNetwork {
+    /// The network, if it still exists.
+    pub fn upgrade(&self) -> Option<Network> {
+        Some(Network {
+            inner: self.inner.upgrade()?,
+            local_addr: self.local_addr,
+        })
+    }
+}
+
+impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Node")
+        f.debug_struct("Network")
             .field("node_id", &self.inner.keys.node_id())
             .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
 }
 
-impl Node {
-    /// Binds the listener, starts accepting and dials the configured peers.
+impl Network {
+    /// Binds the listener, asks `app` for the application's inbound service
+    /// and observer (it gets the network, e.g. to relay through its peer
+    /// set), then starts accepting and dials the configured peers.
     ///
     /// # Errors
-    /// [`NodeError::Bind`] if the listen address is unavailable.
-    pub async fn start(identity: &NodeIdentity, mut config: NodeConfig) -> Result<Node, NodeError> {
-        let version = &mut config.handshake.version;
-        version.capabilities |= capabilities::RELAY;
-        if let Some(chain) = &config.chain {
-            // Peers must follow the same genesis: the chain's, whatever the
-            // version parameters said.
-            version.genesis_hash = chain.genesis_hash();
-            // This node serves blocks and its mempool, and votes if it is a
-            // masternode; peers ask only what is announced here.
-            version.capabilities |= capabilities::FULL_NODE;
-            if chain.is_masternode() {
-                version.capabilities |= capabilities::MASTERNODE;
-            }
-            config.gossip = GossipScale {
-                masternodes: chain.genesis().masternodes().len().max(1),
-                mempool_max_txs: chain.mempool_max_txs(),
-            };
-        }
+    /// [`NetworkError::Bind`] if the listen address is unavailable.
+    pub async fn start(
+        identity: &NodeIdentity,
+        mut config: NetworkConfig,
+        app: impl FnOnce(&Network) -> Application,
+    ) -> Result<Network, NetworkError> {
+        config.handshake.version.capabilities |= capabilities::RELAY;
         let keys = LocalKeys::new(identity, config.backend)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
-                .map_err(|source| NodeError::Bind {
+                .map_err(|source| NetworkError::Bind {
                     addr: config.listen,
                     source,
                 })?;
-        let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        let local_addr = listener.local_addr().map_err(|source| NetworkError::Bind {
             addr: config.listen,
             source,
         })?;
@@ -335,95 +363,124 @@ impl Node {
         );
         let blacklist = stack.blacklist().clone();
         let peers = Arc::new(PeerSet::new(identity.node_id()));
-        let hook_events = events.clone();
-        let sync = SyncHandle::default();
-        let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Arc::default();
-        let handlers = match &config.chain {
-            Some(chain) => {
-                let node_cell = node_cell.clone();
-                Handlers::chain(
-                    chain.clone(),
-                    peers.clone(),
-                    sync.clone(),
-                    Some(Arc::new(move |voter: [u8; 32]| {
-                        if let Some(inner) = node_cell.get().and_then(std::sync::Weak::upgrade) {
-                            penalize_masternode(&inner, voter);
-                        }
-                    })),
-                )
-            }
-            None => Handlers::minimal(peers.clone()),
-        };
-        let router = Router::new(
-            handlers,
-            Some(peers.clone()),
-            Some(Arc::new(move |request: &Inbound| {
-                if let Message::Gossip(envelope) = &*request.message {
-                    let _ = hook_events.send(NodeEvent::Delivered {
-                        id: envelope.id(),
-                        kind: envelope.kind,
-                        from: request.peer.node_id,
-                    });
-                }
-            })),
-        );
         let accept_quota = Quota::per_minute(
             NonZeroU32::new(config.limits.accepts_per_ip_per_minute).unwrap_or(NonZeroU32::MIN),
         );
-        let node = Node {
+        let network = Network {
             inner: Arc::new(Inner {
                 identity: identity.clone(),
-                sync,
                 keys,
                 stack: RwLock::new(Arc::new(stack)),
                 blacklist,
                 dialers: Mutex::new(HashMap::new()),
                 started: Instant::now(),
                 peers,
-                router,
+                inbound: std::sync::OnceLock::new(),
+                observer: std::sync::OnceLock::new(),
                 events,
                 shutdown: CancellationToken::new(),
                 next_conn_id: AtomicU64::new(1),
-                inbound: Arc::new(AtomicUsize::new(0)),
+                inbound_count: Arc::new(AtomicUsize::new(0)),
                 outbound: Arc::new(AtomicUsize::new(0)),
                 per_ip: Arc::new(Mutex::new(HashMap::new())),
                 accept_limiter: DefaultKeyedRateLimiter::keyed(accept_quota),
-                announce_limiter: governor::DefaultDirectRateLimiter::direct(Quota::per_minute(
-                    NonZeroU32::new(crate::constants::POOL_ANNOUNCEMENTS_PER_MINUTE)
-                        .unwrap_or(NonZeroU32::MIN),
-                )),
                 pending: Mutex::new(BTreeMap::new()),
+                tasks: TaskTracker::new(),
                 config,
             }),
             local_addr,
         };
+        let app = app(&network);
+        let _ = network.inner.inbound.set(app.inbound);
+        if let Some(observer) = app.observer {
+            let _ = network.inner.observer.set(observer);
+        }
         tracing::info!(
-            node.id = %node.node_id(),
+            node.id = %network.node_id(),
             listen = %local_addr,
-            network = %node.inner.config.handshake.version.network,
-            middleware = %node.middleware().describe(),
+            network = %network.inner.config.handshake.version.network,
+            middleware = %network.middleware().describe(),
             "listening for peers"
         );
-        tokio::spawn(node.clone().accept_loop(listener));
-        tokio::spawn(node.clone().housekeeping());
-        let _ = node_cell.set(Arc::downgrade(&node.inner));
-        if let Some(chain) = node.inner.config.chain.clone() {
-            node.start_chain(chain);
+        network.spawn("accept", network.clone().accept_loop(listener));
+        network.spawn("housekeeping", network.clone().housekeeping());
+        for target in network.inner.config.peers.clone() {
+            network.add_peer(target);
         }
-        for target in node.inner.config.peers.clone() {
-            node.add_peer(target);
-        }
-        Ok(node)
+        Ok(network)
     }
 
-    /// The chain, if this node follows one.
-    pub fn chain(&self) -> Option<&Chain> {
-        self.inner.config.chain.as_ref()
+    /// Runs `task` as one of the network's tracked tasks (see
+    /// [`crate::tasks`]): [`Network::stopped`] waits for it, and a panic in
+    /// it is logged with `name` and counted.
+    pub(crate) fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        crate::tasks::spawn(&self.inner.tasks, name, task);
     }
 
-    /// The tip height announced to peers.
-    fn best_height(&self) -> u64 {
-        self.chain().map_or(0, |c| c.tip().height)
+    /// Waits until every task of the network has ended (after
+    /// [`Network::shutdown`]).
+    pub async fn stopped(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Signs `payload` as this node in a fresh envelope and marks its id as
+    /// seen, so the echo from the network is dropped.
+    pub fn sign(&self, kind: GossipKind, payload: Vec<u8>) -> Envelope {
+        let timestamp_ms = crate::protocol::version::unix_now().as_millis() as u64;
+        let magic = self.inner.config.handshake.version.network.magic();
+        let envelope = Envelope::sign(&self.inner.identity, magic, kind, timestamp_ms, payload);
+        let id = envelope.id();
+        for layer in self.middleware().layers() {
+            if let BuiltLayer::Dedup(dedup) = layer {
+                if dedup.cache().reserve(id) {
+                    dedup.cache().commit(id);
+                }
+            }
+        }
+        envelope
+    }
+
+    /// Charges `offence` to the connected peer `node_id`, if any, through
+    /// the stack's judge (the scoring layer disconnects or bans at its
+    /// thresholds; without it the score is only recorded).
+    pub fn penalize(&self, node_id: &NodeId, offence: Offence) -> bool {
+        match self.inner.peers.get(node_id) {
+            Some(handle) => {
+                self.penalize_peer(&handle.context, offence);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Charges `offence` to a connected peer through the stack's judge.
+    pub fn penalize_peer(&self, peer: &PeerContext, offence: Offence) {
+        self.middleware().judge().penalize(peer, offence);
+    }
+
+    /// Tells subscribers that a handler accepted a new envelope from
+    /// `request`'s peer (before it was relayed).
+    pub fn delivered(&self, request: &Inbound) {
+        if let Message::Gossip(envelope) = &*request.message {
+            self.emit(NetworkEvent::Delivered {
+                id: envelope.id(),
+                kind: envelope.kind,
+                from: request.peer.node_id,
+            });
+        }
+    }
+
+    /// A handle that does not keep the network alive.
+    pub fn downgrade(&self) -> WeakNetwork {
+        WeakNetwork {
+            inner: Arc::downgrade(&self.inner),
+            local_addr: self.local_addr,
+        }
     }
 
     /// This node's id.
@@ -437,7 +494,7 @@ impl Node {
     }
 
     /// Subscribes to the node's events.
-    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<NetworkEvent> {
         self.inner.events.subscribe()
     }
 
@@ -457,7 +514,7 @@ impl Node {
     }
 
     /// The node's configuration.
-    pub fn config(&self) -> &NodeConfig {
+    pub fn config(&self) -> &NetworkConfig {
         &self.inner.config
     }
 
@@ -501,7 +558,7 @@ impl Node {
         self.disconnect_with(DisconnectReason::Shutdown, matches)
     }
 
-    /// Like [`Node::disconnect`], telling the peers `reason` (e.g.
+    /// Like [`Network::disconnect`], telling the peers `reason` (e.g.
     /// `Banned` for a peer the operator just banned).
     pub fn disconnect_with(
         &self,
@@ -534,7 +591,7 @@ impl Node {
         id
     }
 
-    fn emit(&self, event: NodeEvent) {
+    fn emit(&self, event: NetworkEvent) {
         // No subscriber is not an error.
         let _ = self.inner.events.send(event);
     }

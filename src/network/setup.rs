@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Node {
+impl Network {
     /// Runs setup and then the connection; true if it was established.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn handle(
@@ -29,7 +29,7 @@ impl Node {
                 // stream closes it).
                 return false;
             }
-            r = establish(stream, direction, expected, &inner.keys, &config.handshake, self.best_height()) => r,
+            r = establish(stream, direction, expected, &inner.keys, &config.handshake, *config.best_height.borrow()) => r,
         };
         drop(pending);
         let conn = match setup {
@@ -44,11 +44,11 @@ impl Node {
         tracing::Span::current().record("node.id", field::display(info.node_id));
         // The inbound limit counts authenticated connections only.
         let inbound_full = direction == Direction::Inbound
-            && inner.inbound.load(Ordering::Relaxed) >= config.limits.max_inbound;
+            && inner.inbound_count.load(Ordering::Relaxed) >= config.limits.max_inbound;
         let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
-            inner.inbound.fetch_add(1, Ordering::Relaxed);
+            inner.inbound_count.fetch_add(1, Ordering::Relaxed);
             Slot {
-                counter: Some(inner.inbound.clone()),
+                counter: Some(inner.inbound_count.clone()),
                 per_ip: None,
             }
         });
@@ -104,7 +104,7 @@ impl Node {
         let admission = if refused {
             Admission::Refused
         } else {
-            inner.peers.admit(handle)
+            inner.peers.admit(handle.clone())
         };
         let admitted = !matches!(admission, Admission::Refused);
         match admission {
@@ -138,17 +138,18 @@ impl Node {
                 "peer connected"
             );
         }
-        self.emit(NodeEvent::Connected(info.clone()));
-        if let (Some(chain), true) = (&config.chain, admitted) {
-            if info.version.best_height > chain.tip().height {
-                chain.saw_height(info.version.best_height);
-                inner.sync.wake();
+        self.emit(NetworkEvent::Connected(info.clone()));
+        if admitted {
+            if let Some(observer) = inner.observer.get() {
+                observer.admitted(self, &handle);
             }
-            // What we hold that the peer may have missed (our pool after a
-            // restart, payments made while we had no peers).
-            self.announce_pool(chain, &queue, &context);
         }
-        let stack = stack.wrap(BoxCloneService::new(inner.router.clone()));
+        let Some(inbound) = inner.inbound.get() else {
+            // The application hands its inbound service in before the
+            // listener and dialers start; without one nothing is served.
+            return false;
+        };
+        let stack = stack.wrap(BoxCloneService::new(inbound.clone()));
         let parts = ConnectionParts {
             conn,
             context: context.clone(),
@@ -165,7 +166,7 @@ impl Node {
             parts,
             config.connection.clone(),
             move |e| {
-                let _ = events.send(NodeEvent::Connection(e));
+                let _ = events.send(NetworkEvent::Connection(e));
             },
             inner.shutdown.clone(),
         )
@@ -188,7 +189,7 @@ impl Node {
                 _ => tracing::warn!(error = %error, error.kind = error.kind(), "peer disconnected"),
             }
         }
-        self.emit(NodeEvent::Disconnected {
+        self.emit(NetworkEvent::Disconnected {
             peer: info,
             error: Arc::new(error),
         });
@@ -212,7 +213,7 @@ impl Node {
                 .blacklist
                 .record_violation(addr.ip(), error.kind());
         }
-        self.emit(NodeEvent::HandshakeFailed {
+        self.emit(NetworkEvent::HandshakeFailed {
             addr,
             direction,
             error: error.clone(),

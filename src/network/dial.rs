@@ -51,9 +51,9 @@ impl FromStr for PeerTarget {
     }
 }
 
-impl Node {
+impl Network {
     /// Keeps `target` connected (redialling with backoff) until
-    /// [`Node::remove_peer`]; false if it is already kept.
+    /// [`Network::remove_peer`]; false if it is already kept.
     pub fn add_peer(&self, target: PeerTarget) -> bool {
         let token = self.inner.shutdown.child_token();
         {
@@ -63,7 +63,7 @@ impl Node {
             }
             dialers.insert(target.addr, token.clone());
         }
-        tokio::spawn(self.clone().dial_loop(target, token));
+        self.spawn("dialer", self.clone().dial_loop(target, token));
         true
     }
 
@@ -90,7 +90,7 @@ impl Node {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let node = self.clone();
         let target = target.clone();
-        tokio::spawn(async move {
+        self.spawn("outbound_connection", async move {
             node.outbound(&target, Some(tx)).await;
         });
         rx.await
@@ -120,7 +120,7 @@ impl Node {
                 }
                 continue;
             }
-            self.emit(NodeEvent::DialAttempt {
+            self.emit(NetworkEvent::DialAttempt {
                 target: target.clone(),
             });
             let started = Instant::now();
@@ -133,7 +133,7 @@ impl Node {
             }
             let delay = backoff.next_delay();
             tracing::info!(peer = %target, delay_ms = delay.as_millis() as u64, "redialling later");
-            self.emit(NodeEvent::DialRetry {
+            self.emit(NetworkEvent::DialRetry {
                 target: target.clone(),
                 retry_in: delay,
             });

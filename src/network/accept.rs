@@ -43,7 +43,7 @@ impl Drop for PendingHandshake {
     }
 }
 
-impl Node {
+impl Network {
     /// The pre-handshake gate; returns the per-IP slot or why not.
     pub(super) fn admit_inbound(&self, addr: SocketAddr) -> Result<Slot, &'static str> {
         let inner = &self.inner;
@@ -111,7 +111,8 @@ impl Node {
                         let (conn_id, span) = self.span(addr, Direction::Inbound);
                         let pending = self.register_pending(conn_id);
                         let node = self.clone();
-                        tokio::spawn(
+                        self.spawn(
+                            "inbound_connection",
                             async move {
                                 let _slot = slot;
                                 node.handle(
@@ -136,7 +137,7 @@ impl Node {
                         }
                         metrics::counter!("timed_connections_refused_total", "reason" => reason)
                             .increment(1);
-                        self.emit(NodeEvent::Refused { addr, reason });
+                        self.emit(NetworkEvent::Refused { addr, reason });
                     }
                 },
                 Err(error) => {
