@@ -213,13 +213,32 @@ pub fn register_defaults(network: &str) {
     ] {
         metrics::counter!("timed_votes_total", "result" => result).increment(0);
     }
-    // A histogram has no series until its first sample; the dashboard's
-    // quantile panel shows "no data" rather than a fake zero until then.
+    // The histograms without labels, registered so that their series
+    // (`_bucket`, `_sum`, `_count`) exist at zero from start-up. A quantile
+    // of no samples stays undefined (PromQL's `histogram_quantile` gives
+    // NaN): the finality panel shows no value until a transaction is final
+    // rather than a fake zero (README, "Watch it in Prometheus and Grafana").
+    for name in [
+        "timed_ping_rtt_seconds",
+        "timed_auth_batch_size",
+        "timed_finality_seconds",
+    ] {
+        let _ = metrics::histogram!(name);
+    }
 }
 
 /// Updates the gauges derived from the node's state every `interval` until
 /// `stop`.
 pub async fn refresh(node: Network, interval: Duration, stop: CancellationToken) {
+    // The bans the config file made at start-up (`[[middleware]]` blacklist
+    // `banned_subnets`), counted once like every other ban made.
+    let config_bans = node
+        .blacklist()
+        .list()
+        .iter()
+        .filter(|b| b.reason == "config")
+        .count();
+    metrics::counter!("timed_bans_total", "reason" => "config").increment(config_bans as u64);
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {

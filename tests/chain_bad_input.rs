@@ -91,6 +91,9 @@ struct Victim {
     masternodes: Vec<NodeIdentity>,
     attacker_wallet: Wallet,
     honest_wallet: Wallet,
+    /// When the victim started: before any score change, so it bounds how
+    /// long a score can have decayed (see [`assert_score`]).
+    started: tokio::time::Instant,
     _dir: tempfile::TempDir,
 }
 
@@ -125,6 +128,7 @@ impl Victim {
         let chain = Chain::open(dir.path(), genesis, &identity, ChainOptions::default()).unwrap();
         assert_eq!(chain.is_masternode(), producer.is_some());
         let cfg = config([127, 0, net, 1]);
+        let started = tokio::time::Instant::now();
         let node = Node::start(&identity, cfg, Some(chain.clone()))
             .await
             .unwrap();
@@ -138,6 +142,7 @@ impl Victim {
             masternodes,
             attacker_wallet,
             honest_wallet,
+            started,
             _dir: dir,
         }
     }
@@ -277,7 +282,7 @@ impl Victim {
             .await;
         self.delivered(id, honest.id).await;
         assert!(self.chain.mempool_txids().contains(&txid));
-        assert_score(&self.node, honest.id, FIRST_DELIVERY);
+        assert_score(self, honest.id, FIRST_DELIVERY);
         assert!(self.node.peers().contains(&honest.id));
     }
 
@@ -352,13 +357,10 @@ impl Peer {
     }
 }
 
-fn assert_score(node: &Node, peer: NodeId, expected: f64) {
-    // Decay over a few seconds (10-minute half-life) moves it by < 1%.
-    let score = score_of(node, peer);
-    assert!(
-        (score - expected).abs() <= expected.abs() * 0.01 + 0.01,
-        "score {score}, expected {expected}"
-    );
+/// Asserts `peer`'s score on the victim is `expected`, decayed over at most
+/// the victim's lifetime (the only change to it was made after the start).
+fn assert_score(v: &Victim, peer: NodeId, expected: f64) {
+    assert_score_decayed(&v.node, peer, expected, v.started);
 }
 
 /// The handler refuses, charges `penalty` (at most -20 here), the victim
@@ -381,7 +383,7 @@ async fn refused_and_disconnected(
     );
     attacker.closed_for_protocol_violation().await;
     v.refused(handler, reason, Some(offence), attacker.id).await;
-    assert_score(&v.node, attacker.id, penalty);
+    assert_score(v, attacker.id, penalty);
     assert!(!v.node.peers().contains(&attacker.id));
     v.logged(&[
         "score below the disconnect threshold",
@@ -410,7 +412,7 @@ async fn malformed_transaction_bytes_cost_a_malformed_penalty() {
         .await;
     v.refused("transactions", "malformed", Some("malformed"), attacker.id)
         .await;
-    assert_score(&v.node, attacker.id, MALFORMED);
+    assert_score(&v, attacker.id, MALFORMED);
     assert_eq!(v.snapshot(), before);
 
     // -10 is above the threshold: still connected and served.
@@ -485,7 +487,7 @@ async fn a_double_spend_of_a_pooled_output_is_refused_and_free() {
         .await;
     v.refused("transactions", "conflict", None, attacker.id)
         .await;
-    assert_score(&v.node, attacker.id, FIRST_DELIVERY);
+    assert_score(&v, attacker.id, FIRST_DELIVERY);
     assert_eq!(v.snapshot(), before);
     assert!(v.chain.transaction(&second.txid()).unwrap().is_none());
 
@@ -745,7 +747,7 @@ async fn an_oversized_block_payload_is_refused_by_the_codec() {
     // violation against the IP.
     assert!(!v.logs.text().contains("message refused by its handler"));
     assert_eq!(layer_counters(&v.node, "auth").accepted(), 0);
-    assert_score(&v.node, attacker.id, 0.0);
+    assert_score(&v, attacker.id, 0.0);
     v.assert_one_violation(attacker.ip());
     assert_eq!(v.snapshot(), before);
 
@@ -782,7 +784,7 @@ async fn a_vote_from_a_non_masternode_is_a_protocol_violation() {
         attacker.id,
     )
     .await;
-    assert_score(&v.node, attacker.id, PROTOCOL_VIOLATION);
+    assert_score(&v, attacker.id, PROTOCOL_VIOLATION);
     assert_eq!(v.snapshot(), before);
     assert!(v.node.peers().contains(&attacker.id));
     attacker.ping(7).await;
@@ -834,7 +836,7 @@ async fn a_forged_vote_is_refused_by_auth() {
         "offence=\"invalid_signature\"",
     ]);
     assert!(!v.logs.text().contains("message refused by its handler"));
-    assert_score(&v.node, attacker.id, INVALID_SIGNATURE);
+    assert_score(&v, attacker.id, INVALID_SIGNATURE);
     v.assert_one_violation(attacker.ip());
     assert_eq!(v.snapshot(), before);
 
@@ -883,7 +885,7 @@ async fn a_duplicate_vote_is_not_counted_and_costs_nothing() {
     // Messages of one connection are handled in order: once the pong is
     // back, both votes were.
     attacker.ping(6).await;
-    assert_score(&v.node, attacker.id, FIRST_DELIVERY);
+    assert_score(&v, attacker.id, FIRST_DELIVERY);
 
     // Neither was counted; the dedup layer did not catch them (distinct
     // envelopes), the vote book did.

@@ -537,7 +537,7 @@ fn run_from_a_config_answers_rpc_and_stops() {
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let url = format!("http://{rpc_addr}/");
 
-    let uptime = poll_every("the node's RPC", Duration::from_secs(20), POLL, || {
+    let uptime = poll_every("the node's RPC", Duration::from_secs(60), POLL, || {
         if let Some(status) = node.0.try_wait().unwrap() {
             panic!("the node exited ({status}):\n{}", log());
         }

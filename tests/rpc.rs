@@ -87,14 +87,19 @@ async fn methods_answer_and_manage_the_node() {
     call(&u, None, "addnode", json!([target, "onetry"]))
         .await
         .unwrap();
-    let mut peers = Value::Null;
-    for _ in 0..50 {
-        peers = call(&u, None, "getpeerinfo", json!([])).await.unwrap();
+    // Polled until the first keepalive pong gave it an RTT.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let peers = loop {
+        let peers = call(&u, None, "getpeerinfo", json!([])).await.unwrap();
         if peers[0]["rtt_ms"].is_number() {
-            break;
+            break peers;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rtt_ms after {WAIT:?}: {peers}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let p = &peers[0];
     assert_eq!(p["id"], peer.node_id().to_string());
     assert_eq!(p["direction"], "outbound");
@@ -127,13 +132,10 @@ async fn methods_answer_and_manage_the_node() {
     let banned = call(&u, None, "listbanned", json!([])).await.unwrap();
     assert_eq!(banned[0]["address"], "127.0.100.2/32");
     assert_eq!(banned[0]["reason"], "manual");
-    for _ in 0..50 {
-        if node.peers().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(node.peers().is_empty(), "a banned peer stays connected");
+    wait_until("the banned peer is disconnected", || {
+        node.peers().is_empty()
+    })
+    .await;
     call(&u, None, "setban", json!(["10.0.0.0/8", "add"]))
         .await
         .unwrap();
@@ -160,13 +162,7 @@ async fn methods_answer_and_manage_the_node() {
     )
     .await
     .unwrap();
-    for _ in 0..100 {
-        if node.peers().len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(node.peers().len(), 1);
+    wait_until("addnode connected the peer", || node.peers().len() == 1).await;
     call(
         &u,
         None,

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use common::chains::seed_chain;
 use common::procs::{
-    call, clean_command, height, poll, timed_stdin_null, wait_exit, write_config, Guard,
+    call, clean_command, height, metric, poll, timed_stdin_null, wait_exit, write_config, Guard,
 };
 use serde_json::json;
 use timed::crypto::NodeIdentity;
@@ -238,6 +238,13 @@ fn a_wrong_block_that_passes_redbs_check_is_never_served() {
         &["127.4.3.1:24200".to_owned()],
         &p.chain_section,
     );
+    // The follower serves metrics, to count the block answers it gets.
+    let follower_metrics = SocketAddr::from(([127, 4, 3, 2], 24_202));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[metrics]\nenabled = false",
+        &format!("[metrics]\nenabled = true\nlisten = \"{follower_metrics}\""),
+    );
+    std::fs::write(&config, text).unwrap();
     let follower = Prepared {
         dir: fresh.clone(),
         config,
@@ -251,8 +258,25 @@ fn a_wrong_block_that_passes_redbs_check_is_never_served() {
         DEADLINE,
         || (height(rpc)? == bad - 1).then_some(()),
     );
-    // Give it time to ask for more: it must stay below the damaged block.
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait until the follower has asked for more and been answered: a
+    // connection has at most one request outstanding, so of the answers
+    // from now on the second one answers a request made with the tip at
+    // `bad - 1` at least, i.e. for the damaged block onwards. The sync
+    // asks again every few seconds and whenever a new block is announced.
+    let blocks_in = || {
+        metric(
+            follower_metrics,
+            "timed_messages_total",
+            &["kind=\"blocks\"", "direction=\"in\""],
+        )
+    };
+    let answers = poll("the follower's metrics", DEADLINE, blocks_in);
+    poll(
+        "the follower to ask past the damaged block",
+        DEADLINE,
+        || (blocks_in()? >= answers + 2.0).then_some(()),
+    );
+    // Answered, and still below the damaged block.
     assert_eq!(height(rpc), Some(bad - 1), "{}", read(&flog));
     assert!(call(rpc, "getblock", json!([bad])).is_err());
     let text = read(&log);

@@ -59,9 +59,9 @@ impl Proc {
         }
     }
 
-    /// Waits (at most 20 s) for a log line containing all of `needles`.
+    /// Waits (at most 60 s) for a log line containing all of `needles`.
     fn wait_line(&mut self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {

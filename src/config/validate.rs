@@ -281,9 +281,80 @@ mod tests {
                 "[chain]\nmempool_max_bytes = 10\n",
                 "chain.mempool_max_bytes",
             ),
+            ("[p2p]\nmax_frame_bytes = 10\n", "p2p.max_frame_bytes"),
+            (
+                "[p2p]\nmax_frame_bytes = 999999999\n",
+                "p2p.max_frame_bytes",
+            ),
+            ("[rpc]\nbearer_token = \"short\"\n", "rpc.bearer_token"),
+            ("[p2p]\nmax_per_ip = 0\n", "p2p.max_per_ip"),
+            (
+                "[p2p]\nmax_pending_handshakes = 0\n",
+                "p2p.max_pending_handshakes",
+            ),
+            ("[p2p]\nsend_queue_bytes = 0\n", "p2p.send_queue_bytes"),
+            (
+                "[p2p]\nmax_outbound = 0\npeers = [\"127.0.0.1:1\"]\n",
+                "p2p.max_outbound",
+            ),
+            ("[p2p]\nping_interval_secs = 1\n", "p2p.ping_interval_secs"),
+            (
+                "[p2p]\nhandshake_timeout_secs = 0\n",
+                "p2p.handshake_timeout_secs",
+            ),
+            (
+                "[chain]\nblock_interval_secs = 0\n",
+                "chain.block_interval_secs",
+            ),
+            ("[chain]\ngenesis_hash = \"ab\"\n", "chain.genesis_hash"),
+            ("[logging]\nfilter = \"=\"\n", "logging.filter"),
         ] {
             let e = error(text);
-            assert!(e.contains(&format!("{key}:")), "{text:?} gave: {e}");
+            // The key the operator must fix, and no other key of the file.
+            assert!(e.contains(&format!(": {key}: ")), "{text:?} gave: {e}");
+            let others = e.matches("p2p.").count()
+                + e.matches("rpc.").count()
+                + e.matches("chain.").count()
+                + e.matches("metrics.").count()
+                + e.matches("logging.").count();
+            assert_eq!(others, 1, "{text:?} names more than its key: {e}");
+        }
+    }
+
+    #[test]
+    fn middleware_checks_name_the_entry_and_the_parameter() {
+        for (text, named) in [
+            (
+                "[[middleware]]\nname = \"rate_limit\"\nabuse_factor = 0\n",
+                "middleware[0] (rate_limit): abuse_factor ",
+            ),
+            (
+                "[[middleware]]\nname = \"rate_limit\"\nmax_delay_ms = 999999\n",
+                "middleware[0] (rate_limit): max_delay_ms ",
+            ),
+            (
+                "[[middleware]]\nname = \"rate_limit\"\nping = { count = 0, per_secs = 10 }\n",
+                "middleware[0] (rate_limit): ping: ",
+            ),
+            (
+                "[[middleware]]\nname = \"rate_limit\"\nper_ip = { count = 1, per_secs = 0 }\n",
+                "middleware[0] (rate_limit): per_ip: ",
+            ),
+            (
+                "[[middleware]]\nname = \"blacklist\"\n\n[[middleware]]\nname = \"scoring\"\nhalf_life_secs = 0\n",
+                "middleware[1] (scoring): half_life_secs ",
+            ),
+            (
+                "[[middleware]]\nname = \"dedup\"\nttl_secs = 0\n",
+                "middleware[0] (dedup): ttl_secs ",
+            ),
+            (
+                "[[middleware]]\nname = \"auth\"\nmax_batch = 0\n",
+                "middleware[0] (auth): max_batch ",
+            ),
+        ] {
+            let e = error(text);
+            assert!(e.contains(named), "{text:?} gave: {e}");
         }
     }
 

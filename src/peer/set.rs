@@ -202,7 +202,7 @@ impl PeerSet {
                 sent += 1;
             }
         }
-        metrics::counter!("timed_gossip_relayed_total", "kind" => message.kind())
+        metrics::counter!("timed_gossip_relayed_total", "kind" => if let Message::Gossip(e) = message { e.kind.name() } else { message.kind() })
             .increment(sent as u64);
         sent
     }

@@ -28,8 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 
-/// Upper bound for any single wait in these tests.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// Upper bound for any single wait in these tests: an event that has not
+/// come by then is not coming. Generous, so that a machine busy with other
+/// work never fails a test that waits for something that does happen.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A node config listening on `ip:0` for the devnet.
 pub fn config(ip: [u8; 4]) -> NetworkConfig {
@@ -282,6 +284,23 @@ pub fn score_of(node: &Node, peer: NodeId) -> f64 {
             _ => None,
         })
         .expect("no scoring layer in the stack")
+}
+
+/// Asserts that `node`'s score for `peer` is `applied` (one change from 0,
+/// made after `before`) decayed by the node's half-life over at most the
+/// time since `before`: the bounds hold however slowly the machine runs.
+pub fn assert_score_decayed(node: &Node, peer: NodeId, applied: f64, before: tokio::time::Instant) {
+    let score = score_of(node, peer);
+    // Measured after the read: at least as long as the decay the read saw.
+    let elapsed = before.elapsed();
+    let half_life = node.score_half_life();
+    let least_factor = 0.5f64.powf(elapsed.as_secs_f64() / half_life.as_secs_f64());
+    let (a, b) = (applied, applied * least_factor);
+    let (low, high) = (a.min(b) - 1e-9, a.max(b) + 1e-9);
+    assert!(
+        (low..=high).contains(&score),
+        "score {score}: expected {applied} decayed over at most {elapsed:?} (half-life {half_life:?}), in [{low}, {high}]"
+    );
 }
 
 /// Asserts the server closes a fresh socket without sending a byte, even

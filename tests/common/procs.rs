@@ -128,6 +128,34 @@ pub fn call(rpc: SocketAddr, method: &str, params: Value) -> Result<Value, Strin
     }
 }
 
+/// `GET /metrics` on `addr`: the sum of the samples of `name` whose labels
+/// include every one of `labels` (e.g. `kind="blocks"`), 0 if there is
+/// none; `None` if the endpoint did not answer.
+pub fn metric(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
 pub fn poll<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
     poll_every(what, limit, Duration::from_millis(100), f)
