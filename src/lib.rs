@@ -3,56 +3,110 @@
 //! `timed` replaces the old TIME Coin node's plain-TCP network layer with an
 //! authenticated, encrypted, observable one, built as a tower service stack.
 //!
-//! ## Architecture
+//! ## Architecture: two services and the wiring between them
 //!
-//! Data flows from the socket up to the handlers; the modules follow it:
+//! The node is two halves that know nothing of each other, after Zebra's
+//! split between its network and its state, and one place that wires them:
 //!
 //! ```text
-//! TCP accept / dial                                   node
-//!   └─ pre-handshake gate: bans, accept rate,        node, layers::blacklist
-//!      connection limits per node and per IP
-//!   └─ Noise XX handshake, ed25519 identity bound     transport::noise
-//!      to the Noise static key
-//!   └─ encrypted length-delimited frames, rekeying    transport::frame
-//!   └─ bincode messages (one codec module)            protocol::codec
-//!   └─ version exchange under one deadline            peer::handshake
-//!   └─ one connection per node id                     peer::set
-//!   └─ connection task: send queue, pings, requests   peer::connection, peer::queue
-//!        inbound ─► middleware stack from the config  layers::stack
-//!                   blacklist ─► scoring ─► rate_limit ─► dedup ─► auth
-//!                   ─► router ─► handlers             handlers
-//!        outbound ◄─ Client (tower Service)           peer::client
-//!                    PeerSet: p2c on RTT, broadcast   peer::set
+//! app: config -> chain -> network(inbound = router) -> sync, production,
+//!      ban persistence; stopped in reverse order               app, cli
+//!
+//! network half (knows nothing of the chain)
+//!   TCP accept / dial, pre-handshake gate (bans, accept     network
+//!     rate, pending-handshake bound)
+//!   Noise XX, ed25519 identity bound to the static key      transport
+//!   encrypted frames, bincode messages, version exchange    transport, protocol, peer
+//!   connection task: send queue, pings, requests            peer
+//!     inbound  -> middleware stack from the config           layers
+//!                 blacklist -> scoring -> rate_limit -> dedup -> auth
+//!                 -> the application's inbound service (the router)
+//!     outbound <- peer Client (tower Service), PeerSet       peer
+//!
+//! chain half (knows nothing of the network)
+//!   types and rules: addresses, transactions, blocks,       chain
+//!     votes, mempool, genesis
+//!   the chain state: pool, finality, fork choice, journal   state
+//!   one redb file: blocks, UTXOs, indexes, pool, bans       storage
+//!
+//! between them
+//!   router and handlers: network messages to chain calls,   handlers
+//!     chain verdicts (Fault) to peer offences (Offence)
+//!   block sync over the peer set                            sync
 //! ```
+//!
+//! ## Who may import whom
+//!
+//! Each top-level module may import (with `crate::` paths) only the modules
+//! listed on its row; the test in `import_rules` reads every non-test
+//! source file and fails on any other import, and on any loop in this
+//! table. Shared leaves (locks, constants, parameters, encoding, logging,
+//! tasks, crypto) come first; then the chain half, the network half, what
+//! sits between them, and the operator surfaces.
+//!
+//! | module | may import |
+//! |---|---|
+//! | [`locks`] | |
+//! | [`constants`] | |
+//! | [`params`] | |
+//! | [`tasks`] | |
+//! | [`fds`] | |
+//! | [`http`] | |
+//! | [`logging`] | locks |
+//! | [`encoding`] | constants |
+//! | [`crypto`] | constants |
+//! | [`chain`] | constants, crypto, encoding, params, locks, logging |
+//! | [`storage`] | chain, constants, crypto, encoding, params, locks, logging |
+//! | [`state`] | chain, storage, constants, crypto, encoding, params, locks, logging |
+//! | [`wallet`] | chain, constants, crypto, encoding, params |
+//! | [`transport`] | constants, crypto, locks, logging |
+//! | [`protocol`] | transport, constants, crypto, encoding, params |
+//! | [`peer`] | protocol, transport, constants, crypto, encoding, params, locks, logging |
+//! | [`layers`] | peer, protocol, constants, crypto, encoding, params, locks, logging |
+//! | [`network`] | layers, peer, protocol, transport, constants, crypto, params, locks, logging, tasks |
+//! | [`sync`] | state, chain, peer, protocol, constants, crypto, locks, logging |
+//! | [`handlers`] | sync, state, chain, peer, protocol, constants, crypto, encoding, locks, logging |
+//! | [`app`] | handlers, sync, network, layers, peer, protocol, state, storage, chain, constants, crypto, params, locks, logging, tasks |
+//! | [`metrics`] | network, layers, peer, http, constants, locks |
+//! | [`config`] | network, layers, peer, protocol, transport, chain, wallet, http, constants, params |
+//! | [`rpc`] | app, config, network, layers, peer, protocol, state, chain, wallet, http, constants, crypto, encoding, params, locks, logging |
+//! | [`cli`] | app, config, rpc, metrics, network, protocol, state, storage, chain, wallet, fds, constants, crypto, params |
 //!
 //! * [`crypto`]: the node identity (ed25519, key file with mode 0600,
 //!   zeroized secrets), the node id (blake3), and the signature-scheme enum
-//!   (ed25519 or secp256k1 ECDSA) used later by transaction inputs.
+//!   (ed25519 or secp256k1 ECDSA) used by transaction inputs.
+//! * [`encoding`]: the bincode value encoding shared by the chain, its
+//!   storage and the wire; [`params`]: the networks (mainnet, testnet,
+//!   devnet) and their magic bytes.
 //! * [`transport`]: snow's `Noise_XX_25519_ChaChaPoly_SHA256` with a
 //!   prologue binding the protocol and network magic; frames of at most
 //!   [`constants::DEFAULT_MAX_FRAME_LEN`] bytes split over 65,535-byte Noise
 //!   messages; each direction rekeys on its own schedule.
-//! * [`protocol`]: the versioned [`protocol::Message`] enum, its bincode
-//!   codec, the `Version` rules and signed gossip envelopes with
-//!   batch verification.
+//! * [`protocol`]: the versioned [`protocol::Message`] enum, its codec, the
+//!   `Version` rules and signed gossip envelopes with batch verification.
 //! * [`peer`]: connection setup, the per-connection task with its
-//!   prioritised bounded send queue, the request [`peer::Client`] and the
+//!   prioritised bounded send queue, the request types every layer and
+//!   handler speaks ([`peer::Inbound`], [`peer::Outcome`],
+//!   [`peer::Offence`]), the request [`peer::Client`] and the
 //!   [`peer::PeerSet`].
 //! * [`layers`]: the tower middleware (one module per layer with its config,
 //!   metrics and tests) and the stack built from the config's ordered
 //!   `[[middleware]]` list.
+//! * [`network`]: the network service: listener with its pre-handshake gate
+//!   and bounded pending handshakes, dialers, connection setup, events,
+//!   publishing as this node, penalties through the stack's judge.
+//! * [`chain`]: the chain's types and rules; [`state`]: the chain state
+//!   (mempool with chained payments, votes and finality, blocks, fork
+//!   choice) with its durable pool journal; [`storage`]: the one redb file
+//!   with its integrity checks; [`wallet`]: the node's key, coin selection
+//!   and amounts.
 //! * [`handlers`]: the router and the block, transaction, vote, address and
-//!   peer handlers, shared by all connections.
-//! * [`config`]: the TOML config file. [`node`]: the listener with its
-//!   pre-handshake gate and bounded pending handshakes, dialers, connection
-//!   setup, node events, and the chain's wiring (publishing, pool
-//!   announcements to new peers, ban persistence, block production).
-//! * [`chain`]: the chain model and state (mempool with chained payments,
-//!   votes and finality, blocks, fork choice), the durable pool journal and
-//!   sync; [`storage`]: the one redb file with its integrity checks;
-//!   [`wallet`]: the node's key, coin selection and amounts.
+//!   peer handlers; [`sync`]: block sync; [`app`]: the wiring.
+//! * [`config`]: the TOML config file; [`rpc`]: JSON-RPC; [`metrics`]:
+//!   Prometheus; [`cli`]: the `timed` binary's subcommands.
 //! * [`logging`]: per-kind budgets for log lines a remote party can
-//!   trigger, with summary lines.
+//!   trigger, with summary lines; [`tasks`]: tracked tasks, with panics
+//!   logged and counted; [`locks`]: lock helpers.
 //! * [`http`]: bounded HTTP/1.1 serving (connection cap, per-phase
 //!   deadlines) for [`rpc`] and [`metrics`]; [`fds`]: the open-file budget
 //!   that keeps descriptors for peers before sizing the HTTP caps.
@@ -103,3 +157,6 @@ pub mod sync;
 pub mod tasks;
 pub mod transport;
 pub mod wallet;
+
+#[cfg(test)]
+mod import_rules;
