@@ -36,7 +36,7 @@ use crate::peer::set::{PeerHandle, PeerSet};
 use crate::peer::Offence;
 use crate::protocol::message::capabilities;
 use crate::protocol::{Envelope, GossipKind, Message};
-use crate::state::Chain;
+use crate::state::{Chain, ChainService};
 use crate::storage::StoredBan;
 use crate::sync::{Penalizer, SyncHandle, Syncer};
 
@@ -47,7 +47,7 @@ use crate::sync::{Penalizer, SyncHandle, Syncer};
 #[derive(Clone, Debug)]
 pub struct Node {
     network: Network,
-    chain: Option<Chain>,
+    chain: Option<ChainService>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -92,7 +92,11 @@ impl Node {
             };
         }
         config.best_height = height_rx;
-        let router_chain = chain.clone();
+        let service = match &chain {
+            Some(chain) => Some(ChainService::start(chain.clone()).map_err(NetworkError::Worker)?),
+            None => None,
+        };
+        let router_chain = service.clone();
         let router_sync = sync.clone();
         let observer_tasks = tasks.clone();
         let network = Network::start(identity, config, move |network: &Network| {
@@ -122,17 +126,17 @@ impl Node {
                     }
                 })),
             );
-            let observer = router_chain.map(|chain| {
+            let observer = router_chain.map(|service| {
                 Arc::new(ChainObserver {
-                    chain,
+                    chain: service.chain().clone(),
                     sync: router_sync,
                     tasks: observer_tasks,
-                    announce_limiter: governor::DefaultDirectRateLimiter::direct(
+                    announce_limiter: Arc::new(governor::DefaultDirectRateLimiter::direct(
                         Quota::per_minute(
                             NonZeroU32::new(crate::constants::POOL_ANNOUNCEMENTS_PER_MINUTE)
                                 .unwrap_or(NonZeroU32::MIN),
                         ),
-                    ),
+                    )),
                 }) as Arc<dyn PeerObserver>
             });
             Application {
@@ -143,12 +147,12 @@ impl Node {
         .await?;
         let node = Node {
             network,
-            chain,
+            chain: service,
             tasks,
             shutdown,
         };
-        if let Some(chain) = node.chain.clone() {
-            node.start_chain(chain, sync, height_tx);
+        if let Some(service) = node.chain.clone() {
+            node.start_chain(service, sync, height_tx);
         }
         Ok(node)
     }
@@ -160,6 +164,11 @@ impl Node {
 
     /// The chain, if this node follows one.
     pub fn chain(&self) -> Option<&Chain> {
+        self.chain.as_ref().map(ChainService::chain)
+    }
+
+    /// The chain service (changes to the chain run on its worker thread).
+    pub fn chain_service(&self) -> Option<&ChainService> {
         self.chain.as_ref()
     }
 
@@ -181,7 +190,8 @@ impl Node {
     /// Wires `chain` to the network: votes and blocks are published as this
     /// node, bans persist in its store, the best height reaches `Version`
     /// messages, and the producer and sync tasks run until shutdown.
-    fn start_chain(&self, chain: Chain, sync: SyncHandle, height: watch::Sender<u64>) {
+    fn start_chain(&self, service: ChainService, sync: SyncHandle, height: watch::Sender<u64>) {
+        let chain = service.chain().clone();
         let weak = self.network.downgrade();
         chain.set_publisher(Arc::new(move |kind, payload| {
             if let Some(network) = weak.upgrade() {
@@ -195,13 +205,18 @@ impl Node {
                 network.penalize_peer(&peer.context, offence);
             }
         });
-        let syncer = Syncer::new(chain.clone(), self.network.peers().clone(), penalize, sync);
+        let syncer = Syncer::new(
+            service.clone(),
+            self.network.peers().clone(),
+            penalize,
+            sync,
+        );
         crate::tasks::spawn(&self.tasks, "sync", syncer.run(self.shutdown.clone()));
         crate::tasks::spawn(
             &self.tasks,
             "produce",
             produce_loop(
-                chain.clone(),
+                service.clone(),
                 self.network.peers().clone(),
                 self.shutdown.clone(),
             ),
@@ -236,7 +251,7 @@ struct ChainObserver {
     sync: SyncHandle,
     tasks: TaskTracker,
     /// Node-wide budget of pool announcements to new peers.
-    announce_limiter: governor::DefaultDirectRateLimiter,
+    announce_limiter: Arc<governor::DefaultDirectRateLimiter>,
 }
 
 impl std::fmt::Debug for ChainObserver {
@@ -272,25 +287,30 @@ impl ChainObserver {
     /// peer gets no announcement (it still gets new gossip, and fetches the
     /// pool itself after its sync).
     fn announce_pool(&self, network: &Network, handle: &Arc<PeerHandle>) {
-        let chain = &self.chain;
-        let queue = &handle.queue;
-        let peer = &handle.context;
-        if chain.mempool_size().0 == 0 {
-            return;
-        }
-        if self.announce_limiter.check().is_err() {
-            metrics::counter!("timed_pool_announcements_total", "result" => "skipped").increment(1);
-            if crate::logging::allow("announce_skipped") {
-                tracing::info!(peer = %peer.node_id, "pool announcement budget spent: not announcing to this peer");
-            }
-            return;
-        }
-        metrics::counter!("timed_pool_announcements_total", "result" => "sent").increment(1);
-        let chain = chain.clone();
+        let chain = self.chain.clone();
+        let limiter = self.announce_limiter.clone();
         let network = network.clone();
-        let queue = queue.clone();
-        let peer = peer.clone();
-        self.tasks.spawn(async move {
+        let queue = handle.queue.clone();
+        let peer = handle.context.clone();
+        // The pool is read under the chain's state lock: on the blocking
+        // pool, never on the async worker running the connection's setup.
+        crate::tasks::spawn(&self.tasks, "announce_pool", async move {
+            let size_chain = chain.clone();
+            let pooled = tokio::task::spawn_blocking(move || size_chain.mempool_size().0)
+                .await
+                .unwrap_or(0);
+            if pooled == 0 {
+                return;
+            }
+            if limiter.check().is_err() {
+                metrics::counter!("timed_pool_announcements_total", "result" => "skipped")
+                    .increment(1);
+                if crate::logging::allow("announce_skipped") {
+                    tracing::info!(peer = %peer.node_id, "pool announcement budget spent: not announcing to this peer");
+                }
+                return;
+            }
+            metrics::counter!("timed_pool_announcements_total", "result" => "sent").increment(1);
             let signed = tokio::task::spawn_blocking(move || {
                 chain
                     .announcements(MAX_MEMPOOL_RESPONSE_TXS, MAX_MEMPOOL_RESPONSE_BYTES)
@@ -430,7 +450,8 @@ fn penalize_masternode(network: &Network, voter: [u8; 32]) {
 /// no peer (alone, it would only build a branch the others abandon) or
 /// while it is behind the best height it heard of (it would fork off a
 /// stale tip).
-async fn produce_loop(chain: Chain, peers: Arc<PeerSet>, shutdown: CancellationToken) {
+async fn produce_loop(service: ChainService, peers: Arc<PeerSet>, shutdown: CancellationToken) {
+    let chain = service.chain().clone();
     if !chain.is_masternode() {
         return;
     }
@@ -448,7 +469,11 @@ async fn produce_loop(chain: Chain, peers: Arc<PeerSet>, shutdown: CancellationT
             continue;
         }
         let now = crate::protocol::version::unix_now().as_secs();
-        if let Err(error) = chain.produce_if_scheduled(now) {
+        let produced = service
+            .run(move |chain| chain.produce_if_scheduled(now))
+            .await
+            .and_then(|r| r);
+        if let Err(error) = produced {
             tracing::error!(%error, "cannot produce a block");
         }
     }

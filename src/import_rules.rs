@@ -140,7 +140,10 @@ fn every_import_is_allowed_by_the_architecture_doc() {
     let src = root.join("src");
     let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
     let rules = rules(&lib);
-    assert!(rules.len() >= 20, "the import table was not found in lib.rs");
+    assert!(
+        rules.len() >= 20,
+        "the import table was not found in lib.rs"
+    );
     let mut files = Vec::new();
     sources(&src, &mut files);
     let mut violations = Vec::new();

@@ -65,10 +65,12 @@ mod blocks;
 mod error;
 mod journal;
 mod pool;
+pub mod service;
 
 pub use error::{BlockError, ChainError, Fault};
 
 pub use pool::{Coin, CoinStatus};
+pub use service::{ChainRequest, ChainResponse, ChainService};
 
 /// What the chain hands out to be published or announced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -211,6 +213,10 @@ struct Inner {
     identity: NodeIdentity,
     masternode: bool,
     state: Mutex<State>,
+    /// The tip, also readable without the state lock (which the chain's
+    /// worker may hold for a long validation): set together with
+    /// `State::tip`, under the state lock.
+    tip: std::sync::RwLock<Tip>,
     publisher: OnceLock<Publisher>,
     best_seen: std::sync::atomic::AtomicU64,
 }
@@ -349,6 +355,7 @@ impl Chain {
                 store,
                 identity: identity.clone(),
                 masternode,
+                tip: std::sync::RwLock::new(state.tip),
                 state: Mutex::new(state),
                 publisher: OnceLock::new(),
                 best_seen: std::sync::atomic::AtomicU64::new(height),
@@ -408,7 +415,13 @@ impl Chain {
 
     /// The tip.
     pub fn tip(&self) -> Tip {
-        self.state().tip
+        *crate::locks::read(&self.inner.tip)
+    }
+
+    /// Moves the tip (under the state lock).
+    fn set_tip(&self, state: &mut State, tip: Tip) {
+        state.tip = tip;
+        *crate::locks::write(&self.inner.tip) = tip;
     }
 
     /// The best height heard of from peers (at least our own).

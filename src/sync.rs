@@ -53,6 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+use crate::chain::verified::VerifiedBlock;
 use crate::constants::{
     MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, SYNC_INTERVAL,
     SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,
@@ -62,7 +63,7 @@ use crate::peer::client::{ClientError, Request, Response};
 use crate::peer::set::{PeerHandle, PeerSet};
 use crate::peer::Offence;
 use crate::protocol::message::GetBlocks;
-use crate::state::{BlockOutcome, Chain, ChainError};
+use crate::state::{BlockOutcome, Chain, ChainError, ChainService};
 
 /// Charges a peer for bad data.
 pub type Penalizer = Arc<dyn Fn(&PeerHandle, Offence) + Send + Sync>;
@@ -90,6 +91,7 @@ impl SyncHandle {
 /// The sync task.
 pub struct Syncer {
     chain: Chain,
+    service: ChainService,
     peers: Arc<PeerSet>,
     penalize: Penalizer,
     handle: SyncHandle,
@@ -108,9 +110,15 @@ enum Batch {
 
 impl Syncer {
     /// A syncer for `chain` over `peers`.
-    pub fn new(chain: Chain, peers: Arc<PeerSet>, penalize: Penalizer, handle: SyncHandle) -> Self {
+    pub fn new(
+        service: ChainService,
+        peers: Arc<PeerSet>,
+        penalize: Penalizer,
+        handle: SyncHandle,
+    ) -> Self {
         Syncer {
-            chain,
+            chain: service.chain().clone(),
+            service,
             peers,
             penalize,
             handle,
@@ -217,12 +225,10 @@ impl Syncer {
             if !blocks.blocks.is_empty() {
                 self.chain.saw_height(blocks.tip_height);
             }
-            // Validation and the fsync of each block are blocking work: run
-            // the batch off the async workers.
-            let chain = self.chain.clone();
-            let raws = blocks.blocks.clone();
-            let applied_batch =
-                tokio::task::spawn_blocking(move || apply_batch(&chain, &raws)).await;
+            // Signatures are checked on the blocking pool, then the blocks
+            // are applied (validation, fsync) on the chain's worker: neither
+            // runs on the async workers.
+            let applied_batch = apply_batch(&self.service, blocks.blocks.clone()).await;
             let Ok(BatchResult {
                 applied,
                 unlinked,
@@ -330,7 +336,12 @@ impl Syncer {
             }
             let branch = decoded.split_off(i);
             let fork = branch[0].header.height;
-            return match self.chain.reorg(branch, "sync") {
+            let reorged = self
+                .service
+                .run(move |chain| chain.reorg(branch, "sync"))
+                .await
+                .and_then(|r| r);
+            return match reorged {
                 Ok(_) => {
                     tracing::info!(peer = %peer.info.node_id, fork_height = fork, height = self.chain.tip().height, "switched to the peer's branch");
                     true
@@ -442,7 +453,7 @@ impl Syncer {
                 (self.penalize)(&peer, Offence::Malformed);
                 break;
             };
-            if self.chain.submit_tx(tx).is_ok() {
+            if self.service.transaction(tx).await.is_ok() {
                 added += 1;
             }
         }
@@ -505,46 +516,79 @@ struct BatchResult {
     error: Option<ChainError>,
 }
 
-/// Decodes and applies `raws` in order until one fails or does not link.
-fn apply_batch(chain: &Chain, raws: &[serde_bytes::ByteBuf]) -> BatchResult {
-    let mut result = BatchResult {
-        applied: 0,
-        unlinked: false,
-        error: None,
-    };
-    for raw in raws {
-        let block = match Chain::decode_block(raw) {
-            Ok(b) => b,
-            Err(e) => {
-                result.error = Some(ChainError::Block(e));
-                break;
-            }
-        };
-        match chain.handle_block(block, "sync") {
-            Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => result.applied += 1,
-            Ok(BlockOutcome::Known) => {}
-            Ok(BlockOutcome::Ahead) => {
-                result.unlinked = true;
-                break;
-            }
-            Err(e @ ChainError::Store(_)) => {
-                result.error = Some(e);
-                break;
-            }
-            Err(e) => {
-                if e.fault()
-                    .map(Offence::from)
-                    .is_some_and(|o| o != Offence::Conflicting)
+/// Decodes and verifies `raws` (off the async workers), then applies them
+/// in order on the chain's worker until one fails or does not link.
+async fn apply_batch(
+    service: &ChainService,
+    raws: Vec<serde_bytes::ByteBuf>,
+) -> Result<BatchResult, ChainError> {
+    let chain = service.chain().clone();
+    let (verified, mut first_error): (Vec<VerifiedBlock>, Option<ChainError>) =
+        tokio::task::spawn_blocking(move || {
+            let mut verified = Vec::with_capacity(raws.len());
+            for raw in &raws {
+                match Chain::decode_block(raw)
+                    .map_err(ChainError::Block)
+                    .and_then(|block| chain.verify_block(block))
                 {
-                    result.error = Some(e);
-                } else {
-                    result.unlinked = true;
+                    Ok(block) => verified.push(block),
+                    Err(e) => return (verified, Some(e)),
                 }
-                break;
+            }
+            (verified, None)
+        })
+        .await
+        .map_err(|_| ChainError::Stopped)?;
+    let mut result = service
+        .run(move |chain| {
+            let mut result = BatchResult {
+                applied: 0,
+                unlinked: false,
+                error: None,
+            };
+            for block in verified {
+                match chain.handle_verified_block(block, "sync") {
+                    Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => result.applied += 1,
+                    Ok(BlockOutcome::Known) => {}
+                    Ok(BlockOutcome::Ahead) => {
+                        result.unlinked = true;
+                        return result;
+                    }
+                    Err(e @ ChainError::Store(_)) => {
+                        result.error = Some(e);
+                        return result;
+                    }
+                    Err(e) => {
+                        if e.fault()
+                            .map(Offence::from)
+                            .is_some_and(|o| o != Offence::Conflicting)
+                        {
+                            result.error = Some(e);
+                        } else {
+                            result.unlinked = true;
+                        }
+                        return result;
+                    }
+                }
+            }
+            result
+        })
+        .await?;
+    // A block that failed its signature check ends the batch after the
+    // ones before it were applied, as if it had been applied in order.
+    if result.error.is_none() && !result.unlinked {
+        if let Some(e) = first_error.take() {
+            if e.fault()
+                .map(Offence::from)
+                .is_some_and(|o| o != Offence::Conflicting)
+            {
+                result.error = Some(e);
+            } else {
+                result.unlinked = true;
             }
         }
     }
-    result
+    Ok(result)
 }
 
 fn log_progress(height: u64, target: u64, first: u64, started: Instant) {

@@ -7,6 +7,7 @@ pub mod block;
 pub mod genesis;
 pub mod mempool;
 pub mod transaction;
+pub mod verified;
 pub mod votes;
 
 pub use address::{Address, AddressError};

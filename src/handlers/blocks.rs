@@ -5,12 +5,12 @@ use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
-use super::{refuse, SyncHandle};
+use super::{ready, refuse, BoxFuture, SyncHandle};
 use crate::constants::{MAX_BLOCKS_PER_RESPONSE, MAX_BLOCKS_RESPONSE_BYTES};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::message::Blocks;
 use crate::protocol::{GossipKind, Message};
-use crate::state::{BlockOutcome, Chain, ChainError};
+use crate::state::{BlockOutcome, Chain, ChainError, ChainService};
 
 /// The handler's name in rejections and metrics.
 pub const NAME: &str = "blocks";
@@ -18,42 +18,47 @@ pub const NAME: &str = "blocks";
 /// Handles block envelopes and `GetBlocks`.
 #[derive(Clone, Debug)]
 pub struct BlockHandler {
-    chain: Chain,
+    chain: ChainService,
     sync: SyncHandle,
 }
 
 impl BlockHandler {
     /// A handler over `chain`; blocks ahead of the tip wake `sync`.
-    pub fn new(chain: Chain, sync: SyncHandle) -> Self {
+    pub fn new(chain: ChainService, sync: SyncHandle) -> Self {
         BlockHandler { chain, sync }
     }
 
-    fn gossip(&self, request: &Inbound, payload: &[u8]) -> Result<Outcome, BoxError> {
+    fn gossip(&self, request: Inbound, payload: &[u8]) -> BoxFuture<Outcome> {
         let block = match Chain::decode_block(payload) {
             Ok(b) => b,
-            Err(e) => return Err(refuse(NAME, request, &ChainError::Block(e))),
+            Err(e) => return ready(Err(refuse(NAME, &request, &ChainError::Block(e)))),
         };
         let height = block.header.height;
-        match self.chain.handle_block(block, "gossip") {
-            Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => Ok(Outcome::Accepted),
-            Ok(BlockOutcome::Known) => Ok(Outcome::Handled),
-            Ok(BlockOutcome::Ahead) => {
-                tracing::debug!(
-                    height,
-                    tip = self.chain.tip().height,
-                    "block ahead of the tip: syncing"
-                );
-                self.sync.wake();
-                Ok(Outcome::Handled)
+        let chain = self.chain.clone();
+        let sync = self.sync.clone();
+        Box::pin(async move {
+            match chain.block(block, "gossip").await {
+                Ok(BlockOutcome::Applied | BlockOutcome::ReplacedTip) => Ok(Outcome::Accepted),
+                Ok(BlockOutcome::Known) => Ok(Outcome::Handled),
+                Ok(BlockOutcome::Ahead) => {
+                    tracing::debug!(
+                        height,
+                        tip = chain.chain().tip().height,
+                        "block ahead of the tip: syncing"
+                    );
+                    sync.wake();
+                    Ok(Outcome::Handled)
+                }
+                Err(e) => Err(refuse(NAME, &request, &e)),
             }
-            Err(e) => Err(refuse(NAME, request, &e)),
-        }
+        })
     }
 
     fn get_blocks(&self, start: u64, count: u32) -> Result<Outcome, BoxError> {
         let count = (count as usize).min(MAX_BLOCKS_PER_RESPONSE);
         let blocks = self
             .chain
+            .chain()
             .store()
             .raw_blocks(start, count, MAX_BLOCKS_RESPONSE_BYTES)
             .map_err(|e| {
@@ -65,9 +70,10 @@ impl BlockHandler {
         // A damaged block of ours (never served, re-fetched by sync) caps
         // what we can claim: announcing the real tip with blocks missing
         // below it would be a false claim the requester rightly charges.
-        let tip = self.chain.tip().height;
+        let tip = self.chain.chain().tip().height;
         let servable = self
             .chain
+            .chain()
             .store()
             .damaged_heights()
             .into_iter()
@@ -83,7 +89,7 @@ impl BlockHandler {
 impl Service<Inbound> for BlockHandler {
     type Response = Outcome;
     type Error = BoxError;
-    type Future = std::future::Ready<Result<Outcome, BoxError>>;
+    type Future = BoxFuture<Outcome>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -91,13 +97,16 @@ impl Service<Inbound> for BlockHandler {
 
     fn call(&mut self, request: Inbound) -> Self::Future {
         metrics::counter!("timed_handler_messages_total", "handler" => NAME).increment(1);
-        let result = match &*request.message {
-            Message::Gossip(e) if e.kind == GossipKind::Block => self.gossip(&request, &e.payload),
-            Message::GetBlocks(g) => self.get_blocks(g.start, g.count),
-            _ => Err(
-                Rejection::offence(NAME, "unexpected_message", Offence::ProtocolViolation).into(),
-            ),
-        };
-        std::future::ready(result)
+        let message = request.message.clone();
+        match &*message {
+            Message::Gossip(e) if e.kind == GossipKind::Block => self.gossip(request, &e.payload),
+            Message::GetBlocks(g) => ready(self.get_blocks(g.start, g.count)),
+            _ => ready(Err(Rejection::offence(
+                NAME,
+                "unexpected_message",
+                Offence::ProtocolViolation,
+            )
+            .into())),
+        }
     }
 }

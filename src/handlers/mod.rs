@@ -36,7 +36,7 @@ use crate::constants::MAX_PEER_ADDRESSES;
 use crate::peer::set::PeerSet;
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
-use crate::state::{Chain, ChainError, Fault};
+use crate::state::{ChainError, ChainService, Fault};
 
 /// The router's name in rejections and metrics.
 pub const NAME: &str = "router";
@@ -122,6 +122,14 @@ impl Service<Inbound> for PeersHandler {
     }
 }
 
+/// A handler's response future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// A response future that is already complete.
+pub(crate) fn ready<T: Send + 'static>(result: Result<T, BoxError>) -> BoxFuture<T> {
+    Box::pin(std::future::ready(result))
+}
+
 /// The router's mapping from a chain verdict to a peer offence.
 impl From<Fault> for Offence {
     fn from(fault: Fault) -> Self {
@@ -196,9 +204,9 @@ impl Handlers {
         }
     }
 
-    /// The chain handlers over `chain`, with the peer handler.
+    /// The chain handlers over the chain service, with the peer handler.
     pub fn chain(
-        chain: Chain,
+        chain: ChainService,
         peers: Arc<PeerSet>,
         sync: SyncHandle,
         on_equivocation: Option<votes::EquivocationHook>,

@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
-use super::refuse;
+use super::{ready, refuse, BoxFuture};
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
-use crate::state::{Chain, VoteHandled};
+use crate::state::{Chain, ChainRequest, ChainResponse, ChainService, VoteHandled};
 
 /// The handler's name in rejections and metrics.
 pub const NAME: &str = "votes";
@@ -25,7 +25,7 @@ pub type EquivocationHook = Arc<dyn Fn([u8; 32]) + Send + Sync>;
 /// Handles vote envelopes.
 #[derive(Clone)]
 pub struct VoteHandler {
-    chain: Chain,
+    chain: ChainService,
     on_equivocation: Option<EquivocationHook>,
 }
 
@@ -37,7 +37,7 @@ impl std::fmt::Debug for VoteHandler {
 
 impl VoteHandler {
     /// A handler over `chain`.
-    pub fn new(chain: Chain, on_equivocation: Option<EquivocationHook>) -> Self {
+    pub fn new(chain: ChainService, on_equivocation: Option<EquivocationHook>) -> Self {
         VoteHandler {
             chain,
             on_equivocation,
@@ -48,7 +48,7 @@ impl VoteHandler {
 impl Service<Inbound> for VoteHandler {
     type Response = Outcome;
     type Error = BoxError;
-    type Future = std::future::Ready<Result<Outcome, BoxError>>;
+    type Future = BoxFuture<Outcome>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -57,7 +57,7 @@ impl Service<Inbound> for VoteHandler {
     fn call(&mut self, request: Inbound) -> Self::Future {
         metrics::counter!("timed_handler_messages_total", "handler" => NAME).increment(1);
         let Message::Gossip(envelope) = &*request.message else {
-            return std::future::ready(Err(Rejection::offence(
+            return ready(Err(Rejection::offence(
                 NAME,
                 "unexpected_message",
                 Offence::ProtocolViolation,
@@ -65,18 +65,18 @@ impl Service<Inbound> for VoteHandler {
             .into()));
         };
         if envelope.kind != GossipKind::Vote {
-            return std::future::ready(Err(Rejection::offence(
+            return ready(Err(Rejection::offence(
                 NAME,
                 "unexpected_message",
                 Offence::ProtocolViolation,
             )
             .into()));
         }
-        if !request.authenticated && envelope.verify(self.chain.magic()).is_err() {
+        if !request.authenticated && envelope.verify(self.chain.chain().magic()).is_err() {
             if crate::logging::allow("forged_vote") {
                 tracing::info!(peer = %request.peer.node_id, "forged vote refused");
             }
-            return std::future::ready(Err(Rejection::offence(
+            return ready(Err(Rejection::offence(
                 NAME,
                 "bad_signature",
                 Offence::InvalidSignature,
@@ -84,20 +84,27 @@ impl Service<Inbound> for VoteHandler {
             .into()));
         }
         let voter = envelope.originator;
-        let result = Chain::decode_vote(&envelope.payload)
-            .and_then(|vote| self.chain.handle_vote(voter, vote));
-        let outcome = match result {
-            Ok(VoteHandled::Counted(_) | VoteHandled::Pending) => Ok(Outcome::Accepted),
-            Ok(VoteHandled::Late | VoteHandled::Duplicate) => Ok(Outcome::Handled),
-            Ok(VoteHandled::Equivocation) => {
-                if let Some(hook) = &self.on_equivocation {
-                    hook(voter);
-                }
-                // Relayed: every node should record the evidence.
-                Ok(Outcome::Accepted)
-            }
-            Err(e) => Err(refuse(NAME, &request, &e)),
+        let vote = match Chain::decode_vote(&envelope.payload) {
+            Ok(vote) => vote,
+            Err(e) => return ready(Err(refuse(NAME, &request, &e))),
         };
-        std::future::ready(outcome)
+        let mut chain = self.chain.clone();
+        let on_equivocation = self.on_equivocation.clone();
+        Box::pin(async move {
+            match chain.call(ChainRequest::Vote { voter, vote }).await {
+                Ok(ChainResponse::Vote(VoteHandled::Counted(_) | VoteHandled::Pending)) => {
+                    Ok(Outcome::Accepted)
+                }
+                Ok(ChainResponse::Vote(VoteHandled::Equivocation)) => {
+                    if let Some(hook) = &on_equivocation {
+                        hook(voter);
+                    }
+                    // Relayed: every node should record the evidence.
+                    Ok(Outcome::Accepted)
+                }
+                Ok(_) => Ok(Outcome::Handled),
+                Err(e) => Err(refuse(NAME, &request, &e)),
+            }
+        })
     }
 }

@@ -235,6 +235,9 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// A worker thread of the application could not be started.
+    #[error("cannot start a worker thread: {0}")]
+    Worker(#[source] std::io::Error),
     /// The Noise keys could not be created.
     #[error(transparent)]
     Keys(#[from] HandshakeError),

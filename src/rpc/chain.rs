@@ -14,7 +14,7 @@ use crate::crypto::NodeId;
 use crate::encoding;
 use crate::protocol::GossipKind;
 use crate::state::CoinStatus;
-use crate::state::{Chain, ChainError, TxStatus};
+use crate::state::{Chain, ChainError, ChainService, TxStatus};
 use crate::wallet::{amount_from_json, format_amount, WalletError};
 
 /// The chain and wallet methods, for `help` and metrics labels.
@@ -47,6 +47,12 @@ fn chain(ctx: &RpcContext) -> Result<&Chain, RpcError> {
         .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
 }
 
+fn service(ctx: &RpcContext) -> Result<&ChainService, RpcError> {
+    ctx.node
+        .chain_service()
+        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
+}
+
 fn hash_param(params: &Value, index: usize, name: &str) -> Result<[u8; 32], RpcError> {
     let text = super::methods::string_param(params, index, name)?;
     let mut out = [0u8; 32];
@@ -69,14 +75,17 @@ fn refused(e: &ChainError) -> RpcError {
 /// answers with an error (the payment stays pooled and is retried).
 const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Validates `tx` into the mempool and gossips it; returns its id and the
+/// Validates `tx` into the mempool (signatures on the blocking pool, the
+/// rest on the chain's worker) and gossips it; returns its id and the
 /// journal position the caller must wait for ([`durable`]) before
 /// answering.
-fn submit(ctx: &RpcContext, chain: &Chain, tx: Transaction) -> Result<(Value, u64), RpcError> {
+async fn submit(ctx: &RpcContext, tx: Transaction) -> Result<(Value, u64), RpcError> {
     let encoded = encoding::encode_value(&tx)
         .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-    let (txid, fee) = chain.submit_tx(tx).map_err(|e| refused(&e))?;
-    let seq = chain.journal_seq();
+    let (txid, fee, seq) = service(ctx)?
+        .transaction(tx)
+        .await
+        .map_err(|e| refused(&e))?;
     ctx.node.publish(GossipKind::Transaction, encoded);
     if crate::logging::allow("rpc_tx_submitted") {
         tracing::info!(txid = %hex::encode(txid), fee, "transaction submitted by RPC");
@@ -143,12 +152,31 @@ pub(super) async fn dispatch(
     method: &str,
     params: &Value,
 ) -> Option<Result<Value, RpcError>> {
+    if !NAMES.contains(&method) {
+        return None;
+    }
     let result = match method {
+        "sendtoaddress" => sendtoaddress(ctx, params).await,
+        "sendrawtransaction" => sendrawtransaction(ctx, params).await,
+        // The reads take the chain's state lock, which its worker may hold
+        // for a long validation: they wait on the blocking pool, not on an
+        // async worker.
+        _ => {
+            let (ctx, method, params) = (ctx.clone(), method.to_owned(), params.clone());
+            tokio::task::spawn_blocking(move || read(&ctx, &method, &params))
+                .await
+                .unwrap_or_else(|e| Err(RpcError::new(codes::INTERNAL_ERROR, e.to_string())))
+        }
+    };
+    Some(result)
+}
+
+/// The methods that only read the chain.
+fn read(ctx: &RpcContext, method: &str, params: &Value) -> Result<Value, RpcError> {
+    match method {
         "getbalance" => getbalance(ctx, params),
         "getbalances" => getbalances(ctx, params),
         "listunspent" => listunspent(ctx, params),
-        "sendtoaddress" => sendtoaddress(ctx, params).await,
-        "sendrawtransaction" => sendrawtransaction(ctx, params).await,
         "gettransaction" => gettransaction(ctx, params),
         "getrawmempool" => super::methods::no_params(params).and_then(|_| {
             let chain = chain(ctx)?;
@@ -170,9 +198,11 @@ pub(super) async fn dispatch(
         "getblock" => getblock(ctx, params),
         "getblockchaininfo" => getblockchaininfo(ctx, params),
         "masternodelist" => masternodelist(ctx, params),
-        _ => return None,
-    };
-    Some(result)
+        other => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("unknown method {other:?}"),
+        )),
+    }
 }
 
 fn wallet_address(ctx: &RpcContext, params: &Value, index: usize) -> Result<Address, RpcError> {
@@ -289,9 +319,16 @@ async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcErr
     // One payment at a time picks coins: the pool marks them spent before
     // the next one looks.
     let guard = wallet.lock_payments().await;
-    let coins = chain.coins(&wallet.address()).map_err(|e| refused(&e))?;
-    let tx = pick_and_build(chain, wallet, &coins, to, units, fee)?;
-    let (answer, seq) = submit(ctx, chain, tx)?;
+    let (build_chain, build_wallet) = (chain.clone(), wallet.clone());
+    let tx = tokio::task::spawn_blocking(move || {
+        let coins = build_chain
+            .coins(&build_wallet.address())
+            .map_err(|e| refused(&e))?;
+        pick_and_build(&build_chain, &build_wallet, &coins, to, units, fee)
+    })
+    .await
+    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+    let (answer, seq) = submit(ctx, tx).await?;
     drop(guard);
     durable(chain, seq, answer).await
 }
@@ -347,7 +384,7 @@ async fn sendrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, R
     let text = super::methods::string_param(params, 0, "hex")?;
     let bytes = hex::decode(text).map_err(|_| RpcError::params("hex: not hexadecimal"))?;
     let tx = Chain::decode_tx(&bytes).map_err(|e| RpcError::params(e.to_string()))?;
-    let (answer, seq) = submit(ctx, chain, tx)?;
+    let (answer, seq) = submit(ctx, tx).await?;
     durable(chain, seq, answer).await
 }
 

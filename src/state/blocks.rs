@@ -3,6 +3,7 @@
 //! the parent module's docs for the rules).
 
 use super::*;
+use crate::chain::verified::VerifiedBlock;
 
 impl Chain {
     /// Decodes a block payload.
@@ -54,12 +55,17 @@ impl Chain {
     /// [`Chain::check_header`], then [`Chain::validate_body`].
     fn validate_block(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
         self.check_header(block)?;
-        self.validate_body(block, parent)
+        self.validate_body(block, parent, true)
     }
 
     /// The checks that need the parent and the UTXO set, for a block whose
     /// header passed [`Chain::check_header`].
-    fn validate_body(&self, block: &Block, parent: &Tip) -> Result<(), BlockError> {
+    fn validate_body(
+        &self,
+        block: &Block,
+        parent: &Tip,
+        check_signatures: bool,
+    ) -> Result<(), BlockError> {
         let header = &block.header;
         let size = encoding::encode_value(block).map_or(usize::MAX, |b| b.len());
         if size > MAX_BLOCK_BYTES {
@@ -86,7 +92,7 @@ impl Chain {
             if repeated || tx.inputs.iter().any(|i| overlay.spent.contains(&i.prevout)) {
                 return Err(BlockError::DoubleSpend { index });
             }
-            tx.validate(self.inner.magic, &overlay)
+            tx.validate_with(self.inner.magic, &overlay, check_signatures)
                 .map_err(|error| BlockError::Transaction { index, error })?;
             overlay.apply(tx);
         }
@@ -102,6 +108,39 @@ impl Chain {
         block: Block,
         source: &'static str,
     ) -> Result<BlockOutcome, ChainError> {
+        let block = self.verify_block(block)?;
+        self.handle_verified_block(block, source)
+    }
+
+    /// Checks what a block can be checked for without the chain state: its
+    /// header (slot, producer, the producer's signature; cheap, so first)
+    /// and then every input signature of its transactions, in parallel.
+    /// Needs no lock: run it before handing the block to the state.
+    ///
+    /// # Errors
+    /// The header's flaw, or the first transaction with a bad signature.
+    pub fn verify_block(&self, block: Block) -> Result<VerifiedBlock, ChainError> {
+        self.check_header(&block)
+            .inspect_err(Self::count_rejected)?;
+        VerifiedBlock::verify(block, self.inner.magic).map_err(|(index, error)| {
+            let e = BlockError::Transaction { index, error };
+            Self::count_rejected(&e);
+            e.into()
+        })
+    }
+
+    /// [`Chain::handle_block`] for a block whose transaction signatures
+    /// were verified before the state was locked.
+    ///
+    /// # Errors
+    /// As [`Chain::handle_block`].
+    pub fn handle_verified_block(
+        &self,
+        verified: VerifiedBlock,
+        source: &'static str,
+    ) -> Result<BlockOutcome, ChainError> {
+        let signatures_checked = verified.magic() == self.inner.magic;
+        let block = verified.into_inner();
         self.check_header(&block)
             .inspect_err(Self::count_rejected)?;
         let mut state = self.state();
@@ -122,7 +161,7 @@ impl Chain {
                 return Err(BlockError::Linkage { height }.into());
             }
             // The header was checked above.
-            self.validate_body(&block, &tip)
+            self.validate_body(&block, &tip, !signatures_checked)
                 .inspect_err(Self::count_rejected)?;
             self.apply_locked(&mut state, &block, source)?;
             return Ok(BlockOutcome::Applied);
@@ -254,11 +293,14 @@ impl Chain {
             let prev = store
                 .block(height - 1)?
                 .map_or(genesis.timestamp, |b| b.header.timestamp);
-            state.tip = Tip {
-                height: height - 1,
-                hash: block.header.prev_hash,
-                timestamp: prev,
-            };
+            self.set_tip(
+                state,
+                Tip {
+                    height: height - 1,
+                    hash: block.header.prev_hash,
+                    timestamp: prev,
+                },
+            );
             removed.push(block);
         }
         removed.reverse();
@@ -284,7 +326,7 @@ impl Chain {
             for block in &removed {
                 store.apply_block(block)?;
             }
-            state.tip = tip;
+            self.set_tip(state, tip);
             metrics::gauge!("timed_chain_height").set(tip.height as f64);
             return Err(error);
         }
@@ -320,11 +362,14 @@ impl Chain {
     ) -> Result<(), ChainError> {
         self.inner.store.apply_block(block)?;
         let hash = block.hash();
-        state.tip = Tip {
-            height: block.header.height,
-            hash,
-            timestamp: block.header.timestamp,
-        };
+        self.set_tip(
+            state,
+            Tip {
+                height: block.header.height,
+                hash,
+                timestamp: block.header.timestamp,
+            },
+        );
         let mut confirmed = Vec::new();
         let mut orphans_of_confirmed = Vec::new();
         for tx in &block.transactions {

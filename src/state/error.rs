@@ -106,6 +106,9 @@ pub enum ChainError {
     /// The vote is refused.
     #[error(transparent)]
     Vote(#[from] VoteError),
+    /// The chain's worker has stopped (the node is shutting down).
+    #[error("the chain has stopped")]
+    Stopped,
     /// The data dir holds another chain.
     #[error("the data dir holds a chain with genesis {found}, this node follows {expected}")]
     WrongGenesis {
@@ -131,6 +134,7 @@ impl ChainError {
             ChainError::Vote(e) => e.kind(),
             ChainError::WrongGenesis { .. } => "wrong_genesis",
             ChainError::Store(_) => "storage",
+            ChainError::Stopped => "stopped",
         }
     }
 
@@ -151,7 +155,7 @@ impl ChainError {
             ChainError::Tx(_) => Some(Fault::Invalid),
             ChainError::Block(_) => Some(Fault::Invalid),
             ChainError::Vote(VoteError::NotMasternode) => Some(Fault::NotPermitted),
-            ChainError::WrongGenesis { .. } | ChainError::Store(_) => None,
+            ChainError::WrongGenesis { .. } | ChainError::Store(_) | ChainError::Stopped => None,
         }
     }
 }

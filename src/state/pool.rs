@@ -22,6 +22,7 @@ use super::{Chain, ChainError, FinalityRecord, State, Tally, VoteHandled};
 use crate::chain::address::Address;
 use crate::chain::mempool::MempoolError;
 use crate::chain::transaction::{OutPoint, Transaction, TxOut, Txid, UtxoView};
+use crate::chain::verified::VerifiedTx;
 use crate::chain::votes::{Verdict, Vote, VoteError, VoteOutcome};
 use crate::constants::MAX_PENDING_VOTES;
 use crate::encoding;
@@ -152,6 +153,22 @@ impl Chain {
     /// Why it was refused; nothing changed then (except that a masternode
     /// votes `Reject` on a valid transaction conflicting with one pooled).
     pub fn submit_tx(&self, tx: Transaction) -> Result<(Txid, u64), ChainError> {
+        match VerifiedTx::verify(tx, self.inner.magic) {
+            Ok(tx) => self.submit_verified(tx),
+            Err(e) => {
+                metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// [`Chain::submit_tx`] for a transaction whose signatures were
+    /// verified before the state was locked.
+    ///
+    /// # Errors
+    /// As [`Chain::submit_tx`].
+    pub fn submit_verified(&self, verified: VerifiedTx) -> Result<(Txid, u64), ChainError> {
+        let tx = verified.tx();
         let txid = tx.txid();
         let mut state = self.state();
         if state.mempool.get(&txid).is_some() {
@@ -164,13 +181,14 @@ impl Chain {
             store: &self.inner.store,
             state: &state,
         };
-        let fee = match tx.validate(self.inner.magic, &view) {
+        let fee = match verified.validate(self.inner.magic, &view) {
             Ok(fee) => fee,
             Err(e) => {
                 metrics::counter!("timed_transactions_total", "result" => e.kind()).increment(1);
                 return Err(e.into());
             }
         };
+        let tx = verified.into_inner();
         let own_vote = match self.pool_locked(&mut state, tx.clone(), fee) {
             Ok(vote) => vote,
             Err(e) => {
