@@ -190,14 +190,21 @@ impl ScoringConfig {
 pub struct ScoreBook {
     scores: Mutex<HashMap<NodeId, (ScoreHandle, IpAddr)>>,
     half_life: Duration,
+    capacity: usize,
 }
 
 impl ScoreBook {
-    /// An empty book.
+    /// An empty book of [`SCORE_BOOK_CAPACITY`] ids.
     pub fn new(half_life: Duration) -> Self {
+        Self::with_capacity(half_life, SCORE_BOOK_CAPACITY)
+    }
+
+    /// An empty book of `capacity` ids (at least 1).
+    pub fn with_capacity(half_life: Duration, capacity: usize) -> Self {
         ScoreBook {
             scores: Mutex::new(HashMap::new()),
             half_life,
+            capacity: capacity.max(1),
         }
     }
 
@@ -209,10 +216,10 @@ impl ScoreBook {
             *seen = ip;
             return h.clone();
         }
-        if scores.len() >= SCORE_BOOK_CAPACITY {
+        if scores.len() >= self.capacity {
             let half_life = self.half_life;
             scores.retain(|_, (h, _)| h.value(half_life).abs() >= 1.0);
-            if scores.len() >= SCORE_BOOK_CAPACITY {
+            if scores.len() >= self.capacity {
                 // Still full of live scores: forget the mildest one.
                 if let Some(k) = scores
                     .iter()
