@@ -14,6 +14,8 @@
 //!   in a table full of violation records;
 //! - `blacklist/new_violation_full_of_bans`: the same in a table full of
 //!   one-hour bans;
+//! - `blacklist/new_ban_full_of_bans`: `Blacklist::ban_ip` of a new IP in a
+//!   table full of one-hour bans (each evicts the ban that ends first);
 //! - `dedup/new_id`: `DedupCache::reserve` then `commit` of a new message id
 //!   in a cache full of seen ids.
 
@@ -92,12 +94,11 @@ fn score_book(c: &mut Criterion) {
 
 fn blacklist(c: &mut Criterion) {
     let mut group = group(c, "blacklist");
-    for bans in [false, true] {
-        let name = if bans {
-            "new_violation_full_of_bans"
-        } else {
-            "new_violation"
-        };
+    for (name, bans, ban_new) in [
+        ("new_violation", false, false),
+        ("new_violation_full_of_bans", true, false),
+        ("new_ban_full_of_bans", true, true),
+    ] {
         for size in SIZES {
             let list = Blacklist::new(&BlacklistConfig {
                 max_entries: size,
@@ -114,7 +115,12 @@ fn blacklist(c: &mut Criterion) {
             let mut next = size as u64;
             group.bench_function(BenchmarkId::new(name, size), |b| {
                 b.iter(|| {
-                    let ban = list.record_violation(ip(next), "bench");
+                    let ban = if ban_new {
+                        list.ban_ip(ip(next), Some(Duration::from_secs(3600)), "score");
+                        None
+                    } else {
+                        list.record_violation(ip(next), "bench")
+                    };
                     next += 1;
                     black_box(ban)
                 })
