@@ -238,11 +238,12 @@ struct Tiers {
 ///   moves to `penalty` instead of being forgotten;
 /// - an entry of `penalty` is forgotten only for a newcomer whose score is
 ///   worse than its own (it may have decayed to milder than the
-///   newcomer's). Pushing out a score below the disconnect threshold thus
-///   takes, for each slot of `penalty`, an identity that itself fell below
-///   it, each of which was disconnected and gave its IP a violation (the
-///   ban list's escalation bans the IP at the third); by then the decay
-///   has usually forgiven the score anyway;
+///   newcomer's), and milder entries compared alongside it go first.
+///   Pushing out a score below the disconnect threshold thus takes about
+///   as many identities as `penalty` holds, each with a worse score, so
+///   each one disconnected and giving its IP a violation (the ban list's
+///   escalation bans the IP at the third); by then the decay has usually
+///   forgiven the score anyway;
 /// - an id forgotten while connected (with a mild score, as any fresh id
 ///   can make it the oldest in `recent`) is put back with its live handle
 ///   by [`ScoreBook::remember`] when it is charged, so the next connection
