@@ -17,7 +17,11 @@
 //! gets, so rotating addresses inside it does not escape a ban (Zebra's known
 //! weak spot). The table holds at most `max_entries` IPs; when full, the
 //! entry with the oldest violation that is not banned is evicted first, then
-//! the ban that expires first; permanent bans are never evicted.
+//! the ban that expires first; permanent bans are never evicted. Finding
+//! that entry costs O(1) whatever the size (O(log n) for a ban, needed only
+//! once no entry without a ban is left; see the `records` module): a peer
+//! rotating through addresses cannot make each new violation scan the
+//! table, nor push a ban out before every record without one has gone.
 //!
 //! # Persistence
 //! [`Blacklist::persisted`] lists the active bans (config bans aside) with
@@ -26,7 +30,6 @@
 //! every change to that list, one subnet at a time, so that a node killed
 //! without warning comes back with its bans (see [`persist`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
@@ -44,6 +47,7 @@ use super::{Inbound, LayerCounters, Outcome, Rejection};
 use crate::protocol::DisconnectReason;
 
 pub mod persist;
+mod records;
 
 use persist::stored_change;
 pub use persist::{BanChange, BanSink, PersistedBan};
@@ -208,7 +212,7 @@ struct IpRecord {
 
 #[derive(Debug, Default)]
 struct State {
-    ips: HashMap<IpAddr, IpRecord>,
+    ips: records::Records,
     subnets: Vec<BanEntry>,
 }
 
@@ -271,7 +275,7 @@ impl Blacklist {
             .collect();
         Blacklist {
             state: Mutex::new(State {
-                ips: HashMap::new(),
+                ips: records::Records::default(),
                 subnets,
             }),
             escalation: config.escalation.clone(),
@@ -359,7 +363,7 @@ impl Blacklist {
         let decay = self.decay;
         let mut state = self.lock();
         let evicted = self.make_room(&mut state, key, now);
-        let record = state.ips.entry(key).or_insert(IpRecord {
+        let mut record = state.ips.take(&key).unwrap_or(IpRecord {
             violations: 0,
             last_violation: now,
             ban: None,
@@ -378,6 +382,7 @@ impl Blacklist {
             .rev()
             .find(|s| s.violations == violations)
         else {
+            state.ips.put(key, record);
             self.report(&state, &changed, now);
             return None;
         };
@@ -389,6 +394,7 @@ impl Blacklist {
             record.ban = Some((until, "escalation"));
             changed.push(key_net(key));
         }
+        state.ips.put(key, record);
         self.report(&state, &changed, now);
         drop(state);
         if crate::logging::allow("escalation_ban") {
@@ -409,12 +415,13 @@ impl Blacklist {
         let key = ip_key(ip);
         let mut state = self.lock();
         let evicted = self.make_room(&mut state, key, now);
-        let record = state.ips.entry(key).or_insert(IpRecord {
+        let mut record = state.ips.take(&key).unwrap_or(IpRecord {
             violations: 0,
             last_violation: now,
             ban: None,
         });
         record.ban = Some((BanUntil::after(duration), reason));
+        state.ips.put(key, record);
         let changed: Vec<IpNet> = evicted.into_iter().chain([key]).map(key_net).collect();
         self.report(&state, &changed, now);
         drop(state);
@@ -456,9 +463,10 @@ impl Blacklist {
         let mut changed = vec![subnet];
         if single {
             let key = ip_key(subnet.addr());
-            if let Some(record) = state.ips.get_mut(&key) {
+            if let Some(mut record) = state.ips.take(&key) {
                 lifted |= record.ban.take().is_some();
                 record.violations = 0;
+                state.ips.put_oldest(key, record);
             }
             changed.push(key_net(key));
         }
@@ -491,7 +499,7 @@ impl Blacklist {
         let state = self.lock();
         let mut out: Vec<BanEntry> = state
             .ips
-            .iter()
+            .bans()
             .filter_map(|(key, r)| match r.ban {
                 Some((until, reason)) if until.active(now) => Some(BanEntry {
                     subnet: key_net(*key),
@@ -517,16 +525,12 @@ impl Blacklist {
         let now = Instant::now();
         let decay = self.decay;
         let mut state = self.lock();
-        let mut expired: Vec<IpNet> = Vec::new();
-        state.ips.retain(|key, r| {
-            if let Some((until, _)) = r.ban {
-                if !until.active(now) {
-                    r.ban = None;
-                    expired.push(key_net(*key));
-                }
-            }
-            r.ban.is_some() || now.saturating_duration_since(r.last_violation) < decay
-        });
+        let mut expired: Vec<IpNet> = state
+            .ips
+            .prune(now, decay)
+            .into_iter()
+            .map(key_net)
+            .collect();
         state.subnets.retain(|b| {
             let active = b.until.active(now);
             if !active && b.reason != "config" {
@@ -553,28 +557,8 @@ impl Blacklist {
         }
         // Oldest violation without an active ban first, then the ban that
         // ends first; never a permanent ban.
-        let victim = state
-            .ips
-            .iter()
-            .filter(|(_, r)| !r.ban.is_some_and(|(u, _)| u.active(now)))
-            .min_by_key(|(_, r)| r.last_violation)
-            .map(|(k, _)| *k)
-            .or_else(|| {
-                state
-                    .ips
-                    .iter()
-                    .filter_map(|(k, r)| match r.ban {
-                        Some((BanUntil::Until(t), _)) => Some((*k, t)),
-                        _ => None,
-                    })
-                    .min_by_key(|(_, t)| *t)
-                    .map(|(k, _)| k)
-            });
-        let victim = victim?;
-        state
-            .ips
-            .remove(&victim)
-            .and_then(|r| r.ban.map(|_| victim))
+        let (victim, record) = state.ips.evict(now)?;
+        record.ban.map(|_| victim)
     }
 }
 

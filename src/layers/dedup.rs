@@ -17,14 +17,24 @@
 //! The cache holds at most `capacity` ids; when full, the oldest entry is
 //! evicted first. Entries expire after `ttl`: `auth` refuses envelopes older
 //! than that, so an evicted id cannot be replayed successfully.
+//!
+//! Every operation a peer drives (reserve, commit, release) is O(1)
+//! amortised: the ids live in one [`lru::LruCache`] ordered by the time of
+//! their latest record, expired ids are popped from its old end (each pop
+//! paid for by the insert that made the record), and a released
+//! reservation is removed at once, so it holds no slot: a flood of
+//! envelopes that fail authentication cannot push genuine ids out early.
+//! The map is keyed with the standard library's randomly seeded SipHash, as
+//! message ids come from the network.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
@@ -101,16 +111,27 @@ enum Entry {
     Seen(Instant),
 }
 
-#[derive(Debug, Default)]
+/// The ids remembered.
+///
+/// `lru` rather than a hand-kept `HashMap` and queue: one map keeps both the
+/// lookup and the order, with O(1) insert, lookup, move-to-newest and
+/// removal of any entry. Its capacity is unbounded here and the bound is
+/// kept by [`DedupCache::record`], so no storage is allocated up front for
+/// the (large) configured capacity.
+#[derive(Debug)]
 struct Cache {
-    /// Every id with its state and the sequence number of its latest record
-    /// in `order`.
-    entries: HashMap<MessageId, (Entry, u64)>,
-    /// Every record (pending and seen) in insertion order, with its time
-    /// and sequence number, for expiry and eviction.
-    order: VecDeque<(MessageId, Instant, u64)>,
-    /// The next record's sequence number.
-    next: u64,
+    /// Every id with its state and the instant of its latest record, least
+    /// recently recorded first. Records are made with the current time, so
+    /// this is also the order in which they expire.
+    entries: LruCache<MessageId, (Entry, Instant), RandomState>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            entries: LruCache::unbounded_with_hasher(RandomState::new()),
+        }
+    }
 }
 
 /// The node-wide id cache.
@@ -141,33 +162,27 @@ impl DedupCache {
     }
 
     /// Records `entry` for `id` at `now`, expiring and evicting from the
-    /// front first.
+    /// old end first. O(1) amortised: each expired id popped was pushed by
+    /// an earlier record, and at most one id is evicted for room.
     fn record(&self, cache: &mut Cache, id: MessageId, entry: Entry, now: Instant) {
-        while let Some(&(old, at, seq)) = cache.order.front() {
-            if now.saturating_duration_since(at) < self.ttl && cache.order.len() < self.capacity {
+        while let Some((_, (_, at))) = cache.entries.peek_lru() {
+            if now.saturating_duration_since(*at) < self.ttl {
                 break;
             }
-            cache.order.pop_front();
-            // Remove the entry only if this record is its latest one.
-            if cache
-                .entries
-                .get(&old)
-                .is_some_and(|(_, latest)| *latest == seq)
-            {
-                cache.entries.remove(&old);
-            }
+            cache.entries.pop_lru();
         }
-        let seq = cache.next;
-        cache.next += 1;
-        cache.entries.insert(id, (entry, seq));
-        cache.order.push_back((id, now, seq));
+        if cache.entries.len() >= self.capacity && !cache.entries.contains(&id) {
+            cache.entries.pop_lru();
+        }
+        // A new record of a known id moves it to the newest end.
+        cache.entries.push(id, (entry, now));
     }
 
     /// Reserves `id`; false if it is already pending or seen.
     pub fn reserve(&self, id: MessageId) -> bool {
         let now = Instant::now();
         let mut cache = self.lock();
-        let taken = match cache.entries.get(&id) {
+        let taken = match cache.entries.peek(&id) {
             Some((Entry::Pending(since), _)) => {
                 now.saturating_duration_since(*since) < PENDING_TIMEOUT
             }
@@ -202,8 +217,8 @@ impl DedupCache {
     /// Releases a reservation (the inner service refused the message).
     pub fn release(&self, id: MessageId) {
         let mut cache = self.lock();
-        if let Some((Entry::Pending(_), _)) = cache.entries.get(&id) {
-            cache.entries.remove(&id);
+        if let Some((Entry::Pending(_), _)) = cache.entries.peek(&id) {
+            cache.entries.pop(&id);
         }
     }
 
@@ -212,12 +227,13 @@ impl DedupCache {
         self.lock().entries.len()
     }
 
-    /// Ids currently pending.
+    /// Ids currently pending (a walk over the cache: for tests and
+    /// diagnostics, never on a message's path).
     pub fn pending(&self) -> usize {
         self.lock()
             .entries
-            .values()
-            .filter(|(e, _)| matches!(e, Entry::Pending(_)))
+            .iter()
+            .filter(|(_, (e, _))| matches!(e, Entry::Pending(_)))
             .count()
     }
 
@@ -489,6 +505,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_oldest_id_goes_first_and_each_id_holds_one_slot() {
+        let cache = DedupCache::new(Duration::from_secs(600), 3);
+        let id = |n: u8| MessageId([n; 32]);
+        for n in 1..=3 {
+            assert!(cache.reserve(id(n)));
+            tokio::time::advance(Duration::from_secs(1)).await;
+            cache.commit(id(n));
+        }
+        // Reserved then committed: one slot each, all three remembered.
+        assert_eq!(cache.len(), 3);
+        for n in 1..=3 {
+            assert!(!cache.reserve(id(n)), "id {n} still remembered");
+        }
+        assert!(cache.reserve(id(4)));
+        assert_eq!(cache.len(), 3);
+        assert!(!cache.reserve(id(2)) && !cache.reserve(id(3)));
+        assert!(cache.reserve(id(1)), "the oldest was evicted for room");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_messages_do_not_push_genuine_ids_out() {
+        // Room for the genuine ids and one reservation at a time.
+        let cache = DedupCache::new(Duration::from_secs(600), 4);
+        let id = |n: u32| {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            MessageId(bytes)
+        };
+        for n in 0..3 {
+            assert!(cache.reserve(id(n)));
+            cache.commit(id(n));
+        }
+        // A flood of envelopes that fail authentication: each is reserved,
+        // then released.
+        for n in 100..10_100 {
+            assert!(cache.reserve(id(n)));
+            cache.release(id(n));
+        }
+        assert_eq!(cache.len(), 3);
+        for n in 0..3 {
+            assert!(!cache.reserve(id(n)), "genuine id {n} still remembered");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ids_expire_after_the_ttl_and_capacity_is_bounded() {
         let cache = DedupCache::new(Duration::from_secs(10), 3);
         let id = |n: u8| MessageId([n; 32]);
@@ -501,7 +562,7 @@ mod tests {
         for n in 2..10 {
             assert!(cache.reserve(id(n)));
             cache.commit(id(n));
-            assert!(cache.len() <= 4, "len {}", cache.len());
+            assert!(cache.len() <= 3, "len {}", cache.len());
         }
     }
 }

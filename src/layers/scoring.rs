@@ -5,7 +5,8 @@
 //! The score lives in `[-100, 100]` (positive part capped at `max_score`)
 //! and decays exponentially towards 0 with a half-life of 10 minutes
 //! (Lighthouse's 600 s). Scores are kept per node id in a bounded book, so a
-//! peer that reconnects keeps its score.
+//! peer that reconnects keeps its score; minting new identities cannot push
+//! a bad score out of it (see [`ScoreBook`]).
 //!
 //! | event | default |
 //! |---|---|
@@ -44,7 +45,7 @@
 //! Scores are forgiven by the operator: `clearbanned` resets every negative
 //! score, and `setban <subnet> remove` those last seen from that subnet.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -52,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use tower::{BoxError, Layer, Service};
 
@@ -64,7 +66,8 @@ use crate::protocol::DisconnectReason;
 /// The layer's name in the config and in metrics.
 pub const NAME: &str = "scoring";
 
-/// Most node ids whose score is remembered.
+/// Most node ids in each tier of the score book (see [`ScoreBook`]): at
+/// most twice this many scores are remembered.
 pub const SCORE_BOOK_CAPACITY: usize = 10_000;
 
 /// Configuration of the `scoring` layer.
@@ -185,73 +188,230 @@ impl ScoringConfig {
     }
 }
 
-/// Scores by node id (with the IP each was last seen from), bounded;
-/// entries that decayed to about zero are the first to go when it is full.
+/// A remembered score: the handle live connections share, and the IP the
+/// node id was last seen from (for [`ScoreBook::forgive`]).
 #[derive(Debug)]
-pub struct ScoreBook {
-    scores: Mutex<HashMap<NodeId, (ScoreHandle, IpAddr)>>,
-    half_life: Duration,
+struct Entry {
+    handle: ScoreHandle,
+    ip: IpAddr,
 }
 
+/// One tier of the book: least recently used first, keyed with the
+/// standard library's randomly seeded SipHash (node ids are chosen by
+/// peers).
+type Tier = LruCache<NodeId, Entry, RandomState>;
+
+#[derive(Debug)]
+struct Tiers {
+    /// Every id as it is seen, least recently seen first.
+    recent: Tier,
+    /// Ids that left `recent` (or were charged while out of the book) with
+    /// a score at or below [`PENALTY_FLOOR`].
+    penalty: Tier,
+}
+
+/// Scores by node id (with the IP each was last seen from), bounded.
+///
+/// # Eviction
+/// The book has two tiers of at most `capacity` ids each, both
+/// [`lru::LruCache`]s (chosen over `quick_cache` and `moka`, whose own
+/// admission and eviction policies cannot be told which entry must stay,
+/// and over `hashlink`, which would do as well: `lru` is the most used of
+/// the two and has the peek, promote and pop-oldest calls this policy is
+/// made of, each O(1)):
+/// - `recent` holds every id as it is seen; a new id makes room by taking
+///   the least recently seen one out. If that one's score is at or below
+///   [`PENALTY_FLOOR`] it moves to `penalty`, otherwise it is forgotten
+///   (a neutral or positive score is worth no more than a fresh one).
+/// - `penalty` holds bad scores. When it is full, a newcomer is compared
+///   with its [`PENALTY_PROBES`] oldest entries, which then move to the
+///   newest end (so the next comparison sees others): the mildest of them
+///   is forgotten to make room if it is milder than the newcomer, else the
+///   newcomer is the one forgotten.
+///
+/// So a lookup, a new id and an eviction each cost O(1): a few hash
+/// lookups and at most [`PENALTY_PROBES`] score reads, whatever the size.
+///
+/// # Security
+/// Node ids are free to mint, so an attacker can push any number of fresh
+/// ids through the book. That never washes a bad score:
+/// - fresh ids only displace ids from `recent`; a bad score found there
+///   moves to `penalty` instead of being forgotten;
+/// - an entry of `penalty` is forgotten only for a newcomer whose score is
+///   worse than its own (it may have decayed to milder than the
+///   newcomer's), and milder entries compared alongside it go first.
+///   Pushing out a score below the disconnect threshold thus takes about
+///   as many identities as `penalty` holds, each with a worse score, so
+///   each one disconnected and giving its IP a violation (the ban list's
+///   escalation bans the IP at the third); by then the decay has usually
+///   forgiven the score anyway;
+/// - an id forgotten while connected (with a mild score, as any fresh id
+///   can make it the oldest in `recent`) is put back with its live handle
+///   by [`ScoreBook::remember`] when it is charged, so the next connection
+///   of that id starts from the bad score.
+///
+/// What recency may cost is a good score: an honest peer's reward credit
+/// can be forgotten under churn, and it starts again from 0 like any new
+/// peer. The book holds at most `2 × capacity` ids.
+#[derive(Debug)]
+pub struct ScoreBook {
+    tiers: Mutex<Tiers>,
+    half_life: Duration,
+    capacity: usize,
+}
+
+/// A score at or below this is kept in the penalty tier when its id leaves
+/// the recent tier; above it, the score has decayed to about nothing.
+pub const PENALTY_FLOOR: f64 = -1.0;
+
+/// Oldest entries of a full penalty tier compared with a newcomer.
+pub const PENALTY_PROBES: usize = 8;
+
 impl ScoreBook {
-    /// An empty book.
+    /// An empty book of [`SCORE_BOOK_CAPACITY`] ids per tier.
     pub fn new(half_life: Duration) -> Self {
+        Self::with_capacity(half_life, SCORE_BOOK_CAPACITY)
+    }
+
+    /// An empty book of `capacity` ids (at least 1) per tier.
+    pub fn with_capacity(half_life: Duration, capacity: usize) -> Self {
+        // Unbounded `LruCache`s with the bound kept here: nothing is
+        // allocated up front, and eviction follows the policy above
+        // rather than the cache's own.
         ScoreBook {
-            scores: Mutex::new(HashMap::new()),
+            tiers: Mutex::new(Tiers {
+                recent: LruCache::unbounded_with_hasher(RandomState::new()),
+                penalty: LruCache::unbounded_with_hasher(RandomState::new()),
+            }),
             half_life,
+            capacity: capacity.max(1),
         }
     }
 
     /// The score handle of `node_id` (new at 0 if unknown), seen now from
     /// `ip`.
     pub fn handle(&self, node_id: NodeId, ip: IpAddr) -> ScoreHandle {
-        let mut scores = crate::locks::lock(&self.scores);
-        if let Some((h, seen)) = scores.get_mut(&node_id) {
-            *seen = ip;
-            return h.clone();
+        let mut guard = crate::locks::lock(&self.tiers);
+        let tiers = &mut *guard;
+        let known = match tiers.recent.get_mut(&node_id) {
+            Some(entry) => Some(entry),
+            None => tiers.penalty.get_mut(&node_id),
+        };
+        if let Some(entry) = known {
+            entry.ip = ip;
+            return entry.handle.clone();
         }
-        if scores.len() >= SCORE_BOOK_CAPACITY {
-            let half_life = self.half_life;
-            scores.retain(|_, (h, _)| h.value(half_life).abs() >= 1.0);
-            if scores.len() >= SCORE_BOOK_CAPACITY {
-                // Still full of live scores: forget the mildest one.
-                if let Some(k) = scores
-                    .iter()
-                    .min_by(|a, b| {
-                        a.1 .0
-                            .value(half_life)
-                            .abs()
-                            .total_cmp(&b.1 .0.value(half_life).abs())
-                    })
-                    .map(|(k, _)| *k)
-                {
-                    scores.remove(&k);
+        if tiers.recent.len() >= self.capacity {
+            if let Some((old_id, old)) = tiers.recent.pop_lru() {
+                if old.handle.value(self.half_life) <= PENALTY_FLOOR {
+                    self.keep_penalty(&mut tiers.penalty, old_id, old);
                 }
             }
         }
-        scores
-            .entry(node_id)
-            .or_insert_with(|| (ScoreHandle::default(), ip))
-            .0
-            .clone()
+        let handle = ScoreHandle::default();
+        tiers.recent.push(
+            node_id,
+            Entry {
+                handle: handle.clone(),
+                ip,
+            },
+        );
+        handle
+    }
+
+    /// Puts `handle`, the live score of `node_id` seen from `ip`, back in
+    /// the book if it is at or below [`PENALTY_FLOOR`] and the book lost
+    /// it (or holds a milder score under another handle); the scoring layer
+    /// calls it on every offence. O(1).
+    pub fn remember(&self, node_id: NodeId, ip: IpAddr, handle: &ScoreHandle) {
+        let score = handle.value(self.half_life);
+        if score > PENALTY_FLOOR {
+            return;
+        }
+        let mut guard = crate::locks::lock(&self.tiers);
+        let tiers = &mut *guard;
+        let known = match tiers.recent.peek_mut(&node_id) {
+            Some(entry) => Some(entry),
+            None => tiers.penalty.peek_mut(&node_id),
+        };
+        match known {
+            Some(entry) => {
+                if !entry.handle.same_as(handle) && score < entry.handle.value(self.half_life) {
+                    entry.handle = handle.clone();
+                    entry.ip = ip;
+                }
+            }
+            None => self.keep_penalty(
+                &mut tiers.penalty,
+                node_id,
+                Entry {
+                    handle: handle.clone(),
+                    ip,
+                },
+            ),
+        }
+    }
+
+    /// Adds `entry` (not in the tier) to the penalty tier, making room as
+    /// the type's docs say.
+    fn keep_penalty(&self, penalty: &mut Tier, node_id: NodeId, entry: Entry) {
+        if penalty.len() >= self.capacity {
+            let score = entry.handle.value(self.half_life);
+            let mut mildest: Option<(NodeId, f64)> = None;
+            for _ in 0..PENALTY_PROBES.min(penalty.len()) {
+                let Some((old_id, old)) = penalty
+                    .peek_lru()
+                    .map(|(id, old)| (*id, old.handle.value(self.half_life)))
+                else {
+                    break;
+                };
+                if mildest.is_none_or(|(_, m)| old > m) {
+                    mildest = Some((old_id, old));
+                }
+                penalty.promote(&old_id);
+            }
+            match mildest {
+                Some((old_id, old)) if old > score => {
+                    penalty.pop(&old_id);
+                }
+                // The newcomer is the mildest of those compared.
+                _ => return,
+            }
+        }
+        penalty.push(node_id, entry);
     }
 
     /// The score of `node_id`, if it has one.
     pub fn score(&self, node_id: &NodeId) -> Option<f64> {
-        crate::locks::lock(&self.scores)
-            .get(node_id)
-            .map(|(h, _)| h.value(self.half_life))
+        let tiers = crate::locks::lock(&self.tiers);
+        tiers
+            .recent
+            .peek(node_id)
+            .or_else(|| tiers.penalty.peek(node_id))
+            .map(|entry| entry.handle.value(self.half_life))
+    }
+
+    /// Node ids remembered (both tiers).
+    pub fn len(&self) -> usize {
+        let tiers = crate::locks::lock(&self.tiers);
+        tiers.recent.len() + tiers.penalty.len()
+    }
+
+    /// True when no score is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Resets to 0 every negative score whose last IP matches `pred`;
     /// returns how many were forgiven. Live connections share the handles,
-    /// so they are forgiven too.
+    /// so they are forgiven too. A walk over the book, for the operator's
+    /// commands only.
     pub fn forgive(&self, pred: impl Fn(IpAddr) -> bool) -> usize {
-        let scores = crate::locks::lock(&self.scores);
+        let tiers = crate::locks::lock(&self.tiers);
         let mut forgiven = 0;
-        for (handle, ip) in scores.values() {
-            if pred(*ip) && handle.value(self.half_life) < 0.0 {
-                handle.reset();
+        for (_, entry) in tiers.recent.iter().chain(tiers.penalty.iter()) {
+            if pred(entry.ip) && entry.handle.value(self.half_life) < 0.0 {
+                entry.handle.reset();
                 forgiven += 1;
             }
         }
@@ -332,6 +492,9 @@ impl ScoringLayer {
         let score = peer
             .score
             .add(self.config.penalty(offence), self.config.half_life());
+        // The id may have been forgotten while connected: its next
+        // connection must find this score.
+        self.book.remember(peer.node_id, peer.ip(), &peer.score);
         metrics::counter!("timed_score_penalties_total", "offence" => offence.as_str())
             .increment(1);
         if !self.enforce {
@@ -626,6 +789,116 @@ mod tests {
         h.add(-7.0, Duration::from_secs(600));
         let again = layer.book().handle(p.node_id, p.ip());
         assert!(again.value(Duration::from_secs(600)) < -6.9);
+    }
+
+    const HALF_LIFE: Duration = Duration::from_secs(600);
+
+    fn id(n: u32) -> NodeId {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        NodeId(bytes)
+    }
+
+    fn from() -> IpAddr {
+        [192, 0, 2, 1].into()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn minting_identities_cannot_wash_a_bad_score() {
+        let book = ScoreBook::with_capacity(HALF_LIFE, 16);
+        let bad = id(u32::MAX);
+        book.handle(bad, from()).add(-40.0, HALF_LIFE);
+        // Fresh identities: neutral, rewarded, and mildly charged (one rate
+        // limit offence each), all more recent than the bad one.
+        for n in 0..3_000 {
+            let h = book.handle(id(n), from());
+            match n % 3 {
+                0 => {}
+                1 => {
+                    h.add(5.0, HALF_LIFE);
+                }
+                _ => {
+                    h.add(-2.0, HALF_LIFE);
+                    book.remember(id(n), from(), &h);
+                }
+            }
+            assert!(book.len() <= 32, "bounded: {}", book.len());
+        }
+        assert_eq!(book.score(&bad), Some(-40.0), "the bad score survives");
+        // Its next connection starts from it.
+        let again = book.handle(bad, from());
+        assert_eq!(again.value(HALF_LIFE), -40.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_least_recently_seen_neutral_or_good_id_goes_first() {
+        let book = ScoreBook::with_capacity(HALF_LIFE, 3);
+        book.handle(id(1), from());
+        book.handle(id(2), from()).add(10.0, HALF_LIFE);
+        book.handle(id(3), from());
+        book.handle(id(1), from());
+        book.handle(id(4), from());
+        assert_eq!(book.score(&id(2)), None, "a good score goes by recency");
+        book.handle(id(5), from());
+        assert_eq!(book.score(&id(3)), None);
+        assert!(book.score(&id(1)).is_some() && book.score(&id(4)).is_some());
+        assert_eq!(book.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_penalty_tier_forgets_the_mildest_first() {
+        let book = ScoreBook::with_capacity(HALF_LIFE, 2);
+        let charged = |n: u32, score: f64| {
+            let h = ScoreHandle::default();
+            h.add(score, HALF_LIFE);
+            book.remember(id(n), from(), &h);
+        };
+        charged(1, -10.0);
+        charged(2, -3.0);
+        charged(3, -5.0);
+        assert_eq!(book.score(&id(2)), None, "milder than the newcomer");
+        assert_eq!(book.score(&id(1)), Some(-10.0));
+        assert_eq!(book.score(&id(3)), Some(-5.0));
+        charged(4, -1.5);
+        assert_eq!(
+            book.score(&id(4)),
+            None,
+            "milder than all it was compared with"
+        );
+        charged(5, -50.0);
+        assert_eq!(book.score(&id(5)), Some(-50.0));
+        assert_eq!(book.score(&id(3)), None);
+        assert_eq!(book.score(&id(1)), Some(-10.0));
+        // A score that decayed to milder than a newcomer's makes room.
+        tokio::time::advance(HALF_LIFE * 4).await;
+        charged(6, -4.0);
+        assert_eq!(book.score(&id(6)), Some(-4.0));
+        assert_eq!(book.score(&id(1)), None);
+        assert!(book.score(&id(5)).is_some());
+        assert_eq!(book.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_id_forgotten_while_connected_is_remembered_when_charged() {
+        let book = ScoreBook::with_capacity(HALF_LIFE, 4);
+        let attacker = id(u32::MAX);
+        let live = book.handle(attacker, from());
+        // Fresh identities push the (still neutral) connected id out.
+        for n in 0..100 {
+            book.handle(id(n), from());
+        }
+        assert_eq!(book.score(&attacker), None);
+        live.add(-30.0, HALF_LIFE);
+        book.remember(attacker, from(), &live);
+        assert_eq!(book.score(&attacker), Some(-30.0));
+        assert_eq!(book.handle(attacker, from()).value(HALF_LIFE), -30.0);
+
+        // The layer does it on every offence.
+        let (layer, _) = layer();
+        let p = peer([127, 0, 0, 12]);
+        assert_eq!(layer.book().score(&p.node_id), None);
+        layer.penalize(&p, Offence::InvalidSignature);
+        assert_eq!(layer.book().score(&p.node_id), Some(-25.0));
     }
 
     #[test]

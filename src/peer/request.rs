@@ -285,6 +285,11 @@ fn decayed(value: f64, since: Instant, now: Instant, half_life: Duration) -> f64
 }
 
 impl ScoreHandle {
+    /// Whether `self` and `other` are the same score (clones of one handle).
+    pub fn same_as(&self, other: &ScoreHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The current value after decay.
     pub fn value(&self, half_life: Duration) -> f64 {
         let guard = crate::locks::lock(&self.0);

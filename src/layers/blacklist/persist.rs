@@ -160,7 +160,7 @@ impl Blacklist {
             .iter()
             .filter(|b| b.reason != "config" && b.until.active(now))
             .map(|b| (b.subnet, (b.until, b.reason)));
-        let per_ip = state.ips.iter().filter_map(|(key, r)| {
+        let per_ip = state.ips.bans().filter_map(|(key, r)| {
             r.ban
                 .filter(|(until, _)| until.active(now))
                 .map(|ban| (key_net(*key), ban))
@@ -236,32 +236,22 @@ impl Blacklist {
         reason: &'static str,
         now: Instant,
     ) -> bool {
-        if let Some(record) = state.ips.get_mut(&key) {
+        if let Some(mut record) = state.ips.take(&key) {
             let keep = record
                 .ban
                 .is_some_and(|(current, _)| current.active(now) && current.outlasts(&until));
             if !keep {
                 record.ban = Some((until, reason));
             }
+            state.ips.put(key, record);
             return true;
         }
-        if state.ips.len() >= self.max_entries {
-            // Only a record without an active ban makes room for a restored
-            // one: the bans already in place outlast it.
-            let victim = state
-                .ips
-                .iter()
-                .filter(|(_, r)| !r.ban.is_some_and(|(u, _)| u.active(now)))
-                .min_by_key(|(_, r)| r.last_violation)
-                .map(|(k, _)| *k);
-            match victim {
-                Some(victim) => {
-                    state.ips.remove(&victim);
-                }
-                None => return false,
-            }
+        // Only a record without an active ban makes room for a restored
+        // one: the bans already in place outlast it.
+        if state.ips.len() >= self.max_entries && state.ips.evict_unbanned(now).is_none() {
+            return false;
         }
-        state.ips.insert(
+        state.ips.put(
             key,
             IpRecord {
                 violations: 0,

@@ -88,6 +88,101 @@ fn the_table_is_bounded_and_keeps_permanent_bans() {
     assert!(b.is_banned(ip("1.1.1.1")));
 }
 
+fn tracks(b: &Blacklist, s: &str) -> bool {
+    b.lock().ips.contains_key(&ip(s))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_oldest_violation_without_a_ban_goes_first() {
+    let b = Blacklist::new(&BlacklistConfig {
+        max_entries: 3,
+        ..BlacklistConfig::default()
+    });
+    for s in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        b.record_violation(ip(s), "test");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // A new violation makes .1 the most recent.
+    b.record_violation(ip("192.0.2.1"), "test");
+    b.record_violation(ip("192.0.2.4"), "test");
+    assert_eq!(b.tracked(), 3);
+    assert!(!tracks(&b, "192.0.2.2"), "the oldest violation went first");
+    assert!(tracks(&b, "192.0.2.1") && tracks(&b, "192.0.2.3"));
+    b.record_violation(ip("192.0.2.5"), "test");
+    assert!(!tracks(&b, "192.0.2.3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bans_go_only_when_no_record_without_one_is_left_and_the_first_to_end_first() {
+    let b = Blacklist::new(&BlacklistConfig {
+        max_entries: 4,
+        ..BlacklistConfig::default()
+    });
+    let r = recording_sink(&b);
+    b.ban_ip(ip("192.0.2.1"), Some(Duration::from_secs(600)), "score");
+    b.ban_ip(ip("192.0.2.2"), Some(Duration::from_secs(60)), "score");
+    b.ban_ip(ip("192.0.2.3"), None, "manual");
+    b.record_violation(ip("192.0.2.4"), "test");
+    // Full: each new violation evicts the one record without a ban.
+    for n in 10..20u8 {
+        b.record_violation(IpAddr::from([198, 51, 100, n]), "test");
+        assert_eq!(b.tracked(), 4);
+        assert!(b.is_banned(ip("192.0.2.1")) && b.is_banned(ip("192.0.2.2")));
+    }
+    assert!(!tracks(&b, "192.0.2.4"));
+    // Only bans left: the one that ends first goes, reported removed.
+    b.ban_ip(ip("192.0.2.5"), Some(Duration::from_secs(3600)), "score");
+    assert!(!tracks(&b, "198.51.100.19"));
+    b.ban_ip(ip("192.0.2.6"), Some(Duration::from_secs(3600)), "score");
+    assert!(!b.is_banned(ip("192.0.2.2")), "the 60 s ban ended first");
+    assert!(b.is_banned(ip("192.0.2.1")));
+    assert!(r
+        .changes
+        .lock()
+        .unwrap()
+        .contains(&BanChange::Removed("192.0.2.2/32".parse().unwrap())));
+    b.ban_ip(ip("192.0.2.7"), Some(Duration::from_secs(3600)), "score");
+    assert!(!b.is_banned(ip("192.0.2.1")), "then the 600 s one");
+    // Permanent bans stay whatever comes.
+    for n in 0..50u8 {
+        b.ban_ip(
+            IpAddr::from([203, 0, 113, n]),
+            Some(Duration::from_secs(60)),
+            "score",
+        );
+    }
+    assert!(b.is_banned(ip("192.0.2.3")));
+    assert_eq!(b.tracked(), 4);
+    assert_replay_matches(&r, &b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotating_addresses_cannot_wash_a_ban_or_a_count() {
+    let b = Blacklist::new(&BlacklistConfig {
+        max_entries: 100,
+        ..BlacklistConfig::default()
+    });
+    let bad = ip("192.0.2.66");
+    for _ in 0..3 {
+        b.record_violation(bad, "test");
+    }
+    assert!(b.is_banned(bad));
+    // The attacker's other addresses, each with one violation.
+    for n in 0..10_000u32 {
+        b.record_violation(IpAddr::from((0x0b00_0000 + n).to_be_bytes()), "test");
+        assert!(b.tracked() <= 100);
+    }
+    assert!(b.is_banned(bad), "the ban outlives any number of records");
+    // Its ban ends; its count (3) stays: two more violations ban it for an
+    // hour.
+    tokio::time::advance(Duration::from_secs(301)).await;
+    b.prune();
+    assert!(!b.is_banned(bad));
+    b.record_violation(bad, "test");
+    b.record_violation(bad, "test");
+    assert_eq!(b.banned(bad).unwrap().until.remaining_secs(), Some(3600));
+}
+
 #[tokio::test]
 async fn the_layer_refuses_banned_peers_and_disconnects_them() {
     let list = Arc::new(Blacklist::new(&BlacklistConfig::default()));
