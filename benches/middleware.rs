@@ -166,12 +166,10 @@ fn auth_config(batch: bool) -> AuthConfig {
 fn stack_configs(auth: Option<bool>) -> Vec<MiddlewareConfig> {
     MiddlewareConfig::default_stack()
         .into_iter()
-        .filter_map(|c| match c {
-            MiddlewareConfig::RateLimit(_) => Some(MiddlewareConfig::RateLimit(unlimited())),
-            MiddlewareConfig::Auth(_) => {
-                auth.map(|batch| MiddlewareConfig::Auth(auth_config(batch)))
-            }
-            other => Some(other),
+        .filter_map(|c| match c.name() {
+            "rate_limit" => Some(MiddlewareConfig::new(unlimited())),
+            "auth" => auth.map(|batch| MiddlewareConfig::new(auth_config(batch))),
+            _ => Some(c),
         })
         .collect()
 }

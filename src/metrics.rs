@@ -15,7 +15,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::layers::stack::LAYER_NAMES;
+use crate::layers::stack::layer_names;
 use crate::network::Network;
 use crate::peer::Direction;
 
@@ -153,7 +153,7 @@ pub fn register_defaults(network: &str) {
     }
     metrics::counter!("timed_handshakes_total", "result" => "ok").increment(0);
     metrics::counter!("timed_connections_refused_total", "reason" => "banned").increment(0);
-    for layer in LAYER_NAMES {
+    for layer in layer_names() {
         metrics::counter!("timed_layer_decisions_total", "layer" => layer, "decision" => "accepted", "reason" => "none").increment(0);
     }
     for (layer, reason) in [

@@ -506,12 +506,12 @@ async fn a_configured_banned_subnet_is_refused_at_accept() {
     let mut cfg = config([127, 0, 25, 2]);
     cfg.middleware = MiddlewareConfig::default_stack()
         .into_iter()
-        .map(|entry| match entry {
-            MiddlewareConfig::Blacklist(_) => MiddlewareConfig::Blacklist(BlacklistConfig {
+        .map(|entry| match entry.get::<BlacklistConfig>() {
+            Some(_) => MiddlewareConfig::new(BlacklistConfig {
                 banned_subnets: vec!["127.0.24.0/24".parse().unwrap()],
                 ..BlacklistConfig::default()
             }),
-            other => other,
+            None => entry,
         })
         .collect();
     let (server, _) = start(cfg).await;

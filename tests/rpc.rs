@@ -412,17 +412,8 @@ async fn params_are_strict_and_errors_never_echo_the_input() {
 
 #[tokio::test]
 async fn clearbanned_and_unban_forgive_the_scores_behind_the_bans() {
-    use timed::layers::stack::BuiltLayer;
     let (node, addr, stop) = rpc_node([127, 5, 30, 1], RpcSection::default()).await;
-    let book = node
-        .middleware()
-        .layers()
-        .iter()
-        .find_map(|l| match l {
-            BuiltLayer::Scoring(s) => Some(s.book().clone()),
-            _ => None,
-        })
-        .unwrap();
+    let book = node.middleware().shared().scores.clone();
     let half_life = node.score_half_life();
     // Two peers below the disconnect threshold, from two subnets.
     let ids: Vec<_> = (0..2)

@@ -45,7 +45,7 @@ use timed::layers::blacklist::BlacklistConfig;
 use timed::layers::dedup::DedupConfig;
 use timed::layers::rate_limit::{KindLimit, RateLimitConfig};
 use timed::layers::scoring::ScoringConfig;
-use timed::layers::stack::{BuiltLayer, MiddlewareConfig};
+use timed::layers::stack::MiddlewareConfig;
 use timed::network::{NetworkEvent, PeerTarget};
 use timed::params::Network;
 use timed::peer::ConnectionEvent;
@@ -385,14 +385,7 @@ async fn sockets_stalled_after_noise_message_1_cannot_hold_the_slots() {
 
 /// Ids the node's dedup cache holds as pending.
 fn dedup_pending(node: &Node) -> usize {
-    node.middleware()
-        .layers()
-        .iter()
-        .find_map(|l| match l {
-            BuiltLayer::Dedup(d) => Some(d.cache().pending()),
-            _ => None,
-        })
-        .expect("no dedup layer in the stack")
+    node.middleware().shared().dedup.pending()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,10 +395,10 @@ async fn an_envelope_held_when_its_sender_leaves_is_delivered_from_an_honest_pee
     // rate_limit for its token (up to 10 s), deterministically.
     let mut cfg = config([127, 6, 4, 1]);
     cfg.middleware = vec![
-        MiddlewareConfig::Blacklist(BlacklistConfig::default()),
-        MiddlewareConfig::Scoring(ScoringConfig::default()),
-        MiddlewareConfig::Dedup(DedupConfig::default()),
-        MiddlewareConfig::RateLimit(RateLimitConfig {
+        MiddlewareConfig::new(BlacklistConfig::default()),
+        MiddlewareConfig::new(ScoringConfig::default()),
+        MiddlewareConfig::new(DedupConfig::default()),
+        MiddlewareConfig::new(RateLimitConfig {
             tx: Some(KindLimit {
                 count: 1,
                 per_secs: 10,
@@ -414,7 +407,7 @@ async fn an_envelope_held_when_its_sender_leaves_is_delivered_from_an_honest_pee
             max_delay_ms: 10_000,
             ..RateLimitConfig::default()
         }),
-        MiddlewareConfig::Auth(AuthConfig::default()),
+        MiddlewareConfig::new(AuthConfig::default()),
     ];
     let (server, _) = start(cfg).await;
     let mut events = server.subscribe();

@@ -284,6 +284,20 @@ where
     }
 }
 
+impl crate::layers::stack::Middleware for AuthConfig {
+    const NAME: &'static str = NAME;
+    const WITHOUT: &'static str = "Envelopes reach the router unverified, marked as such; the router verifies each one itself, one at a time and off the async workers, before any handler sees it, so a forged envelope is still refused and charged.";
+    type Layer = AuthLayer;
+
+    fn validate(&self) -> Result<(), String> {
+        AuthConfig::validate(self)
+    }
+
+    fn build(&self, shared: &crate::layers::shared::SharedState) -> AuthLayer {
+        AuthLayer::new(self, shared.magic)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -629,5 +629,19 @@ where
     }
 }
 
+impl crate::layers::stack::Middleware for BlacklistConfig {
+    const NAME: &'static str = NAME;
+    const WITHOUT: &'static str = "Banned IPs and subnets are still refused when they connect (the ban list is checked at accept, before the handshake) and violations still escalate to bans; a connection made before its IP was banned is no longer refused message by message.";
+    type Layer = BlacklistLayer;
+
+    fn validate(&self) -> Result<(), String> {
+        BlacklistConfig::validate(self)
+    }
+
+    fn build(&self, shared: &crate::layers::shared::SharedState) -> BlacklistLayer {
+        BlacklistLayer::new(shared.blacklist.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -301,11 +301,19 @@ pub struct DedupLayer {
 impl DedupLayer {
     /// A layer with its own node-wide cache.
     pub fn new(config: &DedupConfig) -> Self {
-        DedupLayer {
-            cache: Arc::new(DedupCache::new(
+        Self::with_cache(
+            config,
+            Arc::new(DedupCache::new(
                 Duration::from_secs(config.ttl_secs),
                 config.capacity,
             )),
+        )
+    }
+
+    /// A layer over the network's id cache.
+    pub fn with_cache(config: &DedupConfig, cache: Arc<DedupCache>) -> Self {
+        DedupLayer {
+            cache,
             counters: Arc::new(LayerCounters::default()),
             requests: config.requests,
         }
@@ -378,6 +386,20 @@ where
             }
             result
         })
+    }
+}
+
+impl crate::layers::stack::Middleware for DedupConfig {
+    const NAME: &'static str = NAME;
+    const WITHOUT: &'static str = "Copies of an envelope reach auth and the handlers, which verify and handle each again (the chain refuses what it already holds, for free); the network still marks the envelopes it signs as seen.";
+    type Layer = DedupLayer;
+
+    fn validate(&self) -> Result<(), String> {
+        DedupConfig::validate(self)
+    }
+
+    fn build(&self, shared: &crate::layers::shared::SharedState) -> DedupLayer {
+        DedupLayer::with_cache(self, shared.dedup.clone())
     }
 }
 

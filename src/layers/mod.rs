@@ -7,13 +7,16 @@
 //! Each layer lives in its own module with its config, its metrics and its
 //! tests:
 //!
-//! | layer | refuses | shared state |
+//! | layer | refuses | shared state it reads ([`shared::SharedState`], owned by the network) |
 //! |---|---|---|
-//! | [`blacklist`] | banned IPs and subnets; escalating bans from violations | node-wide ban list |
-//! | [`scoring`] | nothing itself: scores outcomes, disconnects and bans | per-peer score |
-//! | [`rate_limit`] | excess per peer and kind, and per IP (IPv6 /64) | node-wide per-IP limiter |
-//! | [`dedup`] | messages seen within the TTL | node-wide id cache |
-//! | [`auth`] | unsigned, stale or forged envelopes | node-wide batch verifier |
+//! | [`blacklist`] | banned IPs and subnets; escalating bans from violations | the ban list |
+//! | [`scoring`] | nothing itself: scores outcomes, disconnects and bans | the score book |
+//! | [`rate_limit`] | excess per peer and kind, and per IP (IPv6 /64) | the per-IP limiter |
+//! | [`dedup`] | messages seen within the TTL | the id cache |
+//! | [`auth`] | unsigned, stale or forged envelopes | (its own batch verifier) |
+//!
+//! What the node does without each layer is said by the layer's
+//! [`stack::Middleware::WITHOUT`] and listed in `docs/CONFIG.md`.
 //!
 //! A layer refuses a request with a [`Rejection`] error (boxed as
 //! [`tower::BoxError`]) that names the layer, the reason and the
@@ -31,6 +34,7 @@ pub mod blacklist;
 pub mod dedup;
 pub mod rate_limit;
 pub mod scoring;
+pub mod shared;
 pub mod stack;
 
 /// Per-layer decision counters: kept in memory for `getmiddleware` and

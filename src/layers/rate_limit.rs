@@ -96,6 +96,45 @@ type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<st
 type IpBuckets =
     RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<std::time::Instant>>;
 
+/// The node-wide per-IP budget (IPv6 by /64), shared by every connection
+/// and kept by the network (see [`super::shared`]).
+pub struct IpLimiter {
+    buckets: IpBuckets,
+}
+
+impl std::fmt::Debug for IpLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpLimiter")
+            .field("tracked_ips", &self.len())
+            .finish()
+    }
+}
+
+impl IpLimiter {
+    /// A table of budgets of `limit` each.
+    pub fn new(limit: KindLimit) -> IpLimiter {
+        IpLimiter {
+            buckets: RateLimiter::dashmap_with_clock(quota_or_one(limit), TokioClock),
+        }
+    }
+
+    /// IPs in the table.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.len() == 0
+    }
+
+    /// Forgets IPs whose bucket is full again (idle).
+    pub fn prune(&self) {
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
+    }
+}
+
 /// What the node follows, for sizing the gossip budgets: the honest rate of
 /// transaction and vote gossip grows with both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,7 +439,7 @@ async fn acquire(
 pub struct RateLimitLayer {
     config: Arc<RateLimitConfig>,
     scale: GossipScale,
-    per_ip: Arc<IpBuckets>,
+    per_ip: Arc<IpLimiter>,
     counters: Arc<LayerCounters>,
 }
 
@@ -418,11 +457,21 @@ impl RateLimitLayer {
     /// A layer with a fresh per-IP table, its gossip budgets sized for
     /// `scale`.
     pub fn new(config: &RateLimitConfig, scale: GossipScale) -> Self {
+        Self::with_limiter(
+            config,
+            scale,
+            Arc::new(IpLimiter::new(config.per_ip_limit(&scale))),
+        )
+    }
+
+    /// A layer over the network's per-IP table.
+    pub fn with_limiter(
+        config: &RateLimitConfig,
+        scale: GossipScale,
+        per_ip: Arc<IpLimiter>,
+    ) -> Self {
         RateLimitLayer {
-            per_ip: Arc::new(RateLimiter::dashmap_with_clock(
-                quota_or_one(config.per_ip_limit(&scale)),
-                TokioClock,
-            )),
+            per_ip,
             config: Arc::new(config.clone()),
             scale,
             counters: Arc::new(LayerCounters::default()),
@@ -441,8 +490,7 @@ impl RateLimitLayer {
 
     /// Forgets IPs whose bucket is full again (idle).
     pub fn prune(&self) {
-        self.per_ip.retain_recent();
-        self.per_ip.shrink_to_fit();
+        self.per_ip.prune();
     }
 
     /// IPs in the per-IP table.
@@ -574,7 +622,7 @@ where
                 layer.settle(kind, "peer", waited)?;
             }
             let key = ip_key(request.peer.ip());
-            let per_ip = &layer.per_ip;
+            let per_ip = &layer.per_ip.buckets;
             let waited = acquire(max_delay, || {
                 per_ip
                     .check_key(&key)
@@ -588,6 +636,20 @@ where
             layer.counters.accept(NAME);
             inner.call(request).await
         })
+    }
+}
+
+impl crate::layers::stack::Middleware for RateLimitConfig {
+    const NAME: &'static str = NAME;
+    const WITHOUT: &'static str = "No budget per peer, kind or IP: a flood reaches dedup, auth and the handlers, slowed only by each connection reading one message at a time while its stack is busy.";
+    type Layer = RateLimitLayer;
+
+    fn validate(&self) -> Result<(), String> {
+        RateLimitConfig::validate(self)
+    }
+
+    fn build(&self, shared: &crate::layers::shared::SharedState) -> RateLimitLayer {
+        RateLimitLayer::with_limiter(self, shared.scale, shared.ip_limiter.clone())
     }
 }
 

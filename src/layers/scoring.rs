@@ -444,8 +444,21 @@ impl PeerJudge for ScoringLayer {
 impl ScoringLayer {
     /// A layer that bans through `blacklist`.
     pub fn new(config: &ScoringConfig, blacklist: Arc<Blacklist>) -> Self {
+        Self::with_book(
+            config,
+            blacklist,
+            Arc::new(ScoreBook::new(config.half_life())),
+        )
+    }
+
+    /// A layer over the network's score book, banning through `blacklist`.
+    pub fn with_book(
+        config: &ScoringConfig,
+        blacklist: Arc<Blacklist>,
+        book: Arc<ScoreBook>,
+    ) -> Self {
         ScoringLayer {
-            book: Arc::new(ScoreBook::new(config.half_life())),
+            book,
             config: Arc::new(config.clone()),
             blacklist,
             counters: Arc::new(LayerCounters::default()),
@@ -457,10 +470,10 @@ impl ScoringLayer {
     /// penalties and rewards are recorded in the score book, so scores stay
     /// visible and carry over if `scoring` is added back, but no score
     /// disconnects or bans a peer.
-    pub fn record_only(blacklist: Arc<Blacklist>) -> Self {
+    pub fn record_only(blacklist: Arc<Blacklist>, book: Arc<ScoreBook>) -> Self {
         ScoringLayer {
             enforce: false,
-            ..ScoringLayer::new(&ScoringConfig::default(), blacklist)
+            ..ScoringLayer::with_book(&ScoringConfig::default(), blacklist, book)
         }
     }
 
@@ -655,6 +668,20 @@ where
             }
             result
         })
+    }
+}
+
+impl crate::layers::stack::Middleware for ScoringConfig {
+    const NAME: &'static str = NAME;
+    const WITHOUT: &'static str = "Offences are still scored in the shared book and shown by `getpeerinfo`, and the ban list still counts violations of the IP; no score disconnects or bans a peer.";
+    type Layer = ScoringLayer;
+
+    fn validate(&self) -> Result<(), String> {
+        ScoringConfig::validate(self)
+    }
+
+    fn build(&self, shared: &crate::layers::shared::SharedState) -> ScoringLayer {
+        ScoringLayer::with_book(self, shared.blacklist.clone(), shared.scores.clone())
     }
 }
 

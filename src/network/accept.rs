@@ -168,11 +168,7 @@ impl Network {
             }
             last_prune = Instant::now();
             self.inner.blacklist.prune();
-            for layer in self.middleware().layers() {
-                if let BuiltLayer::RateLimit(l) = layer {
-                    l.prune();
-                }
-            }
+            self.middleware().shared().prune();
             self.inner.accept_limiter.retain_recent();
         }
     }

@@ -77,7 +77,7 @@ use tracing::{field, Instrument};
 use crate::crypto::{NodeId, NodeIdentity};
 use crate::layers::blacklist::{ip_key, Blacklist};
 use crate::layers::rate_limit::GossipScale;
-use crate::layers::stack::{BuiltLayer, MiddlewareConfig, MiddlewareStack};
+use crate::layers::stack::{MiddlewareConfig, MiddlewareStack};
 use crate::peer::client::Client;
 use crate::peer::connection::{
     self, ConnectionConfig, ConnectionError, ConnectionEvent, ConnectionParts,
@@ -438,12 +438,10 @@ impl Network {
         let magic = self.inner.config.handshake.version.network.magic();
         let envelope = Envelope::sign(&self.inner.identity, magic, kind, timestamp_ms, payload);
         let id = envelope.id();
-        for layer in self.middleware().layers() {
-            if let BuiltLayer::Dedup(dedup) = layer {
-                if dedup.cache().reserve(id) {
-                    dedup.cache().commit(id);
-                }
-            }
+        // Marked in the shared cache whether or not `dedup` is in the stack.
+        let seen = self.middleware().shared().dedup.clone();
+        if seen.reserve(id) {
+            seen.commit(id);
         }
         envelope
     }
@@ -542,13 +540,10 @@ impl Network {
     /// with. Bans survive (the ban list is shared); scores, rate-limit and
     /// dedup state start afresh with the new layers.
     pub fn reload_middleware(&self, configs: &[MiddlewareConfig]) -> String {
-        let magic = self.inner.config.handshake.version.network.magic();
-        let stack = Arc::new(MiddlewareStack::build_with_blacklist(
-            configs,
-            magic,
-            self.inner.config.gossip,
-            self.inner.blacklist.clone(),
-        ));
+        // The network's shared state survives the reload (see
+        // `layers::shared`).
+        let shared = self.middleware().shared().reconfigure(configs);
+        let stack = Arc::new(MiddlewareStack::build_with(configs, shared));
         let described = stack.describe();
         *crate::locks::write(&self.inner.stack) = stack;
         tracing::info!(middleware = %described, "middleware reloaded for new connections");

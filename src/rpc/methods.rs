@@ -13,7 +13,6 @@ use super::{codes, RpcContext, RpcError};
 use crate::constants::{PROTOCOL_VERSION, USER_AGENT};
 use crate::crypto::NodeId;
 use crate::layers::blacklist::BanUntil;
-use crate::layers::stack::BuiltLayer;
 use crate::network::PeerTarget;
 use crate::protocol::version::unix_now;
 
@@ -268,12 +267,7 @@ pub(super) async fn dispatch(
                         "config": serde_json::to_value(config).unwrap_or(Value::Null),
                         "accepted": counters.accepted(),
                         "rejected": rejected,
-                        "shared_state": match layer {
-                            BuiltLayer::Dedup(d) => json!({"ids": d.cache().len()}),
-                            BuiltLayer::RateLimit(r) => json!({"tracked_ips": r.tracked_ips()}),
-                            BuiltLayer::Blacklist(_) => json!({"tracked_ips": node.blacklist().tracked(), "bans": node.blacklist().list().len()}),
-                            _ => Value::Null,
-                        },
+                        "shared_state": layer.state(stack.shared()),
                     })
                 })
                 .collect();

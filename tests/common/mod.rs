@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use timed::app::Node;
 use timed::crypto::{NodeId, NodeIdentity};
-use timed::layers::stack::BuiltLayer;
 use timed::layers::LayerCounters;
 use timed::network::{NetworkConfig, NetworkEvent, PeerTarget};
 use timed::params::Network;
@@ -274,16 +273,13 @@ pub fn layer_counters(node: &Node, name: &str) -> Arc<LayerCounters> {
         .clone()
 }
 
-/// The current score `node`'s scoring layer holds for `peer`.
+/// The current score `node`'s score book holds for `peer`.
 pub fn score_of(node: &Node, peer: NodeId) -> f64 {
     node.middleware()
-        .layers()
-        .iter()
-        .find_map(|l| match l {
-            BuiltLayer::Scoring(s) => Some(s.book().score(&peer).unwrap_or(0.0)),
-            _ => None,
-        })
-        .expect("no scoring layer in the stack")
+        .shared()
+        .scores
+        .score(&peer)
+        .unwrap_or(0.0)
 }
 
 /// Asserts that `node`'s score for `peer` is `applied` (one change from 0,
