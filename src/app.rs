@@ -119,6 +119,7 @@ impl Node {
             };
             let router = Router::new(
                 handlers,
+                network.config().handshake.version.network.magic(),
                 Some(network.peers().clone()),
                 Some(Arc::new(move |request: &crate::peer::Inbound| {
                     if let Some(network) = weak.upgrade() {

@@ -227,6 +227,7 @@ impl Handlers {
 #[derive(Clone)]
 pub struct Router {
     handlers: Handlers,
+    magic: [u8; 4],
     relay: Option<Arc<PeerSet>>,
     on_delivered: Option<DeliveryHook>,
 }
@@ -240,15 +241,18 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// A router over `handlers`; accepted envelopes are relayed through
-    /// `relay` (if any) to every peer but their sender.
+    /// A router over `handlers` for the network with `magic`; accepted
+    /// envelopes are relayed through `relay` (if any) to every peer but
+    /// their sender.
     pub fn new(
         handlers: Handlers,
+        magic: [u8; 4],
         relay: Option<Arc<PeerSet>>,
         on_delivered: Option<DeliveryHook>,
     ) -> Self {
         Router {
             handlers,
+            magic,
             relay,
             on_delivered,
         }
@@ -291,7 +295,35 @@ impl Service<Inbound> for Router {
         };
         let relay = self.relay.clone();
         let hook = self.on_delivered.clone();
+        let magic = self.magic;
         Box::pin(async move {
+            // No `auth` layer ran: verify here, off the async workers, so
+            // no handler ever sees an envelope whose signature nobody
+            // checked.
+            let request = match request.unverified_envelope() {
+                Some(envelope) => {
+                    let envelope = envelope.clone();
+                    let verdict = tokio::task::spawn_blocking(move || envelope.verified(magic))
+                        .await
+                        .map_err(|e| BoxError::from(e.to_string()))?;
+                    match verdict {
+                        Ok(proof) => request.with_proof(proof),
+                        Err(error) => {
+                            metrics::counter!("timed_layer_decisions_total", "layer" => NAME, "decision" => "rejected", "reason" => "bad_signature").increment(1);
+                            if crate::logging::allow("router_forged") {
+                                tracing::info!(peer = %request.peer.node_id, %error, "forged envelope refused by the router");
+                            }
+                            return Err(Rejection::offence(
+                                NAME,
+                                "bad_signature",
+                                Offence::InvalidSignature,
+                            )
+                            .into());
+                        }
+                    }
+                }
+                None => request,
+            };
             let outcome = handler.oneshot(request.clone()).await?;
             if outcome == Outcome::Accepted {
                 if let Message::Gossip(_) = &*request.message {

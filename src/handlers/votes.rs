@@ -3,8 +3,9 @@
 //!
 //! # Security
 //! The voter is the envelope's originator, so the vote is only as good as
-//! the envelope's signature. When no `auth` layer verified it on the way in
-//! (it can be removed from the config), this handler verifies it itself.
+//! the envelope's signature. The handler reads the originator only from
+//! [`Inbound::verified_envelope`], which needs the proof the `auth` layer
+//! (or, without it, the router) attaches after verifying.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -56,15 +57,7 @@ impl Service<Inbound> for VoteHandler {
 
     fn call(&mut self, request: Inbound) -> Self::Future {
         metrics::counter!("timed_handler_messages_total", "handler" => NAME).increment(1);
-        let Message::Gossip(envelope) = &*request.message else {
-            return ready(Err(Rejection::offence(
-                NAME,
-                "unexpected_message",
-                Offence::ProtocolViolation,
-            )
-            .into()));
-        };
-        if envelope.kind != GossipKind::Vote {
+        if !matches!(&*request.message, Message::Gossip(e) if e.kind == GossipKind::Vote) {
             return ready(Err(Rejection::offence(
                 NAME,
                 "unexpected_message",
@@ -72,9 +65,11 @@ impl Service<Inbound> for VoteHandler {
             )
             .into()));
         }
-        if !request.authenticated && envelope.verify(self.chain.chain().magic()).is_err() {
-            if crate::logging::allow("forged_vote") {
-                tracing::info!(peer = %request.peer.node_id, "forged vote refused");
+        // The originator is the voter: only a verified envelope names one
+        // (the `auth` layer or the router verified it).
+        let Some(envelope) = request.verified_envelope() else {
+            if crate::logging::allow("unverified_vote") {
+                tracing::info!(peer = %request.peer.node_id, "unverified vote refused");
             }
             return ready(Err(Rejection::offence(
                 NAME,
@@ -82,7 +77,7 @@ impl Service<Inbound> for VoteHandler {
                 Offence::InvalidSignature,
             )
             .into()));
-        }
+        };
         let voter = envelope.originator;
         let vote = match Chain::decode_vote(&envelope.payload) {
             Ok(vote) => vote,

@@ -33,7 +33,7 @@ use tower::{BoxError, Layer, Service};
 use super::{Inbound, LayerCounters, Offence, Outcome, Rejection};
 use crate::constants::SIGNATURE_BATCH_SIZE;
 use crate::protocol::version::unix_now;
-use crate::protocol::{verify_batch, Envelope, EnvelopeError, Message};
+use crate::protocol::{verify_batch, Envelope, EnvelopeError, Message, Verified};
 
 /// The layer's name in the config and in metrics.
 pub const NAME: &str = "auth";
@@ -275,9 +275,13 @@ where
                 return Err(rejection.into());
             }
             layer.counters.accept(NAME);
-            let request = Inbound {
-                authenticated: true,
-                ..request
+            let proof = match &*request.message {
+                Message::Gossip(envelope) => Some(Verified::checked(envelope)),
+                _ => None,
+            };
+            let request = match proof {
+                Some(proof) => request.with_proof(proof),
+                None => request,
             };
             inner.call(request).await
         })

@@ -120,11 +120,7 @@ pub(crate) mod test_support {
 
     /// An inbound request.
     pub fn inbound(peer: &Arc<PeerContext>, message: Message) -> Inbound {
-        Inbound {
-            authenticated: false,
-            peer: peer.clone(),
-            message: Arc::new(message),
-        }
+        Inbound::new(peer.clone(), Arc::new(message))
     }
 
     /// A handler that accepts everything and counts calls.

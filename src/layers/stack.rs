@@ -532,7 +532,10 @@ mod tests {
 
     #[test]
     fn every_registered_layer_says_what_the_node_does_without_it() {
-        assert_eq!(layer_names(), ["blacklist", "scoring", "rate_limit", "dedup", "auth"]);
+        assert_eq!(
+            layer_names(),
+            ["blacklist", "scoring", "rate_limit", "dedup", "auth"]
+        );
         let doc = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIG.md"),
         )
@@ -575,10 +578,18 @@ mod tests {
         // A reload that adds scoring back keeps the book: the score counts.
         let reloaded = MiddlewareStack::build_with(
             &MiddlewareConfig::default_stack(),
-            stack.shared().reconfigure(&MiddlewareConfig::default_stack()),
+            stack
+                .shared()
+                .reconfigure(&MiddlewareConfig::default_stack()),
         );
-        assert!(Arc::ptr_eq(&reloaded.shared().scores, &stack.shared().scores));
+        assert!(Arc::ptr_eq(
+            &reloaded.shared().scores,
+            &stack.shared().scores
+        ));
         assert!(Arc::ptr_eq(&reloaded.shared().dedup, &stack.shared().dedup));
-        assert!(!reloaded.judge().readmit(&peer), "the carried-over score refuses it");
+        assert!(
+            !reloaded.judge().readmit(&peer),
+            "the carried-over score refuses it"
+        );
     }
 }

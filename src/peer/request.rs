@@ -21,7 +21,7 @@ use tower::BoxError;
 
 use super::Direction;
 use crate::crypto::NodeId;
-use crate::protocol::{DisconnectReason, Message, MessageId};
+use crate::protocol::{DisconnectReason, Envelope, Message, MessageId, Verified};
 
 /// Judges what a peer does outside its inbound stack: a request it let time
 /// out, an answer nobody asked for, how fast it answered. The connection
@@ -148,10 +148,9 @@ pub struct Inbound {
     pub peer: Arc<PeerContext>,
     /// The message.
     pub message: Arc<Message>,
-    /// True once the `auth` layer verified the envelope's signature.
-    /// Handlers that rely on the originator (votes) verify it themselves
-    /// when no auth layer ran.
-    pub authenticated: bool,
+    /// The proof that the envelope was verified, once it was (by the
+    /// `auth` layer, or by the router when no `auth` layer ran).
+    verified: Option<Verified>,
 }
 
 impl Inbound {
@@ -160,7 +159,35 @@ impl Inbound {
         Inbound {
             peer,
             message,
-            authenticated: false,
+            verified: None,
+        }
+    }
+
+    /// The request with `proof` attached; a proof of another envelope is
+    /// ignored.
+    pub fn with_proof(mut self, proof: Verified) -> Self {
+        if let Message::Gossip(envelope) = &*self.message {
+            if proof.proves(envelope) {
+                self.verified = Some(proof);
+            }
+        }
+        self
+    }
+
+    /// The envelope, if the message is one and its signature was verified:
+    /// the only way a handler reads an originator it can trust.
+    pub fn verified_envelope(&self) -> Option<&Envelope> {
+        match (&*self.message, &self.verified) {
+            (Message::Gossip(envelope), Some(proof)) if proof.proves(envelope) => Some(envelope),
+            _ => None,
+        }
+    }
+
+    /// Whether the message is an envelope still waiting for verification.
+    pub fn unverified_envelope(&self) -> Option<&Envelope> {
+        match &*self.message {
+            Message::Gossip(envelope) if self.verified_envelope().is_none() => Some(envelope),
+            _ => None,
         }
     }
 

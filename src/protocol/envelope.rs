@@ -281,6 +281,37 @@ impl Envelope {
     }
 }
 
+/// Proof that the envelope with this id passed signature verification for
+/// this node's network. Only verifying makes one ([`Envelope::verified`],
+/// or the `auth` layer's batch verifier through [`Verified::checked`]), so
+/// an unverified envelope cannot be mistaken for a verified one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified(MessageId);
+
+impl Verified {
+    /// The proof for `envelope`, which the caller has just verified (a
+    /// batch verification that returned `Ok` for it).
+    pub(crate) fn checked(envelope: &Envelope) -> Verified {
+        Verified(envelope.id())
+    }
+
+    /// Whether this proves `envelope`.
+    pub fn proves(&self, envelope: &Envelope) -> bool {
+        self.0 == envelope.id()
+    }
+}
+
+impl Envelope {
+    /// Verifies the envelope for the network `magic` and returns the proof.
+    ///
+    /// # Errors
+    /// As [`Envelope::verify`].
+    pub fn verified(&self, magic: [u8; 4]) -> Result<Verified, EnvelopeError> {
+        self.verify(magic)?;
+        Ok(Verified(self.id()))
+    }
+}
+
 /// The `y` coordinates (little-endian, sign bit clear) of the 8 points of
 /// small order: 0 (the two points of order 4), 1 (the identity), the two `y`
 /// of the four points of order 8, and `p − 1` (the point of order 2). With

@@ -7,7 +7,7 @@ pub mod message;
 pub mod version;
 
 pub use codec::{decode_message, encode_message, CodecError, MessageCodec, WireError};
-pub use envelope::{verify_batch, Envelope, EnvelopeError, GossipKind, MessageId};
+pub use envelope::{verify_batch, Envelope, EnvelopeError, GossipKind, MessageId, Verified};
 pub use message::{
     Disconnect, DisconnectReason, Message, PeerAddress, Ping, Pong, Version, MESSAGE_VARIANT_COUNT,
 };
