@@ -22,7 +22,10 @@
 //!                   blacklist ─► scoring ─► rate_limit ─► dedup ─► auth
 //!                   ─► router ─► handlers             handlers
 //!        outbound ◄─ Client (tower Service)           peer::client
-//!                    PeerSet: p2c on RTT, broadcast   peer::set
+//!                    PeerSet: admission, broadcast    peer::set
+//!                    tower p2c Balance over PeakEwma, peer::balance
+//!                    Discover from the set, Retry
+//!                    on another peer
 //! ```
 //!
 //! * [`crypto`]: the node identity (ed25519, key file with mode 0600,
@@ -36,8 +39,10 @@
 //!   codec, the `Version` rules and signed gossip envelopes with
 //!   batch verification.
 //! * [`peer`]: connection setup, the per-connection task with its
-//!   prioritised bounded send queue, the request [`peer::Client`] and the
-//!   [`peer::PeerSet`].
+//!   prioritised bounded send queue, the request [`peer::Client`], the
+//!   [`peer::PeerSet`] and its request balancer ([`peer::PeerSetService`]:
+//!   tower's power of two choices on peak-EWMA load over the connected
+//!   peers, a timeout per attempt, a retry on another peer).
 //! * [`layers`]: the tower middleware (one module per layer with its config,
 //!   metrics and tests) and the stack built from the config's ordered
 //!   `[[middleware]]` list.

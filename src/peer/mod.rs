@@ -10,6 +10,7 @@ pub mod queue;
 pub mod request;
 pub mod set;
 
+pub use balance::{PeerAnswer, PeerRequest, PeerSetError, PeerSetService};
 pub use client::{Client, ClientError, Request, Response};
 pub use connection::{ConnectionConfig, ConnectionError, ConnectionEvent};
 pub use handshake::{establish, ConnectError, Connection, Direction, HandshakeConfig, PeerInfo};
@@ -17,5 +18,4 @@ pub use request::{
     Inbound, InboundService, Offence, Outcome, PeerContext, PeerJudge, PeerStats, Rejection,
     ScoreHandle, SCORE_RANGE,
 };
-pub use balance::{PeerAnswer, PeerRequest, PeerSetError, PeerSetService};
 pub use set::PeerSet;
