@@ -3,10 +3,11 @@
 //! and a retry on another peer.
 //!
 //! ```text
-//! PeerSetService = Retry<ExcludeFailed,                 a failed peer is excluded, another asked
-//!                  SharedBalance(                        clones share one balancer
-//!                  Balance<PeerDiscover, PeerRequest>))  p2c on load, over the discovered peers
-//!     each peer: Endpoint(                               names the peer, declines excluded requests
+//! PeerSetService: per request                           checks some eligible peer is left
+//!   Retry<ExcludeFailed,                                 a failed peer is excluded, another asked
+//!   Excluding(SharedBalance(                             the request's exclusions; one shared balancer
+//!   Balance<PeerDiscover, PeerRequest>)))                p2c on load, over the discovered peers
+//!     each peer: Endpoint(                               names the peer; not ready when excluded
 //!                PeakEwma<                               load = RTT estimate × (in flight + 1)
 //!                Timeout<                                PEER_ATTEMPT_TIMEOUT, never charged
 //!                Slot<Client>>>)                         the connection (its own timeout charges)
@@ -28,12 +29,15 @@
 //! * Retry ([`ExcludeFailed`]): a peer that fails a request (connection
 //!   closed, queue full, the connection's request timeout, or the attempt
 //!   timeout) is added to the request's exclusion set and another peer is
-//!   asked, at most [`PEER_REQUEST_ATTEMPTS`] peers in all. The balancer
-//!   picks a peer before it sees the request, so a peer in the exclusion
-//!   set declines at once ([`PeerSetError::Excluded`]: nothing is sent and
-//!   its load is untouched) and the balancer draws again, at most
-//!   [`PEER_REQUEST_DECLINES`] times. The caller's own exclusions (peers
-//!   whose answers it found wrong) travel in the same set.
+//!   asked, at most [`PEER_REQUEST_ATTEMPTS`] peers in all. Power of two
+//!   choices picks a peer in `poll_ready`, before it sees the request, so
+//!   each attempt ([`Excluding`]) sets the balancer's exclusion set before
+//!   it polls, and an excluded peer is not ready (`Exclusion`): it is
+//!   never drawn, and its load is untouched. A request that excludes every
+//!   eligible peer fails at once ([`PeerSetError::NoPeers`]). The caller's
+//!   own exclusions (peers whose answers it found wrong) travel in the same
+//!   set. (An endpoint still declines an excluded request in `call`, as a
+//!   guard, at most [`PEER_REQUEST_DECLINES`] times per request.)
 //! * The answer ([`PeerAnswer`]) names the peer that gave it, so the caller
 //!   can charge it for bad data or keep talking to it.
 //!
