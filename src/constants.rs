@@ -169,14 +169,56 @@ pub const MAX_BLOCK_FUTURE_DRIFT_SECS: u64 = 15;
 /// How often a node compares its height with its peers' when idle.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How long sync waits for one request in all, including waiting for a
-/// connection busy with another request of ours.
+/// How long one attempt of a request on one peer may take (the peer set's
+/// `tower::timeout`), including waiting for a connection busy with another
+/// request of ours.
 ///
 /// The connection's own request timeout (20 s by default) is what fails a
 /// slow answer and charges the peer, once; this longer deadline is never
-/// charged and only keeps sync from waiting forever on a stuck connection
-/// (two request timeouts: one for the request ahead of ours, one for ours).
-pub const SYNC_REQUEST_DEADLINE: Duration = Duration::from_secs(45);
+/// charged and only keeps a caller from waiting forever on a stuck
+/// connection (two request timeouts: one for the request ahead of ours, one
+/// for ours).
+pub const PEER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Round-trip time the peer set's balancer assumes for a peer before its
+/// first answer (the default of its `tower::load::PeakEwma`).
+///
+/// Between a measured healthy peer (tens of milliseconds on a regional
+/// link, a few hundred for a full `Blocks` answer) and a slow one: a peer
+/// that just connected is tried as soon as the proven peers have requests
+/// in flight (the load is the RTT times the requests in flight plus one),
+/// but does not take every request from them merely by being new, which
+/// would reward an attacker for reconnecting.
+pub const PEER_EWMA_DEFAULT_RTT: Duration = Duration::from_millis(500);
+
+/// How fast the balancer forgets a peer's slow answers (the decay of its
+/// `tower::load::PeakEwma`: an estimate falls to 1/e of its peak after this
+/// long without a slower answer).
+///
+/// A request timeout (20 s) stays a peak for minutes (it falls below a
+/// 100 ms peer's estimate after about 30 s × ln(200) ≈ 2.6 min), so a peer
+/// that stalled once is avoided for several sync rounds; shorter decays
+/// (Finagle's 10 s) would send the next round straight back to it, and
+/// Zebra's 200 s would keep a peer with one bad moment out for half an hour.
+pub const PEER_EWMA_DECAY: Duration = Duration::from_secs(30);
+
+/// Peers the peer set asks for one request, at most: the first and up to
+/// three others after failures (a connection error or timeout). A peer that
+/// failed a request is never asked it again.
+pub const PEER_REQUEST_ATTEMPTS: usize = 4;
+
+/// How often a peer may decline a request it is excluded from before the
+/// request gives up. The balancer never offers an excluded peer (it is not
+/// ready for that request), so a decline only follows an exclusion that
+/// changed between readiness and the call; the bound keeps even that from
+/// looping.
+pub const PEER_REQUEST_DECLINES: usize = 4;
+
+/// How long sync waits for one request in all: for a serving peer to be
+/// connected and ready, and for up to [`PEER_REQUEST_ATTEMPTS`] attempts of
+/// [`PEER_ATTEMPT_TIMEOUT`] each. Never charged to a peer.
+pub const SYNC_REQUEST_DEADLINE: Duration =
+    Duration::from_secs(PEER_ATTEMPT_TIMEOUT.as_secs() * PEER_REQUEST_ATTEMPTS as u64);
 
 /// Attempts on different peers for one batch before sync waits for the next
 /// round.

@@ -21,7 +21,9 @@
 //!     inbound  -> middleware stack from the config           layers
 //!                 blacklist -> scoring -> rate_limit -> dedup -> auth
 //!                 -> the application's inbound service (the router)
-//!     outbound <- peer Client (tower Service), PeerSet       peer
+//!     outbound <- peer Client (tower Service), PeerSet:      peer
+//!                 tower p2c Balance over PeakEwma, Discover
+//!                 from the set, Retry on another peer
 //!
 //! chain half (knows nothing of the network)
 //!   types and rules: addresses, transactions, blocks,       chain

@@ -3,28 +3,33 @@
 //! # How
 //! A round runs every [`SYNC_INTERVAL`], and at once when a peer connects
 //! with a higher best height or a gossiped block lies ahead of the tip. It
-//! asks a peer, picked by power of two choices on RTT among the connected
-//! peers ([`PeerSet::pick_excluding`]), for `GetBlocks { start: tip + 1,
-//! count: 500 }` and applies the answer in order through
-//! [`Chain::handle_block`], which validates every block fully. The answer's
-//! `tip_height` is the sync target; the round goes on while the tip is
-//! below it.
+//! sends `GetBlocks { start: tip + 1, count: 500 }` through the peer set's
+//! balancer over the peers that announced `FULL_NODE`
+//! ([`PeerSet::service`]: tower's power of two choices on peak-EWMA load),
+//! and applies the answer in order through [`Chain::handle_block`], which
+//! validates every block fully. The answer names the peer that gave it.
+//! The answer's `tip_height` is the sync target; the round goes on while
+//! the tip is below it.
 //!
-//! A request that fails or times out, or whose blocks are invalid, is
-//! retried on another peer, up to [`SYNC_MAX_ATTEMPTS`] peers per batch. A
-//! peer that sent an invalid block is penalised with the block's offence
-//! (`invalid_data`, `malformed`).
+//! A request that fails or times out is retried on another peer by the
+//! balancer's retry policy; an answer whose blocks are invalid is asked
+//! again of another peer by sync, with the peers tried so far excluded, up
+//! to [`SYNC_MAX_ATTEMPTS`] answers per batch. A peer that sent an invalid
+//! block is penalised with the block's offence (`invalid_data`,
+//! `malformed`).
 //!
 //! # Correctness
 //! A slow answer costs the peer one `Timeout` at most: the connection's
-//! request timeout is the only timeout that charges (sync does not charge
-//! its own), and an answer that arrives after it is dropped quietly by the
-//! connection. [`SYNC_REQUEST_DEADLINE`] only bounds how long sync waits
-//! for a connection that is busy with other requests.
+//! request timeout is the only timeout that charges (neither sync nor the
+//! balancer's attempt timeout charges), and an answer that arrives after it
+//! is dropped quietly by the connection. [`SYNC_REQUEST_DEADLINE`] only
+//! bounds how long sync waits in all, for a serving peer to connect and for
+//! the balancer's attempts.
 //!
 //! # Forks
 //! When a peer's first block does not link to our tip, the peer is on
-//! another branch. We ask it for blocks from 1, 2, 4, ... below our tip
+//! another branch. We ask that same peer (straight through its connection,
+//! not the balancer) for blocks from 1, 2, 4, ... below our tip
 //! (at most [`MAX_REORG_DEPTH`] back) until its answer links to our chain,
 //! skip the blocks we share, and offer the rest to [`Chain::reorg`], which
 //! switches if that branch wins by the fork-choice rule (see
@@ -51,18 +56,19 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceExt};
+use tower::timeout::Timeout;
+use tower::ServiceExt;
 
 use crate::chain::verified::VerifiedBlock;
 use crate::constants::{
-    MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, SYNC_INTERVAL,
-    SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,
+    MAX_BLOCKS_PER_RESPONSE, MAX_MEMPOOL_RESPONSE_TXS, MAX_REORG_DEPTH, PEER_ATTEMPT_TIMEOUT,
+    SYNC_INTERVAL, SYNC_MAX_ATTEMPTS, SYNC_REQUEST_DEADLINE,
 };
 use crate::crypto::NodeId;
 use crate::peer::client::{ClientError, Request, Response};
 use crate::peer::set::{PeerHandle, PeerSet};
-use crate::peer::Offence;
-use crate::protocol::message::GetBlocks;
+use crate::peer::{Offence, PeerAnswer, PeerRequest, PeerSetError, PeerSetService};
+use crate::protocol::message::{capabilities, GetBlocks};
 use crate::state::{BlockOutcome, Chain, ChainError, ChainService};
 
 /// Charges a peer for bad data.
@@ -91,8 +97,10 @@ impl SyncHandle {
 /// The sync task.
 pub struct Syncer {
     chain: Chain,
-    service: ChainService,
+    chain_service: ChainService,
     peers: Arc<PeerSet>,
+    /// Requests for chain data, balanced over the `FULL_NODE` peers.
+    service: PeerSetService,
     penalize: Penalizer,
     handle: SyncHandle,
     mempool_fetched: bool,
@@ -111,15 +119,17 @@ enum Batch {
 impl Syncer {
     /// A syncer for `chain` over `peers`.
     pub fn new(
-        service: ChainService,
+        chain_service: ChainService,
         peers: Arc<PeerSet>,
         penalize: Penalizer,
         handle: SyncHandle,
     ) -> Self {
+        let service = peers.service(capabilities::FULL_NODE);
         Syncer {
-            chain: service.chain().clone(),
-            service,
+            chain: chain_service.chain().clone(),
+            chain_service,
             peers,
+            service,
             penalize,
             handle,
             mempool_fetched: false,
@@ -192,24 +202,16 @@ impl Syncer {
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut answered = false;
         for _ in 0..SYNC_MAX_ATTEMPTS {
-            let Some(peer) = self.peers.pick_serving(&tried) else {
+            let start = self.chain.tip().height + 1;
+            let Some(answer) = self.ask(get_blocks(start), &tried).await else {
                 break;
             };
-            let start = self.chain.tip().height + 1;
-            let blocks = match ask(&peer, get_blocks(start)).await {
-                Asked::Answer(Response::Blocks(b)) => b,
-                Asked::Answer(_) | Asked::Failed => {
-                    tried.insert(peer.info.node_id);
-                    continue;
-                }
-                Asked::TimedOut => {
-                    // The connection charged the timeout (once); just move on.
-                    if crate::logging::allow("sync_timeout") {
-                        tracing::info!(peer = %peer.info.node_id, "sync request timed out; trying another peer");
-                    }
-                    tried.insert(peer.info.node_id);
-                    continue;
-                }
+            // Peers that failed on the way are not asked again this batch.
+            tried.extend(answer.excluded.iter().copied());
+            let peer = answer.peer;
+            let Response::Blocks(blocks) = answer.response else {
+                tried.insert(peer.info.node_id);
+                continue;
             };
             answered = true;
             if blocks.blocks.is_empty() && blocks.tip_height >= start {
@@ -228,7 +230,7 @@ impl Syncer {
             // Signatures are checked on the blocking pool, then the blocks
             // are applied (validation, fsync) on the chain's worker: neither
             // runs on the async workers.
-            let applied_batch = apply_batch(&self.service, blocks.blocks.clone()).await;
+            let applied_batch = apply_batch(&self.chain_service, blocks.blocks.clone()).await;
             let Ok(BatchResult {
                 applied,
                 unlinked,
@@ -337,7 +339,7 @@ impl Syncer {
             let branch = decoded.split_off(i);
             let fork = branch[0].header.height;
             let reorged = self
-                .service
+                .chain_service
                 .run(move |chain| chain.reorg(branch, "sync"))
                 .await
                 .and_then(|r| r);
@@ -364,14 +366,46 @@ impl Syncer {
 
     /// One `GetBlocks` from `start` to `peer`; its blocks, or `None`.
     async fn request(&self, peer: &PeerHandle, start: u64) -> Option<Vec<serde_bytes::ByteBuf>> {
-        match ask(peer, get_blocks(start)).await {
-            Asked::Answer(Response::Blocks(b)) => {
+        match ask_peer(peer, get_blocks(start)).await {
+            Some(Response::Blocks(b)) => {
                 if !b.blocks.is_empty() {
                     self.chain.saw_height(b.tip_height);
                 }
                 Some(b.blocks)
             }
             _ => None,
+        }
+    }
+
+    /// Sends `request` through the balancer to a `FULL_NODE` peer not in
+    /// `exclude` (another one after each failure) and waits for the answer,
+    /// at most [`SYNC_REQUEST_DEADLINE`] in all; `None` when no peer
+    /// answered.
+    async fn ask(&self, request: Request, exclude: &HashSet<NodeId>) -> Option<PeerAnswer> {
+        let request = PeerRequest::new(request).excluding(exclude.iter().copied());
+        let kind = request.request.kind();
+        let answer =
+            tokio::time::timeout(SYNC_REQUEST_DEADLINE, self.service.clone().oneshot(request))
+                .await;
+        match answer {
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(error)) => {
+                let timed_out = error
+                    .downcast_ref::<PeerSetError>()
+                    .is_some_and(PeerSetError::is_timeout);
+                // The connection charged a timeout (once); sync charges
+                // nothing more.
+                if timed_out && crate::logging::allow("sync_timeout") {
+                    tracing::info!(kind, %error, "sync request timed out on every peer tried");
+                } else {
+                    tracing::debug!(kind, %error, "sync request failed");
+                }
+                None
+            }
+            Err(_) => {
+                tracing::debug!(kind, "no serving peer answered in time");
+                None
+            }
         }
     }
 
@@ -401,15 +435,17 @@ impl Syncer {
         for height in damaged.into_iter().take(REPAIRS_PER_ROUND) {
             let mut tried = HashSet::new();
             for _ in 0..SYNC_MAX_ATTEMPTS {
-                let Some(peer) = self.peers.pick_serving(&tried) else {
-                    break;
-                };
-                tried.insert(peer.info.node_id);
                 let request = Request::GetBlocks(GetBlocks {
                     start: height,
                     count: 1,
                 });
-                let Asked::Answer(Response::Blocks(blocks)) = ask(&peer, request).await else {
+                let Some(answer) = self.ask(request, &tried).await else {
+                    break;
+                };
+                tried.extend(answer.excluded.iter().copied());
+                let peer = answer.peer;
+                tried.insert(peer.info.node_id);
+                let Response::Blocks(blocks) = answer.response else {
                     continue;
                 };
                 let Some(block) = blocks
@@ -441,10 +477,12 @@ impl Syncer {
     /// Asks one peer for its mempool and submits what is valid; true once
     /// a peer answered.
     async fn fetch_mempool(&self) -> bool {
-        let Some(peer) = self.peers.pick_serving(&HashSet::new()) else {
-            return false;
-        };
-        let Asked::Answer(Response::Mempool(txs)) = ask(&peer, Request::GetMempool).await else {
+        let Some(PeerAnswer {
+            peer,
+            response: Response::Mempool(txs),
+            ..
+        }) = self.ask(Request::GetMempool, &HashSet::new()).await
+        else {
             return false;
         };
         let mut added = 0usize;
@@ -453,7 +491,7 @@ impl Syncer {
                 (self.penalize)(&peer, Offence::Malformed);
                 break;
             };
-            if self.service.transaction(tx).await.is_ok() {
+            if self.chain_service.transaction(tx).await.is_ok() {
                 added += 1;
             }
         }
@@ -464,18 +502,6 @@ impl Syncer {
     }
 }
 
-/// How a request to one peer went.
-enum Asked {
-    /// The peer answered (with the response kind the request asks for:
-    /// the connection matches responses to requests).
-    Answer(Response),
-    /// The connection failed or refused the request.
-    Failed,
-    /// No answer within the connection's request timeout (which charged
-    /// the peer), or none within [`SYNC_REQUEST_DEADLINE`] (not charged).
-    TimedOut,
-}
-
 /// The `GetBlocks` request for blocks from `start`.
 fn get_blocks(start: u64) -> Request {
     Request::GetBlocks(GetBlocks {
@@ -484,27 +510,26 @@ fn get_blocks(start: u64) -> Request {
     })
 }
 
-/// Sends `request` to `peer` and waits for the answer (the connection's
-/// request timeout applies), at most [`SYNC_REQUEST_DEADLINE`] in all.
-async fn ask(peer: &PeerHandle, request: Request) -> Asked {
-    let mut client = peer.client.clone();
-    let answer = tokio::time::timeout(SYNC_REQUEST_DEADLINE, async {
-        client.ready().await?.call(request).await
-    })
-    .await;
-    match answer {
-        Ok(Ok(response)) => Asked::Answer(response),
-        Ok(Err(error)) => {
-            if matches!(
+/// Sends `request` to `peer` itself, not through the balancer (the fork
+/// search must follow the branch of the peer that showed it), under one
+/// attempt timeout ([`PEER_ATTEMPT_TIMEOUT`], never charged; the
+/// connection's request timeout charges a slow answer once).
+async fn ask_peer(peer: &PeerHandle, request: Request) -> Option<Response> {
+    let client = Timeout::new(peer.client.clone(), PEER_ATTEMPT_TIMEOUT);
+    match client.oneshot(request).await {
+        Ok(response) => Some(response),
+        Err(error) => {
+            let timed_out = matches!(
                 error.downcast_ref::<ClientError>(),
                 Some(ClientError::Timeout(_))
-            ) {
-                return Asked::TimedOut;
+            ) || error.is::<tower::timeout::error::Elapsed>();
+            if timed_out && crate::logging::allow("sync_timeout") {
+                tracing::info!(peer = %peer.info.node_id, "sync request timed out");
+            } else {
+                tracing::debug!(peer = %peer.info.node_id, %error, "sync request failed");
             }
-            tracing::debug!(peer = %peer.info.node_id, %error, "sync request failed");
-            Asked::Failed
+            None
         }
-        Err(_) => Asked::TimedOut,
     }
 }
 

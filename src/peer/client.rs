@@ -113,6 +113,14 @@ impl Client {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Gives back the slot a successful `poll_ready` reserved, without
+    /// sending: the peer set's balancer checks that a connection has room
+    /// without holding the slot while the peer waits for a request (see
+    /// `peer::balance`).
+    pub(crate) fn release(&mut self) {
+        self.tx.abort_send();
+    }
 }
 
 impl Service<Request> for Client {

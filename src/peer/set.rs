@@ -1,6 +1,6 @@
 //! The set of connected peers: one connection per node id, broadcast for
-//! gossip, and a `tower::Service<Request>` that balances requests over the
-//! peers with power-of-two-choices on round-trip time.
+//! gossip, and the changes that feed the request balancer (tower's
+//! power-of-two-choices over a peak-EWMA load, see [`super::balance`]).
 //!
 //! # One connection per node id
 //! When a second connection to a node id arrives, both sides keep the
@@ -10,19 +10,13 @@
 //! same facts, so simultaneous dials converge on one connection without
 //! negotiation; the loser is closed with `Disconnect(Duplicate)`.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
-use futures::FutureExt;
-use rand::seq::SliceRandom;
-use tower::{BoxError, Service, ServiceExt};
 
-use super::client::{Client, Request, Response};
+use super::balance::{Feed, PeerDiscover, PeerSetService};
+use super::client::Client;
 use super::connection::{enqueue_encoded, priority_of};
 use super::handshake::{Direction, PeerInfo};
 use super::queue::SendQueue;
@@ -30,9 +24,6 @@ use crate::crypto::NodeId;
 use crate::peer::PeerContext;
 use crate::protocol::codec::encode_message;
 use crate::protocol::{Message, PeerAddress};
-
-/// RTT assumed for a peer not measured yet (it gets tried, not avoided).
-pub const DEFAULT_RTT: Duration = Duration::from_millis(50);
 
 /// A connected peer.
 #[derive(Debug)]
@@ -45,21 +36,6 @@ pub struct PeerHandle {
     pub client: Client,
     /// Its send queue.
     pub queue: Arc<SendQueue>,
-}
-
-impl PeerHandle {
-    /// The smoothed RTT, or [`DEFAULT_RTT`] when not measured yet.
-    pub fn rtt(&self) -> Duration {
-        match self
-            .context
-            .stats
-            .rtt_us
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => DEFAULT_RTT,
-            us => Duration::from_micros(us),
-        }
-    }
 }
 
 /// What [`PeerSet::admit`] decided.
@@ -78,6 +54,12 @@ pub enum Admission {
 pub struct PeerSet {
     local: NodeId,
     peers: RwLock<HashMap<NodeId, Arc<PeerHandle>>>,
+    /// The discovery streams of the request balancers, told of every
+    /// admission and removal while the `peers` lock is held (so each sees
+    /// the changes in the set's order).
+    feeds: Mutex<Vec<Weak<Feed>>>,
+    /// One request balancer per capability mask, created on first use.
+    services: Mutex<HashMap<u64, PeerSetService>>,
 }
 
 impl PeerSet {
@@ -86,6 +68,8 @@ impl PeerSet {
         PeerSet {
             local,
             peers: RwLock::new(HashMap::new()),
+            feeds: Mutex::new(Vec::new()),
+            services: Mutex::new(HashMap::new()),
         }
     }
 
@@ -109,6 +93,7 @@ impl PeerSet {
         let mut peers = self.write();
         let id = handle.info.node_id;
         let Some(old) = peers.get(&id) else {
+            self.tell_feeds(|feed| feed.inserted(&handle));
             peers.insert(id, handle);
             return Admission::Admitted;
         };
@@ -120,6 +105,7 @@ impl PeerSet {
         };
         if new_wins {
             let old = old.clone();
+            self.tell_feeds(|feed| feed.inserted(&handle));
             peers.insert(id, handle);
             Admission::Replaced(old)
         } else {
@@ -136,7 +122,54 @@ impl PeerSet {
             .is_some_and(|h| h.context.conn_id == conn_id)
         {
             peers.remove(&node_id);
+            self.tell_feeds(|feed| feed.removed(node_id));
         }
+    }
+
+    /// Tells every live balancer feed of a change (the caller holds the
+    /// `peers` write lock); forgets the feeds of dropped balancers.
+    fn tell_feeds(&self, tell: impl Fn(&Feed)) {
+        crate::locks::lock(&self.feeds).retain(|feed| match feed.upgrade() {
+            Some(feed) => {
+                tell(&feed);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// A `tower::discover::Discover` stream of the peers that announced
+    /// every bit of `capabilities`: the connected ones first, then each
+    /// admission and removal (coalesced per node id, see
+    /// [`super::balance`]).
+    pub fn discover(&self, capabilities: u64) -> PeerDiscover {
+        let peers = self.read();
+        let feed = Arc::new(Feed::new(capabilities, peers.values().cloned()));
+        crate::locks::lock(&self.feeds).push(Arc::downgrade(&feed));
+        drop(peers);
+        PeerDiscover::new(feed)
+    }
+
+    /// The request service over the peers that announced every bit of
+    /// `capabilities` (e.g. `FULL_NODE` for chain data): tower's p2c
+    /// balancer with retries on other peers (see [`PeerSetService`]). All
+    /// callers asking for one mask share one balancer, so its loads see all
+    /// their requests.
+    pub fn service(self: &Arc<Self>, capabilities: u64) -> PeerSetService {
+        crate::locks::lock(&self.services)
+            .entry(capabilities)
+            .or_insert_with(|| PeerSetService::new(self, capabilities))
+            .clone()
+    }
+
+    /// True when a connected peer announcing `capabilities` is not in
+    /// `exclude`.
+    pub fn has_eligible(&self, capabilities: u64, exclude: &HashSet<NodeId>) -> bool {
+        self.read().values().any(|h| {
+            h.info.version.capabilities & capabilities == capabilities
+                && !exclude.contains(&h.info.node_id)
+                && !h.client.is_closed()
+        })
     }
 
     /// The peer with `node_id`, if connected.
@@ -206,110 +239,10 @@ impl PeerSet {
             .increment(sent as u64);
         sent
     }
-
-    /// A request service over the set (see [`PeerSetService`]).
-    pub fn service(self: &Arc<Self>) -> PeerSetService {
-        PeerSetService { set: self.clone() }
-    }
-}
-
-/// Errors of the peer set service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PeerSetError {
-    /// No peer is connected.
-    #[error("no connected peer")]
-    NoPeers,
-}
-
-/// Routes each request to one peer: of two peers picked at random, the one
-/// with the lower smoothed RTT that is ready (power of two choices, as
-/// tower's `p2c` balancer with a peak-EWMA load).
-///
-/// # Security
-/// Low latency alone decides among the two, so a low-latency attacker gets
-/// more requests (Zebra's weak spot); the random pick of candidates keeps
-/// it from getting all of them, and sync verifies every answer.
-#[derive(Clone, Debug)]
-pub struct PeerSetService {
-    set: Arc<PeerSet>,
-}
-
-impl PeerSetService {
-    /// Picks the peer for one request, as described on the type.
-    pub fn pick(&self) -> Option<Arc<PeerHandle>> {
-        self.set.pick_excluding(&std::collections::HashSet::new())
-    }
-}
-
-impl PeerSet {
-    /// Picks a peer for one request by power of two choices (see
-    /// [`PeerSetService`]), leaving out the node ids in `exclude` (peers
-    /// that already failed this request).
-    pub fn pick_excluding(
-        &self,
-        exclude: &std::collections::HashSet<NodeId>,
-    ) -> Option<Arc<PeerHandle>> {
-        self.pick_where(exclude, |_| true)
-    }
-
-    /// Like [`PeerSet::pick_excluding`], among the peers that announced
-    /// they serve chain data (`FULL_NODE`): a peer is never asked for what
-    /// it did not offer to serve.
-    pub fn pick_serving(
-        &self,
-        exclude: &std::collections::HashSet<NodeId>,
-    ) -> Option<Arc<PeerHandle>> {
-        self.pick_where(exclude, |h| {
-            h.info.version.capabilities & crate::protocol::message::capabilities::FULL_NODE != 0
-        })
-    }
-
-    fn pick_where(
-        &self,
-        exclude: &std::collections::HashSet<NodeId>,
-        eligible: impl Fn(&PeerHandle) -> bool,
-    ) -> Option<Arc<PeerHandle>> {
-        let mut peers: Vec<Arc<PeerHandle>> = self
-            .snapshot()
-            .into_iter()
-            .filter(|h| !h.client.is_closed() && !exclude.contains(&h.info.node_id) && eligible(h))
-            .collect();
-        let mut rng = rand::thread_rng();
-        peers.shuffle(&mut rng);
-        let mut two: Vec<Arc<PeerHandle>> = peers.into_iter().take(2).collect();
-        two.sort_by_key(|h| h.rtt());
-        // Prefer the faster one if it can take a request now.
-        for handle in &two {
-            let mut client = handle.client.clone();
-            if let Some(Ok(_)) = client.ready().now_or_never() {
-                return Some(handle.clone());
-            }
-        }
-        two.into_iter().next()
-    }
-}
-
-impl Service<Request> for PeerSetService {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let picked = self.pick();
-        Box::pin(async move {
-            let handle = picked.ok_or(PeerSetError::NoPeers)?;
-            let mut client = handle.client.clone();
-            client.ready().await?.call(request).await
-        })
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crypto::NodeIdentity;
     use crate::params::Network;
@@ -319,12 +252,13 @@ mod tests {
     use std::net::SocketAddr;
     use tokio::sync::mpsc;
 
-    fn handle(
+    /// A peer handle over a channel-backed client: the test holds the
+    /// connection's end of the request channel.
+    pub(crate) fn handle(
         local: NodeId,
         remote: NodeId,
         direction: Direction,
         conn_id: u64,
-        rtt_us: u64,
     ) -> (Arc<PeerHandle>, mpsc::Receiver<ClientRequest>) {
         let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + conn_id as u16));
         let context = Arc::new(PeerContext::new(
@@ -334,10 +268,6 @@ mod tests {
             conn_id,
             ScoreHandle::default(),
         ));
-        context
-            .stats
-            .rtt_us
-            .store(rtt_us, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1);
         let identity = NodeIdentity::generate();
         let info = Arc::new(PeerInfo {
@@ -359,7 +289,7 @@ mod tests {
         )
     }
 
-    fn ids() -> (NodeId, NodeId) {
+    pub(crate) fn ids() -> (NodeId, NodeId) {
         let a = NodeIdentity::generate().node_id();
         let b = NodeIdentity::generate().node_id();
         if a < b {
@@ -376,8 +306,8 @@ mod tests {
         // either arrival order.
         for outbound_first in [true, false] {
             let set = PeerSet::new(small);
-            let (out, _r1) = handle(small, large, Direction::Outbound, 1, 0);
-            let (inb, _r2) = handle(small, large, Direction::Inbound, 2, 0);
+            let (out, _r1) = handle(small, large, Direction::Outbound, 1);
+            let (inb, _r2) = handle(small, large, Direction::Inbound, 2);
             let (first, second) = if outbound_first {
                 (out, inb)
             } else {
@@ -394,13 +324,13 @@ mod tests {
         // Seen from the larger node: the inbound connection (dialed by the
         // smaller node) wins.
         let set = PeerSet::new(large);
-        let (out, _r1) = handle(large, small, Direction::Outbound, 3, 0);
-        let (inb, _r2) = handle(large, small, Direction::Inbound, 4, 0);
+        let (out, _r1) = handle(large, small, Direction::Outbound, 3);
+        let (inb, _r2) = handle(large, small, Direction::Inbound, 4);
         set.admit(out);
         assert!(matches!(set.admit(inb), Admission::Replaced(_)));
         assert_eq!(set.get(&small).unwrap().context.conn_id, 4);
         // Same dialer twice (a reconnect): the newer one wins.
-        let (again, _r3) = handle(large, small, Direction::Inbound, 5, 0);
+        let (again, _r3) = handle(large, small, Direction::Inbound, 5);
         assert!(matches!(set.admit(again), Admission::Replaced(_)));
         set.remove(small, 4);
         assert!(
@@ -409,39 +339,5 @@ mod tests {
         );
         set.remove(small, 5);
         assert!(set.is_empty());
-    }
-
-    #[test]
-    fn p2c_prefers_the_faster_of_two_and_spreads_over_three() {
-        let (local, _) = ids();
-        let set = Arc::new(PeerSet::new(local));
-        let mut receivers = Vec::new();
-        let fast_id = NodeIdentity::generate().node_id();
-        let slow_id = NodeIdentity::generate().node_id();
-        for (id, rtt, conn) in [(fast_id, 200, 1), (slow_id, 90_000, 2)] {
-            let (h, rx) = handle(local, id, Direction::Outbound, conn, rtt);
-            set.admit(h);
-            receivers.push(rx);
-        }
-        let svc = set.service();
-        for _ in 0..50 {
-            assert_eq!(svc.pick().unwrap().info.node_id, fast_id);
-        }
-        let third = NodeIdentity::generate().node_id();
-        let (h, rx) = handle(local, third, Direction::Outbound, 3, 5_000);
-        set.admit(h);
-        receivers.push(rx);
-        let mut counts = std::collections::HashMap::new();
-        for _ in 0..3000 {
-            *counts.entry(svc.pick().unwrap().info.node_id).or_insert(0) += 1;
-        }
-        // Fast wins whenever drawn (2/3), middle when drawn with slow (1/3),
-        // slow never.
-        assert!(
-            counts[&fast_id] > 1800 && counts[&fast_id] < 2200,
-            "{counts:?}"
-        );
-        assert!(counts[&third] > 800 && counts[&third] < 1200, "{counts:?}");
-        assert!(!counts.contains_key(&slow_id));
     }
 }
