@@ -442,10 +442,10 @@ async fn without_auth_forged_votes_cannot_finalize_a_payment() {
     assert!(
         logs.text()
             .lines()
-            .filter(|l| l.contains("forged vote refused"))
+            .filter(|l| l.contains("forged envelope refused by the router"))
             .count()
             >= 2,
-        "no `forged vote refused` lines in:\n{}",
+        "no `forged envelope refused by the router` lines in:\n{}",
         logs.text()
     );
 

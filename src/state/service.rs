@@ -4,8 +4,10 @@
 //! # Correctness
 //! Block validation, reorgs, pool changes and their redb commits (with
 //! fsync) are slow and hold the chain's state lock. They run on the worker,
-//! never on an async worker thread, so a 4 MiB block being validated stalls
-//! no connection, ping or RPC call: the async caller awaits a reply instead.
+//! never on an async worker thread, so a block of the largest size
+//! ([`crate::chain::block::MAX_BLOCK_BYTES`]) being validated stalls no
+//! connection, ping or RPC call: the async caller awaits a reply instead
+//! (`tests/blocking.rs`).
 //! One thread applies changes in arrival order, as the lock did before.
 //!
 //! Signatures are checked before a request reaches the worker: a block's
