@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! app: config -> chain -> network(inbound = router) -> sync, production,
-//!      ban persistence; stopped in reverse order               app, cli
+//!      ban persistence -> metrics, RPC; stopped in reverse     app
+//!      order (the `timed` binary only parses the command line) cli
 //!
 //! network half (knows nothing of the chain)
 //!   TCP accept / dial, pre-handshake gate (bans, accept     network
@@ -68,10 +69,10 @@
 //! | [`network`] | layers, peer, protocol, transport, constants, crypto, params, locks, logging, tasks |
 //! | [`sync`] | state, chain, peer, protocol, constants, crypto, locks, logging |
 //! | [`handlers`] | sync, state, chain, peer, protocol, constants, crypto, encoding, locks, logging |
-//! | [`app`] | handlers, sync, network, layers, peer, protocol, state, storage, chain, constants, crypto, params, locks, logging, tasks |
 //! | [`metrics`] | network, layers, peer, http, constants, locks |
 //! | [`config`] | network, layers, peer, protocol, transport, chain, wallet, http, constants, params |
-//! | [`rpc`] | app, config, network, layers, peer, protocol, state, chain, wallet, http, constants, crypto, encoding, params, locks, logging |
+//! | [`rpc`] | config, network, layers, peer, protocol, state, chain, wallet, http, constants, crypto, encoding, params, locks, logging |
+//! | [`app`] | rpc, metrics, config, wallet, handlers, sync, network, layers, peer, protocol, state, storage, chain, constants, crypto, params, locks, logging, tasks |
 //! | [`cli`] | app, config, rpc, metrics, network, protocol, state, storage, chain, wallet, fds, constants, crypto, params |
 //!
 //! * [`crypto`]: the node identity (ed25519, key file with mode 0600,

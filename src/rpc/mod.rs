@@ -39,9 +39,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Node;
 use crate::config::{Config, RpcSection};
 use crate::http::AbuseTally;
+use crate::network::Network;
+use crate::state::{Chain, ChainService};
 
 mod chain;
 pub mod client;
@@ -107,11 +108,44 @@ impl RpcError {
     }
 }
 
+/// The node the RPC serves: its network and, if it follows one, its chain
+/// service. The network's methods are reachable directly.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    network: Network,
+    chain: Option<ChainService>,
+}
+
+impl NodeHandle {
+    /// A handle on `network` and `chain`.
+    pub fn new(network: Network, chain: Option<ChainService>) -> Self {
+        NodeHandle { network, chain }
+    }
+
+    /// The chain, if the node follows one.
+    pub fn chain(&self) -> Option<&Chain> {
+        self.chain.as_ref().map(ChainService::chain)
+    }
+
+    /// The chain service (changes run on its worker).
+    pub fn chain_service(&self) -> Option<&ChainService> {
+        self.chain.as_ref()
+    }
+}
+
+impl std::ops::Deref for NodeHandle {
+    type Target = Network;
+
+    fn deref(&self) -> &Network {
+        &self.network
+    }
+}
+
 /// What the RPC server needs.
 #[derive(Clone, Debug)]
 pub struct RpcContext {
     /// The node.
-    pub node: Node,
+    pub node: NodeHandle,
     /// The config file, for `reloadconfig` (none: nothing to reload).
     pub config_path: Option<PathBuf>,
     /// Cancelled by `stop`.
@@ -126,7 +160,7 @@ pub struct RpcContext {
 impl RpcContext {
     /// A context serving `node` with `settings`.
     pub fn new(
-        node: Node,
+        node: impl Into<NodeHandle>,
         settings: RpcSection,
         config_path: Option<PathBuf>,
         stop: CancellationToken,
@@ -135,7 +169,7 @@ impl RpcContext {
             semaphore: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
             tally: Arc::default(),
             settings: Arc::new(settings),
-            node,
+            node: node.into(),
             config_path,
             stop,
             wallet: None,

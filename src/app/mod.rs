@@ -16,6 +16,10 @@
 //! [`Node::shutdown`] stops them; [`Node::stopped`] waits for every tracked
 //! task of the node (network included) to end.
 
+mod run;
+
+pub use run::{run, RunError, RunOptions, SHUTDOWN_DEADLINE};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +61,18 @@ impl std::ops::Deref for Node {
 
     fn deref(&self) -> &Network {
         &self.network
+    }
+}
+
+impl From<&Node> for crate::rpc::NodeHandle {
+    fn from(node: &Node) -> Self {
+        crate::rpc::NodeHandle::new(node.network.clone(), node.chain.clone())
+    }
+}
+
+impl From<Node> for crate::rpc::NodeHandle {
+    fn from(node: Node) -> Self {
+        crate::rpc::NodeHandle::new(node.network, node.chain)
     }
 }
 
