@@ -258,8 +258,10 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves `router` on `listener` under `limits` until `shutdown`, in a
-/// spawned task; `server` names it in metrics and logs (`rpc`, `metrics`).
-/// `tally` collects the handlers' own abuse counts for the summary line.
+/// task of `tasks` (which waits for its connections too when shutdown
+/// waits for it); `server` names it in metrics and logs (`rpc`,
+/// `metrics`). `tally` collects the handlers' own abuse counts for the
+/// summary line.
 pub fn spawn(
     server: &'static str,
     listener: TcpListener,
@@ -267,12 +269,15 @@ pub fn spawn(
     limits: HttpLimits,
     tally: Arc<AbuseTally>,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) {
     metrics::counter!("timed_http_connections_refused_total", "server" => server, "reason" => "max_connections").increment(0);
     metrics::gauge!("timed_http_connections", "server" => server).set(0.0);
-    tokio::spawn(accept_loop(
-        server, listener, router, limits, tally, shutdown,
-    ));
+    crate::tasks::spawn(
+        tasks,
+        server,
+        accept_loop(server, listener, router, limits, tally, shutdown),
+    );
 }
 
 async fn accept_loop(

@@ -54,7 +54,7 @@
 //! | [`params`] | |
 //! | [`tasks`] | |
 //! | [`fds`] | |
-//! | [`http`] | |
+//! | [`http`] | tasks |
 //! | [`logging`] | locks |
 //! | [`encoding`] | constants |
 //! | [`crypto`] | constants |

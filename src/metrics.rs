@@ -286,6 +286,27 @@ pub async fn serve(
     limits: crate::http::HttpLimits,
     stop: CancellationToken,
 ) -> Result<SocketAddr, MetricsError> {
+    serve_tracked(
+        listen,
+        handle,
+        limits,
+        stop,
+        &tokio_util::task::TaskTracker::new(),
+    )
+    .await
+}
+
+/// [`serve`], the server's task belonging to `tasks`.
+///
+/// # Errors
+/// [`MetricsError::Bind`] if the address is unavailable.
+pub async fn serve_tracked(
+    listen: SocketAddr,
+    handle: PrometheusHandle,
+    limits: crate::http::HttpLimits,
+    stop: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<SocketAddr, MetricsError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| MetricsError::Bind {
@@ -311,7 +332,15 @@ pub async fn serve(
             }
         }),
     );
-    crate::http::spawn("metrics", listener, app, limits, Default::default(), stop);
+    crate::http::spawn(
+        "metrics",
+        listener,
+        app,
+        limits,
+        Default::default(),
+        stop,
+        tasks,
+    );
     tracing::info!(
         metrics = %local,
         max_connections = limits.max_connections,

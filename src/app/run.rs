@@ -119,11 +119,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         .await
         .map_err(RunError::runtime)?;
     if let Some(handle) = metrics {
-        crate::metrics::serve(
+        crate::metrics::serve_tracked(
             config.metrics_listen(),
             handle,
             config.metrics.http_limits(),
             stop.clone(),
+            &tasks,
         )
         .await
         .map_err(RunError::runtime)?;
@@ -136,7 +137,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let rpc_ctx =
         RpcContext::new(&node, config.rpc.clone(), config_path, stop.clone()).with_wallet(wallet);
     if config.rpc.enabled {
-        rpc::serve(config.rpc_listen(), rpc_ctx.clone(), stop.clone())
+        rpc::serve_tracked(config.rpc_listen(), rpc_ctx.clone(), stop.clone(), &tasks)
             .await
             .map_err(RunError::runtime)?;
     }

@@ -50,7 +50,7 @@ mod methods;
 pub mod params;
 pub mod server;
 
-pub use server::{serve, RpcBindError};
+pub use server::{serve, serve_tracked, RpcBindError};
 
 /// Most calls in one batch request.
 pub const MAX_BATCH: usize = 100;

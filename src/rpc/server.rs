@@ -25,6 +25,7 @@ use axum::routing::post;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{answer, codes, error_body, reply, RpcContext, RpcError};
 
@@ -168,6 +169,19 @@ pub async fn serve(
     ctx: RpcContext,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, RpcBindError> {
+    serve_tracked(listen, ctx, shutdown, &TaskTracker::new()).await
+}
+
+/// [`serve`], the server's task belonging to `tasks`.
+///
+/// # Errors
+/// [`RpcBindError`] if the address is unavailable.
+pub async fn serve_tracked(
+    listen: SocketAddr,
+    ctx: RpcContext,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<SocketAddr, RpcBindError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| RpcBindError {
@@ -184,7 +198,7 @@ pub async fn serve(
         metrics::counter!("timed_rpc_requests_refused_total", "reason" => reason).increment(0);
     }
     let app = axum::Router::new().route("/", post(handle)).with_state(ctx);
-    crate::http::spawn("rpc", listener, app, limits, tally, shutdown);
+    crate::http::spawn("rpc", listener, app, limits, tally, shutdown, tasks);
     tracing::info!(
         rpc = %local,
         max_connections = limits.max_connections,
