@@ -547,6 +547,7 @@ async fn apply_batch(
     service: &ChainService,
     raws: Vec<serde_bytes::ByteBuf>,
 ) -> Result<BatchResult, ChainError> {
+    let _in_flight = service.track_blocks();
     let chain = service.chain().clone();
     let (verified, mut first_error): (Vec<VerifiedBlock>, Option<ChainError>) =
         tokio::task::spawn_blocking(move || {

@@ -482,7 +482,9 @@ async fn produce_loop(service: ChainService, peers: Arc<PeerSet>, shutdown: Canc
             _ = ticker.tick() => {}
         }
         let alone = peers.is_empty() && chain.genesis().masternodes().len() > 1;
-        if alone || chain.tip().height < chain.best_seen() {
+        // A block still being checked may be the one this slot builds on.
+        let behind = chain.tip().height < chain.best_seen() || service.blocks_in_flight() > 0;
+        if alone || behind {
             continue;
         }
         let now = crate::protocol::version::unix_now().as_secs();

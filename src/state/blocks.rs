@@ -120,8 +120,27 @@ impl Chain {
     /// # Errors
     /// The header's flaw, or the first transaction with a bad signature.
     pub fn verify_block(&self, block: Block) -> Result<VerifiedBlock, ChainError> {
-        self.check_header(&block)
-            .inspect_err(Self::count_rejected)?;
+        self.verify_header(&block)?;
+        self.verify_transactions(block)
+    }
+
+    /// The header part of [`Chain::verify_block`]: slot, producer and the
+    /// producer's signature (one check). Needs no lock.
+    ///
+    /// # Errors
+    /// The header's flaw.
+    pub fn verify_header(&self, block: &Block) -> Result<(), ChainError> {
+        self.check_header(block)
+            .inspect_err(Self::count_rejected)
+            .map_err(ChainError::from)
+    }
+
+    /// The transaction part of [`Chain::verify_block`], for a block whose
+    /// header passed [`Chain::verify_header`].
+    ///
+    /// # Errors
+    /// The first transaction with a bad signature.
+    pub fn verify_transactions(&self, block: Block) -> Result<VerifiedBlock, ChainError> {
         VerifiedBlock::verify(block, self.inner.magic).map_err(|(index, error)| {
             let e = BlockError::Transaction { index, error };
             Self::count_rejected(&e);

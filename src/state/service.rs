@@ -28,6 +28,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tower::Service;
 
@@ -97,6 +100,25 @@ pub enum ChainResponse {
 pub struct ChainService {
     chain: Chain,
     jobs: mpsc::Sender<Job>,
+    /// Blocks handed to [`ChainService::block`] and not yet applied or
+    /// refused (their signatures may still be being checked).
+    blocks_in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a block in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ChainService {
@@ -126,7 +148,11 @@ impl ChainService {
                     }
                 }
             })?;
-        Ok(ChainService { chain, jobs })
+        Ok(ChainService {
+            chain,
+            jobs,
+            blocks_in_flight: Arc::default(),
+        })
     }
 
     /// The chain, for reads that take no state lock ([`Chain::tip`],
@@ -163,12 +189,39 @@ impl ChainService {
         source: &'static str,
     ) -> Result<BlockOutcome, ChainError> {
         let chain = self.chain.clone();
-        let verified: VerifiedBlock =
-            tokio::task::spawn_blocking(move || chain.verify_block(block))
-                .await
-                .map_err(|_| ChainError::Stopped)??;
-        self.run(move |chain| chain.handle_verified_block(verified, source))
-            .await?
+        let counter = self.blocks_in_flight.clone();
+        // Counted in flight once its header shows it comes from the slot's
+        // producer: junk cannot hold block production back.
+        let (verified, in_flight): (VerifiedBlock, InFlight) =
+            tokio::task::spawn_blocking(move || {
+                chain.verify_header(&block)?;
+                let in_flight = InFlight::new(&counter);
+                chain
+                    .verify_transactions(block)
+                    .map(|verified| (verified, in_flight))
+            })
+            .await
+            .map_err(|_| ChainError::Stopped)??;
+        let outcome = self
+            .run(move |chain| chain.handle_verified_block(verified, source))
+            .await?;
+        drop(in_flight);
+        outcome
+    }
+
+    /// Blocks received and not yet applied or refused.
+    ///
+    /// # Correctness
+    /// Block production waits while this is not zero: a block from the
+    /// slot before ours may be having its signatures checked, and building
+    /// on the old tip would only make a competitor that loses.
+    pub fn blocks_in_flight(&self) -> usize {
+        self.blocks_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a batch of blocks (sync) in flight until the guard drops.
+    pub fn track_blocks(&self) -> impl Drop + Send + use<> {
+        InFlight::new(&self.blocks_in_flight)
     }
 
     /// Verifies `tx`'s signatures on the blocking pool, then offers it to
