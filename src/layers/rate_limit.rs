@@ -185,7 +185,12 @@ impl KindLimit {
     fn quota(&self) -> Option<Quota> {
         let burst = NonZeroU32::new(self.burst())?;
         NonZeroU32::new(self.count)?;
-        let period = Duration::from_secs(self.per_secs).checked_div(self.count)?;
+        // Above 10^9 per second the period rounds to 0 ns, which governor
+        // refuses: such a budget means "no limit", so it gets the finest
+        // period there is rather than falling back to the tightest.
+        let period = Duration::from_secs(self.per_secs)
+            .checked_div(self.count)?
+            .max(Duration::from_nanos(1));
         Quota::with_period(period).map(|q| q.allow_burst(burst))
     }
 

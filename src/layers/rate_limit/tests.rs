@@ -167,3 +167,23 @@ fn zero_limits_are_config_errors() {
     assert!(config.validate().unwrap_err().contains("abuse_factor"));
     assert!(RateLimitConfig::default().validate().is_ok());
 }
+
+#[test]
+fn a_huge_budget_stays_huge_after_the_abuse_factor() {
+    // 10^9 per second times the abuse factor saturates at u32::MAX per
+    // second: a 0 ns period, which once fell back to one message per
+    // second.
+    let huge = KindLimit {
+        count: 1_000_000_000,
+        per_secs: 1,
+        burst: None,
+    };
+    for limit in [huge, huge.scaled(GOSSIP_ABUSE_FACTOR)] {
+        let quota = limit.quota().expect("a quota");
+        assert!(quota.burst_size().get() >= 1_000_000_000, "{limit:?}");
+        assert!(
+            quota.replenish_interval() <= Duration::from_nanos(1),
+            "{limit:?}"
+        );
+    }
+}
