@@ -185,6 +185,9 @@ impl KindLimit {
     fn quota(&self) -> Option<Quota> {
         let burst = NonZeroU32::new(self.burst())?;
         NonZeroU32::new(self.count)?;
+        if self.per_secs == 0 {
+            return None;
+        }
         // Above 10^9 per second the period rounds to 0 ns, which governor
         // refuses: such a budget means "no limit", so it gets the finest
         // period there is rather than falling back to the tightest.
