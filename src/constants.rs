@@ -302,3 +302,40 @@ pub const POOL_ANNOUNCEMENTS_PER_MINUTE: u32 = 12;
 /// whole pool's worth of transactions in one burst, since that is what an
 /// honest node with a full pool does to a new peer.
 pub const DEFAULT_MEMPOOL_MAX_TXS: usize = 5_000;
+
+/// Buckets of the address book's "new" table (Bitcoin Core's addrman:
+/// 1,024 buckets of 64 slots, 65,536 addresses heard of but never tried).
+pub const NEW_BUCKETS: u32 = 1_024;
+
+/// Buckets of the address book's "tried" table (Bitcoin Core: 256 of 64,
+/// 16,384 addresses the node has connected to).
+pub const TRIED_BUCKETS: u32 = 256;
+
+/// Slots per address-book bucket (Bitcoin Core's 64). With the bucket
+/// counts this bounds the whole book at 81,920 addresses, about 12 MiB.
+pub const BUCKET_SLOTS: u32 = 64;
+
+/// New buckets one source netgroup can reach (Bitcoin Core's 64 of
+/// 1,024): a flood of addresses from one place fills at most 1/16 of the
+/// new table.
+pub const NEW_BUCKETS_PER_SOURCE_GROUP: u32 = 64;
+
+/// Tried buckets one address netgroup can reach (Bitcoin Core's 8 of 256):
+/// no netgroup holds more than 1/32 of the tried table.
+pub const TRIED_BUCKETS_PER_GROUP: u32 = 8;
+
+/// An address not heard of for this long is dropped (Bitcoin Core's 30
+/// days).
+pub const ADDRESS_MAX_AGE_SECS: u64 = 30 * 24 * 3600;
+
+/// Dials of a never-reached address before it is dropped (Bitcoin Core's
+/// 3).
+pub const ADDRESS_MAX_RETRIES: u32 = 3;
+
+/// Failed dials since the last success, when that success is older than
+/// [`ADDRESS_MIN_FAIL_SECS`], before an address is dropped (Bitcoin
+/// Core's 10 in a week).
+pub const ADDRESS_MAX_FAILURES: u32 = 10;
+
+/// See [`ADDRESS_MAX_FAILURES`] (one week).
+pub const ADDRESS_MIN_FAIL_SECS: u64 = 7 * 24 * 3600;

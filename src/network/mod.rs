@@ -44,6 +44,7 @@
 //! `conn.id`, `peer.addr`, `direction` and (once authenticated) `node.id`.
 
 mod accept;
+pub mod address_book;
 mod dial;
 mod setup;
 

@@ -1,0 +1,469 @@
+//! The address book: addresses of peers the node may dial, in two tables
+//! after Bitcoin Core's addrman.
+//!
+//! * **new**: addresses heard of (from seeds, peer exchange, inbound
+//!   peers' announcements), never connected to.
+//! * **tried**: addresses the node once completed a handshake with.
+//!
+//! Each table is a grid of buckets of [`BUCKET_SLOTS`] slots; an address
+//! has one place in one table.
+//!
+//! # Security
+//! Placement is keyed by a per-node secret kept in the data dir, so an
+//! attacker cannot compute where its addresses land nor aim them at the
+//! slots of honest ones. A new address's bucket is chosen by the netgroup
+//! of the peer that told us about it (its *source*): one source netgroup
+//! reaches at most [`NEW_BUCKETS_PER_SOURCE_GROUP`] of the
+//! [`NEW_BUCKETS`] new buckets, whatever it sends, so a flood of addresses
+//! from one place can fill at most that share of the table. A tried
+//! address's bucket is chosen by its own netgroup: one netgroup holds at
+//! most [`TRIED_BUCKETS_PER_GROUP`] of the [`TRIED_BUCKETS`] tried buckets.
+//! A collision keeps the address already there unless it is *terrible*
+//! (see [`AddrInfo::is_terrible`]); the table size is bounded by its slots.
+//!
+//! Netgroups are IPv4 /16 and IPv6 /32 by default; the IPv4 prefix length
+//! is configurable so that tests on 127.x.y.z loopback addresses can give
+//! nodes distinct netgroups.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::constants::{
+    ADDRESS_MAX_AGE_SECS, ADDRESS_MAX_FAILURES, ADDRESS_MAX_RETRIES, ADDRESS_MIN_FAIL_SECS,
+    BUCKET_SLOTS, NEW_BUCKETS, NEW_BUCKETS_PER_SOURCE_GROUP, TRIED_BUCKETS,
+    TRIED_BUCKETS_PER_GROUP,
+};
+use crate::crypto::NodeId;
+
+/// How addresses are grouped: the prefix lengths that make a netgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupBits {
+    /// Leading bits of an IPv4 address (default 16).
+    pub v4: u8,
+    /// Leading bits of an IPv6 address (default 32).
+    pub v6: u8,
+}
+
+impl Default for GroupBits {
+    fn default() -> Self {
+        GroupBits { v4: 16, v6: 32 }
+    }
+}
+
+/// A netgroup: addresses an operator is likely to control together (one
+/// IPv4 /16 or IPv6 /32 by default). Encoded as a family tag and the
+/// masked prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Netgroup(Vec<u8>);
+
+impl Netgroup {
+    /// The netgroup of `ip` under `bits`. IPv4-mapped IPv6 addresses are
+    /// grouped as the IPv4 address they carry.
+    pub fn of(ip: IpAddr, bits: GroupBits) -> Netgroup {
+        match ip {
+            IpAddr::V4(v4) => Self::masked(4, &v4.octets(), bits.v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::masked(4, &v4.octets(), bits.v4),
+                None => Self::masked(6, &v6.octets(), bits.v6),
+            },
+        }
+    }
+
+    fn masked(tag: u8, octets: &[u8], bits: u8) -> Netgroup {
+        let bits = usize::from(bits).min(octets.len() * 8);
+        let mut out = Vec::with_capacity(2 + bits.div_ceil(8));
+        out.push(tag);
+        // The prefix length is part of the group: /16 and /24 groups of
+        // one address differ.
+        out.push(bits as u8);
+        for (i, byte) in octets.iter().enumerate().take(bits.div_ceil(8)) {
+            let keep = (bits - i * 8).min(8);
+            out.push(byte & (0xffu8 << (8 - keep)));
+        }
+        Netgroup(out)
+    }
+}
+
+/// What the book knows of one address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrInfo {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The node id it announced, if known.
+    pub node_id: Option<NodeId>,
+    /// The capabilities it announced.
+    pub capabilities: u64,
+    /// The netgroup of the peer that told us about it.
+    pub source: Netgroup,
+    /// When it was last heard of (Unix seconds).
+    pub last_seen: u64,
+    /// When we last dialled it (Unix seconds; 0: never).
+    pub last_try: u64,
+    /// When a handshake with it last completed (Unix seconds; 0: never).
+    pub last_success: u64,
+    /// Dials since the last success.
+    pub attempts: u32,
+    /// Whether it is in the tried table.
+    pub tried: bool,
+}
+
+impl AddrInfo {
+    /// Whether the address is not worth keeping, at `now` (Unix seconds):
+    /// heard of more than [`ADDRESS_MAX_AGE_SECS`] ago or claimed in the
+    /// future, never reached after [`ADDRESS_MAX_RETRIES`] dials, or
+    /// failing [`ADDRESS_MAX_FAILURES`] times since its last success over a
+    /// week ago. An address dialled in the last minute is never terrible
+    /// (it may be connecting right now).
+    pub fn is_terrible(&self, now: u64) -> bool {
+        if self.last_try > 0 && now.saturating_sub(self.last_try) < 60 {
+            return false;
+        }
+        if self.last_seen > now + 10 * 60 {
+            return true;
+        }
+        if now.saturating_sub(self.last_seen) > ADDRESS_MAX_AGE_SECS {
+            return true;
+        }
+        if self.last_success == 0 && self.attempts >= ADDRESS_MAX_RETRIES {
+            return true;
+        }
+        now.saturating_sub(self.last_success) > ADDRESS_MIN_FAIL_SECS
+            && self.attempts >= ADDRESS_MAX_FAILURES
+    }
+}
+
+/// Where an address sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Place {
+    New(u32),
+    Tried(u32),
+}
+
+/// Errors reading a stored address book.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressBookError {
+    /// The stored bytes do not decode.
+    #[error("stored address book does not decode: {0}")]
+    Corrupt(String),
+}
+
+/// The stored form: the secret and the entries (places are recomputed).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    secret: [u8; 32],
+    entries: Vec<AddrInfo>,
+}
+
+/// The address book. Not thread-safe by itself: the network keeps it
+/// behind one lock; every operation is O(1) expected.
+#[derive(Debug)]
+pub struct AddressBook {
+    secret: [u8; 32],
+    bits: GroupBits,
+    entries: HashMap<SocketAddr, (AddrInfo, Place)>,
+    slots: HashMap<Place, SocketAddr>,
+    /// Addresses of each table, for uniform random selection.
+    new_list: Vec<SocketAddr>,
+    tried_list: Vec<SocketAddr>,
+    positions: HashMap<SocketAddr, usize>,
+}
+
+impl AddressBook {
+    /// An empty book placing addresses with `secret`.
+    pub fn new(secret: [u8; 32], bits: GroupBits) -> Self {
+        AddressBook {
+            secret,
+            bits,
+            entries: HashMap::new(),
+            slots: HashMap::new(),
+            new_list: Vec::new(),
+            tried_list: Vec::new(),
+            positions: HashMap::new(),
+        }
+    }
+
+    /// `(new, tried)` table sizes.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.new_list.len(), self.tried_list.len())
+    }
+
+    /// Addresses in the book.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the book is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What the book knows of `addr`.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&AddrInfo> {
+        self.entries.get(addr).map(|(info, _)| info)
+    }
+
+    /// The netgroup of `ip` under this book's prefix lengths.
+    pub fn netgroup(&self, ip: IpAddr) -> Netgroup {
+        Netgroup::of(ip, self.bits)
+    }
+
+    fn hash(&self, parts: &[&[u8]]) -> u64 {
+        let mut hasher = blake3::Hasher::new_keyed(&self.secret);
+        for part in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    fn addr_bytes(addr: &SocketAddr) -> Vec<u8> {
+        let mut out = match addr.ip() {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        out.extend_from_slice(&addr.port().to_le_bytes());
+        out
+    }
+
+    /// The new-table slot of `addr` told by a peer in `source`.
+    fn new_place(&self, addr: &SocketAddr, source: &Netgroup) -> Place {
+        let group = self.netgroup(addr.ip());
+        let spread = self.hash(&[b"new-spread", &group.0, &source.0])
+            % u64::from(NEW_BUCKETS_PER_SOURCE_GROUP);
+        let bucket =
+            self.hash(&[b"new-bucket", &source.0, &spread.to_le_bytes()]) % u64::from(NEW_BUCKETS);
+        let slot = self.hash(&[b"new-slot", &bucket.to_le_bytes(), &Self::addr_bytes(addr)])
+            % u64::from(BUCKET_SLOTS);
+        Place::New((bucket * u64::from(BUCKET_SLOTS) + slot) as u32)
+    }
+
+    /// The tried-table slot of `addr`.
+    fn tried_place(&self, addr: &SocketAddr) -> Place {
+        let group = self.netgroup(addr.ip());
+        let spread = self.hash(&[b"tried-spread", &Self::addr_bytes(addr)])
+            % u64::from(TRIED_BUCKETS_PER_GROUP);
+        let bucket = self.hash(&[b"tried-bucket", &group.0, &spread.to_le_bytes()])
+            % u64::from(TRIED_BUCKETS);
+        let slot = self.hash(&[
+            b"tried-slot",
+            &bucket.to_le_bytes(),
+            &Self::addr_bytes(addr),
+        ]) % u64::from(BUCKET_SLOTS);
+        Place::Tried((bucket * u64::from(BUCKET_SLOTS) + slot) as u32)
+    }
+
+    fn list_mut(&mut self, place: Place) -> &mut Vec<SocketAddr> {
+        match place {
+            Place::New(_) => &mut self.new_list,
+            Place::Tried(_) => &mut self.tried_list,
+        }
+    }
+
+    fn insert_at(&mut self, mut info: AddrInfo, place: Place) {
+        info.tried = matches!(place, Place::Tried(_));
+        let addr = info.addr;
+        self.slots.insert(place, addr);
+        let list = self.list_mut(place);
+        list.push(addr);
+        let index = list.len() - 1;
+        self.positions.insert(addr, index);
+        self.entries.insert(addr, (info, place));
+    }
+
+    fn remove(&mut self, addr: &SocketAddr) -> Option<AddrInfo> {
+        let (info, place) = self.entries.remove(addr)?;
+        self.slots.remove(&place);
+        if let Some(index) = self.positions.remove(addr) {
+            let list = self.list_mut(place);
+            list.swap_remove(index);
+            if let Some(moved) = list.get(index).copied() {
+                self.positions.insert(moved, index);
+            }
+        }
+        Some(info)
+    }
+
+    /// Adds `addr` heard of from a peer at `source` at `now` (Unix
+    /// seconds), or refreshes what the book knows of it. Returns whether it
+    /// is in the book afterwards.
+    pub fn add(
+        &mut self,
+        addr: SocketAddr,
+        node_id: Option<NodeId>,
+        capabilities: u64,
+        source: IpAddr,
+        now: u64,
+    ) -> bool {
+        if let Some((info, _)) = self.entries.get_mut(&addr) {
+            info.last_seen = info.last_seen.max(now);
+            info.capabilities = capabilities;
+            if node_id.is_some() {
+                info.node_id = node_id;
+            }
+            return true;
+        }
+        let source = self.netgroup(source);
+        let place = self.new_place(&addr, &source);
+        if let Some(occupant) = self.slots.get(&place).copied() {
+            let terrible = self
+                .entries
+                .get(&occupant)
+                .is_some_and(|(info, _)| info.is_terrible(now));
+            if !terrible {
+                return false;
+            }
+            self.remove(&occupant);
+        }
+        self.insert_at(
+            AddrInfo {
+                addr,
+                node_id,
+                capabilities,
+                source,
+                last_seen: now,
+                last_try: 0,
+                last_success: 0,
+                attempts: 0,
+                tried: false,
+            },
+            place,
+        );
+        true
+    }
+
+    /// Records a dial of `addr` at `now`.
+    pub fn attempt(&mut self, addr: &SocketAddr, now: u64) {
+        if let Some((info, _)) = self.entries.get_mut(addr) {
+            info.last_try = now;
+            info.attempts = info.attempts.saturating_add(1);
+        }
+    }
+
+    /// Records a completed handshake with `addr` at `now` and moves it to
+    /// the tried table. The address in its tried slot, if any, goes back to
+    /// the new table (or out, if its new slot is taken).
+    pub fn good(&mut self, addr: &SocketAddr, now: u64) {
+        let Some(mut info) = self.remove(addr) else {
+            return;
+        };
+        info.last_success = now;
+        info.last_try = now;
+        info.last_seen = now;
+        info.attempts = 0;
+        let place = self.tried_place(addr);
+        if let Some(occupant) = self.slots.get(&place).copied() {
+            if let Some(displaced) = self.remove(&occupant) {
+                let back = self.new_place(&displaced.addr, &displaced.source);
+                if !self.slots.contains_key(&back) {
+                    self.insert_at(displaced, back);
+                }
+            }
+        }
+        self.insert_at(info, place);
+    }
+
+    /// A random address to dial: from the tried table with probability
+    /// `tried_bias` (0..=1) when both tables hold addresses.
+    pub fn select(&self, tried_bias: f64, rng: &mut impl Rng) -> Option<&AddrInfo> {
+        let use_tried = match (self.new_list.is_empty(), self.tried_list.is_empty()) {
+            (true, true) => return None,
+            (true, false) => true,
+            (false, true) => false,
+            (false, false) => rng.gen_bool(tried_bias.clamp(0.0, 1.0)),
+        };
+        let list = if use_tried {
+            &self.tried_list
+        } else {
+            &self.new_list
+        };
+        let addr = list.get(rng.gen_range(0..list.len()))?;
+        self.get(addr)
+    }
+
+    /// Removes the terrible addresses; returns how many. A scan of the
+    /// book (at most 81,920 entries): run by housekeeping on a timer, never
+    /// on a path a peer drives.
+    pub fn evict_terrible(&mut self, now: u64) -> usize {
+        let terrible: Vec<SocketAddr> = self
+            .entries
+            .values()
+            .filter(|(info, _)| info.is_terrible(now))
+            .map(|(info, _)| info.addr)
+            .collect();
+        for addr in &terrible {
+            self.remove(addr);
+        }
+        terrible.len()
+    }
+
+    /// The book's bytes for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let stored = Stored {
+            secret: self.secret,
+            entries: self
+                .entries
+                .values()
+                .map(|(info, _)| info.clone())
+                .collect(),
+        };
+        crate::encoding::encode_value(&stored).unwrap_or_default()
+    }
+
+    /// A book from stored bytes: every entry is placed again with the
+    /// stored secret (an entry whose slot is taken is dropped).
+    ///
+    /// # Errors
+    /// [`AddressBookError::Corrupt`] if the bytes do not decode; the caller
+    /// logs it and starts with an empty book.
+    pub fn from_bytes(bytes: &[u8], bits: GroupBits) -> Result<AddressBook, AddressBookError> {
+        let stored: Stored = crate::encoding::decode_value(bytes)
+            .map_err(|e| AddressBookError::Corrupt(e.to_string()))?;
+        let mut book = AddressBook::new(stored.secret, bits);
+        for info in stored.entries {
+            let place = if info.tried {
+                book.tried_place(&info.addr)
+            } else {
+                book.new_place(&info.addr, &info.source)
+            };
+            if !book.slots.contains_key(&place) && !book.entries.contains_key(&info.addr) {
+                book.insert_at(info, place);
+            }
+        }
+        Ok(book)
+    }
+
+    /// The new buckets the addresses told by peers in `source` occupy.
+    #[cfg(test)]
+    fn new_buckets_of_source(&self, source: &Netgroup) -> std::collections::HashSet<u32> {
+        self.entries
+            .values()
+            .filter_map(|(info, place)| match place {
+                Place::New(i) if &info.source == source => Some(i / BUCKET_SLOTS),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The tried buckets the addresses of netgroup `group` occupy.
+    #[cfg(test)]
+    fn tried_buckets_of_group(&self, group: &Netgroup) -> std::collections::HashSet<u32> {
+        self.entries
+            .values()
+            .filter_map(|(info, place)| match place {
+                Place::Tried(i) if &self.netgroup(info.addr.ip()) == group => {
+                    Some(i / BUCKET_SLOTS)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
