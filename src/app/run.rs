@@ -10,6 +10,7 @@
 //! [`SHUTDOWN_DEADLINE`], then exits anyway.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::Node;
 use crate::config::Config;
 use crate::crypto::NodeIdentity;
+use crate::network::address_book::{AddressBook, GroupBits};
 use crate::rpc::{self, RpcContext};
 use crate::state::{Chain, ChainError, ChainOptions};
 use crate::storage::{Store, StoreError, DB_FILE};
@@ -115,9 +117,17 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         wallet = %wallet.address().to_text(config.network()),
         "chain opened"
     );
-    let node = Node::start(&identity, config.node_config(), Some(chain))
+    let mut network_config = config.node_config();
+    network_config.address_book = Arc::new(Mutex::new(load_address_book(&store)));
+    let book = network_config.address_book.clone();
+    let node = Node::start(&identity, network_config, Some(chain))
         .await
         .map_err(RunError::runtime)?;
+    crate::tasks::spawn(
+        &tasks,
+        "save_address_book",
+        save_address_book_every(store.clone(), book.clone(), stop.clone()),
+    );
     if let Some(handle) = metrics {
         crate::metrics::serve_tracked(
             config.metrics_listen(),
@@ -173,6 +183,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             "some tasks did not stop in time: exiting anyway"
         );
     }
+    save_address_book(&store, &book).await;
     match failure {
         None => {
             // Buffered ban changes and the tip marker, for a clean stop.
@@ -290,6 +301,65 @@ async fn wait_for_stop(
                     return Some(failure);
                 },
             }
+        }
+    }
+}
+
+/// How often the address book is saved while the node runs (and once more
+/// at shutdown): a crash loses at most this much of what it learned.
+const ADDRESS_BOOK_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The stored address book, or an empty one: a book that cannot be read is
+/// logged and replaced, never a reason not to start.
+fn load_address_book(store: &Store) -> AddressBook {
+    match store.load_address_book() {
+        Ok(Some(bytes)) => match AddressBook::from_bytes(&bytes, GroupBits::default()) {
+            Ok(book) => {
+                let (new, tried) = book.sizes();
+                tracing::info!(new, tried, "address book loaded");
+                book
+            }
+            Err(error) => {
+                tracing::warn!(%error, "stored address book unreadable: starting with an empty one");
+                AddressBook::default()
+            }
+        },
+        Ok(None) => AddressBook::default(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the stored address book: starting with an empty one");
+            AddressBook::default()
+        }
+    }
+}
+
+/// Saves `book` in `store`, off the async workers.
+async fn save_address_book(store: &Store, book: &Arc<Mutex<AddressBook>>) {
+    let (store, book) = (store.clone(), book.clone());
+    let saved = tokio::task::spawn_blocking(move || {
+        let bytes = crate::locks::lock(&book).to_bytes();
+        store.save_address_book(&bytes)
+    })
+    .await;
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot save the address book"),
+        Err(error) => tracing::warn!(%error, "cannot save the address book"),
+    }
+}
+
+/// Saves the address book every [`ADDRESS_BOOK_SAVE_INTERVAL`] until `stop`.
+async fn save_address_book_every(
+    store: Store,
+    book: Arc<Mutex<AddressBook>>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(ADDRESS_BOOK_SAVE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => save_address_book(&store, &book).await,
         }
     }
 }

@@ -158,8 +158,8 @@ struct Stored {
 }
 
 /// The address book. Not thread-safe by itself: the network keeps it
-/// behind one lock; every operation is O(1) expected.
-#[derive(Debug)]
+/// behind one lock; every operation but [`AddressBook::evict_terrible`] is
+/// O(1) expected.
 pub struct AddressBook {
     secret: [u8; 32],
     bits: GroupBits,
@@ -169,6 +169,23 @@ pub struct AddressBook {
     new_list: Vec<SocketAddr>,
     tried_list: Vec<SocketAddr>,
     positions: HashMap<SocketAddr, usize>,
+}
+
+impl std::fmt::Debug for AddressBook {
+    /// Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressBook")
+            .field("new", &self.new_list.len())
+            .field("tried", &self.tried_list.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AddressBook {
+    /// An empty book with a fresh random secret and default netgroups.
+    fn default() -> Self {
+        AddressBook::new(rand::random(), GroupBits::default())
+    }
 }
 
 impl AddressBook {
@@ -188,6 +205,21 @@ impl AddressBook {
     /// `(new, tried)` table sizes.
     pub fn sizes(&self) -> (usize, usize) {
         (self.new_list.len(), self.tried_list.len())
+    }
+
+    /// `(new, tried)` table sizes of IPv4 and of IPv6 addresses (a scan of
+    /// the book, for the operator's `getaddrmaninfo`).
+    pub fn sizes_by_family(&self) -> [(usize, usize); 2] {
+        let mut out = [(0, 0); 2];
+        for (info, _) in self.entries.values() {
+            let family = &mut out[usize::from(info.addr.is_ipv6())];
+            if info.tried {
+                family.1 += 1;
+            } else {
+                family.0 += 1;
+            }
+        }
+        out
     }
 
     /// Addresses in the book.

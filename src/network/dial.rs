@@ -55,6 +55,14 @@ impl Network {
     /// Keeps `target` connected (redialling with backoff) until
     /// [`Network::remove_peer`]; false if it is already kept.
     pub fn add_peer(&self, target: PeerTarget) -> bool {
+        // The operator named it: in the book, as its own source.
+        crate::locks::lock(&self.inner.config.address_book).add(
+            target.addr,
+            target.node_id,
+            0,
+            target.addr.ip(),
+            crate::protocol::version::unix_now().as_secs(),
+        );
         let token = self.inner.shutdown.child_token();
         {
             let mut dialers = crate::locks::lock(&self.inner.dialers);
@@ -177,6 +185,8 @@ impl Network {
             if inner.outbound.load(Ordering::Relaxed) >= inner.config.limits.max_outbound {
                 return fail(ConnectError::Limit("max_outbound"), report);
             }
+            crate::locks::lock(&inner.config.address_book)
+                .attempt(&target.addr, crate::protocol::version::unix_now().as_secs());
             inner.outbound.fetch_add(1, Ordering::Relaxed);
             let _slot = Slot {
                 counter: Some(inner.outbound.clone()),

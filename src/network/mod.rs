@@ -49,6 +49,7 @@ mod dial;
 mod setup;
 
 use accept::{PendingHandshake, Slot};
+use address_book::AddressBook;
 
 pub use dial::{
     Backoff, InvalidPeerTarget, PeerTarget, HEALTHY_SESSION, REDIAL_INITIAL_DELAY, REDIAL_JITTER,
@@ -151,6 +152,9 @@ pub struct NetworkConfig {
     /// The best height announced in `Version` messages, kept current by
     /// the application.
     pub best_height: watch::Receiver<u64>,
+    /// The address book (the application loads and saves it): peers'
+    /// announced listen addresses are added, dials and handshakes recorded.
+    pub address_book: Arc<Mutex<AddressBook>>,
 }
 
 impl NetworkConfig {
@@ -167,6 +171,7 @@ impl NetworkConfig {
             send_queue_bytes: DEFAULT_QUEUE_BYTES,
             gossip: GossipScale::default(),
             best_height: watch::channel(0).1,
+            address_book: Arc::default(),
         }
     }
 }
@@ -475,6 +480,11 @@ impl Network {
                 from: request.peer.node_id,
             });
         }
+    }
+
+    /// The address book.
+    pub fn address_book(&self) -> &Arc<Mutex<AddressBook>> {
+        &self.inner.config.address_book
     }
 
     /// A handle that does not keep the network alive.

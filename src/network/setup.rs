@@ -107,6 +107,29 @@ impl Network {
             inner.peers.admit(handle.clone())
         };
         let admitted = !matches!(admission, Admission::Refused);
+        if admitted {
+            let now = crate::protocol::version::unix_now().as_secs();
+            let mut book = crate::locks::lock(&config.address_book);
+            match direction {
+                // We reached it: the address works.
+                Direction::Outbound => book.good(&addr, now),
+                // It told us where it listens: worth dialling later.
+                Direction::Inbound => {
+                    if let Some(listen) = info.version.listen_addr {
+                        let listen = SocketAddr::new(addr.ip(), listen.port);
+                        if listen.port() != 0 {
+                            book.add(
+                                listen,
+                                Some(info.node_id),
+                                info.version.capabilities,
+                                addr.ip(),
+                                now,
+                            );
+                        }
+                    }
+                }
+            }
+        }
         match admission {
             Admission::Admitted => {}
             Admission::Replaced(old) => {

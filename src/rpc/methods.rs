@@ -30,6 +30,7 @@ pub const NAMES: &[&str] = &[
     "getmiddleware",
     "reloadconfig",
     "uptime",
+    "getaddrmaninfo",
     "stop",
 ];
 
@@ -277,6 +278,18 @@ pub(super) async fn dispatch(
             no_params(params)?;
             let described = ctx.reload()?;
             Ok(json!({"middleware": described, "applies_to": "new connections"}))
+        }
+        "getaddrmaninfo" => {
+            no_params(params)?;
+            let book = crate::locks::lock(node.address_book());
+            let [v4, v6] = book.sizes_by_family();
+            let entry = |(new, tried): (usize, usize)| json!({ "new": new, "tried": tried, "total": new + tried });
+            let (new, tried) = book.sizes();
+            Ok(json!({
+                "ipv4": entry(v4),
+                "ipv6": entry(v6),
+                "all_networks": entry((new, tried)),
+            }))
         }
         "uptime" => {
             no_params(params)?;

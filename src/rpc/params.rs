@@ -31,6 +31,7 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("getmiddleware", &[]),
     ("reloadconfig", &[]),
     ("uptime", &[]),
+    ("getaddrmaninfo", &[]),
     ("stop", &[]),
     // Chain and wallet (rpc/chain.rs).
     ("getbalance", &["address"]),

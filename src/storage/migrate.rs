@@ -53,6 +53,8 @@ pub(super) fn prepare(db: &Database) -> Result<Prepared, StoreError> {
         tx.open_table(ADDRESS_UTXOS)
             .map_err(db_err("create tables"))?;
         tx.open_table(bans::BANS).map_err(db_err("create tables"))?;
+        tx.open_table(super::peers::ADDRESS_BOOK)
+            .map_err(db_err("create tables"))?;
         let mut meta = tx.open_table(META).map_err(db_err("create tables"))?;
         let found: Option<u64> = match meta.get("schema").map_err(db_err("read schema"))? {
             None => None,

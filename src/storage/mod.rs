@@ -64,6 +64,7 @@ pub mod marker;
 pub mod mempool;
 mod migrate;
 mod open;
+mod peers;
 mod write;
 
 pub use ban_writer::{BanWriter, BanWriterStats};
