@@ -239,7 +239,7 @@ pub const MAX_REORG_DEPTH: u64 = 100;
 
 /// Transactions per second one peer's gossip is handled at before it is
 /// throttled (its burst is a whole mempool, see
-/// [`crate::layers::rate_limit::GossipScale`]).
+/// the `rate_limit` layer's `GossipScale`).
 ///
 /// # Correctness
 /// Honest load is never an offence, so this budget only paces work; it

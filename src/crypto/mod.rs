@@ -2,7 +2,7 @@
 //! hashing helpers.
 //!
 //! Nothing here implements a primitive: ed25519-dalek, k256, blake3 and snow
-//! (in [`crate::transport`]) do the work; this module fixes how `timed` uses
+//! (in the `transport` module) do the work; this module fixes how `timed` uses
 //! them (domain separation strings, key files, constant-time comparison).
 
 pub mod identity;

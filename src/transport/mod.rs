@@ -4,7 +4,7 @@
 //! [`noise`] runs the handshake and authenticates the remote node id;
 //! [`frame`] turns the session into a tokio-util codec of bounded,
 //! length-prefixed frames with periodic rekeying. Message encoding lives one
-//! level up, in [`crate::protocol`].
+//! level up, in the `protocol` module.
 
 pub mod frame;
 pub mod noise;
