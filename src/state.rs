@@ -213,10 +213,10 @@ struct Inner {
     identity: NodeIdentity,
     masternode: bool,
     state: Mutex<State>,
-    /// The tip, also readable without the state lock (which the chain's
-    /// worker may hold for a long validation): set together with
-    /// `State::tip`, under the state lock.
-    tip: std::sync::RwLock<Tip>,
+    /// The tip, also readable (and watchable) without the state lock,
+    /// which the chain's worker may hold for a long validation: set
+    /// together with `State::tip`, under the state lock.
+    tip: tokio::sync::watch::Sender<Tip>,
     publisher: OnceLock<Publisher>,
     best_seen: std::sync::atomic::AtomicU64,
 }
@@ -355,7 +355,7 @@ impl Chain {
                 store,
                 identity: identity.clone(),
                 masternode,
-                tip: std::sync::RwLock::new(state.tip),
+                tip: tokio::sync::watch::Sender::new(state.tip),
                 state: Mutex::new(state),
                 publisher: OnceLock::new(),
                 best_seen: std::sync::atomic::AtomicU64::new(height),
@@ -415,13 +415,18 @@ impl Chain {
 
     /// The tip.
     pub fn tip(&self) -> Tip {
-        *crate::locks::read(&self.inner.tip)
+        *self.inner.tip.borrow()
+    }
+
+    /// The tip as it changes.
+    pub fn watch_tip(&self) -> tokio::sync::watch::Receiver<Tip> {
+        self.inner.tip.subscribe()
     }
 
     /// Moves the tip (under the state lock).
     fn set_tip(&self, state: &mut State, tip: Tip) {
         state.tip = tip;
-        *crate::locks::write(&self.inner.tip) = tip;
+        self.inner.tip.send_replace(tip);
     }
 
     /// The best height heard of from peers (at least our own).

@@ -349,10 +349,7 @@ impl Syncer {
                     true
                 }
                 Err(e) => {
-                    if e.fault()
-                        .map(Offence::from)
-                        .is_some_and(|o| o != Offence::Conflicting)
-                    {
+                    if e.fault().is_some() {
                         self.bad_data(peer, &e);
                     } else {
                         tracing::debug!(peer = %peer.info.node_id, fork_height = fork, error = %e, "kept our branch");
@@ -541,6 +538,19 @@ struct BatchResult {
     error: Option<ChainError>,
 }
 
+impl BatchResult {
+    /// Ends the batch on a block the chain refused: the sender is at
+    /// fault for invalid data; a race an honest peer can lose (a stale or
+    /// competing block) only means the batch does not link.
+    fn refused(&mut self, error: ChainError) {
+        if error.fault().is_some() {
+            self.error = Some(error);
+        } else {
+            self.unlinked = true;
+        }
+    }
+}
+
 /// Decodes and verifies `raws` (off the async workers), then applies them
 /// in order on the chain's worker until one fails or does not link.
 async fn apply_batch(
@@ -585,14 +595,7 @@ async fn apply_batch(
                         return result;
                     }
                     Err(e) => {
-                        if e.fault()
-                            .map(Offence::from)
-                            .is_some_and(|o| o != Offence::Conflicting)
-                        {
-                            result.error = Some(e);
-                        } else {
-                            result.unlinked = true;
-                        }
+                        result.refused(e);
                         return result;
                     }
                 }
@@ -604,14 +607,7 @@ async fn apply_batch(
     // ones before it were applied, as if it had been applied in order.
     if result.error.is_none() && !result.unlinked {
         if let Some(e) = first_error.take() {
-            if e.fault()
-                .map(Offence::from)
-                .is_some_and(|o| o != Offence::Conflicting)
-            {
-                result.error = Some(e);
-            } else {
-                result.unlinked = true;
-            }
+            result.refused(e);
         }
     }
     Ok(result)

@@ -247,18 +247,18 @@ impl Node {
 }
 
 /// Keeps the best height the network announces in `Version` messages
-/// current (checked five times per second: a new peer sees a height at most
-/// that stale, and sync corrects it at once).
+/// equal to the chain's tip height, as the tip moves.
 async fn publish_height(chain: Chain, height: watch::Sender<u64>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(200));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tip = chain.watch_tip();
     loop {
+        let now = tip.borrow_and_update().height;
+        height.send_if_modified(|h| std::mem::replace(h, now) != now);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+            changed = tip.changed() => if changed.is_err() {
+                return;
+            },
         }
-        let tip = chain.tip().height;
-        height.send_if_modified(|h| std::mem::replace(h, tip) != tip);
     }
 }
 
@@ -309,26 +309,25 @@ impl ChainObserver {
         let network = network.clone();
         let queue = handle.queue.clone();
         let peer = handle.context.clone();
-        // The pool is read under the chain's state lock: on the blocking
-        // pool, never on the async worker running the connection's setup.
+        // The pool is read under the chain's state lock, and signing costs:
+        // both on the blocking pool, never on the async worker running the
+        // connection's setup.
         crate::tasks::spawn(&self.tasks, "announce_pool", async move {
-            let size_chain = chain.clone();
-            let pooled = tokio::task::spawn_blocking(move || size_chain.mempool_size().0)
-                .await
-                .unwrap_or(0);
-            if pooled == 0 {
-                return;
-            }
-            if limiter.check().is_err() {
-                metrics::counter!("timed_pool_announcements_total", "result" => "skipped")
-                    .increment(1);
-                if crate::logging::allow("announce_skipped") {
-                    tracing::info!(peer = %peer.node_id, "pool announcement budget spent: not announcing to this peer");
-                }
-                return;
-            }
-            metrics::counter!("timed_pool_announcements_total", "result" => "sent").increment(1);
+            let announce_to = peer.clone();
             let signed = tokio::task::spawn_blocking(move || {
+                if chain.mempool_size().0 == 0 {
+                    return Vec::new();
+                }
+                if limiter.check().is_err() {
+                    metrics::counter!("timed_pool_announcements_total", "result" => "skipped")
+                        .increment(1);
+                    if crate::logging::allow("announce_skipped") {
+                        tracing::info!(peer = %announce_to.node_id, "pool announcement budget spent: not announcing to this peer");
+                    }
+                    return Vec::new();
+                }
+                metrics::counter!("timed_pool_announcements_total", "result" => "sent")
+                    .increment(1);
                 chain
                     .announcements(MAX_MEMPOOL_RESPONSE_TXS, MAX_MEMPOOL_RESPONSE_BYTES)
                     .into_iter()
