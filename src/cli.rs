@@ -85,6 +85,10 @@ enum Command {
         /// Seconds per block slot (1-5 make a lively devnet).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
         block_interval: u64,
+        /// `seed`: every node knows only node 1 and finds the others by
+        /// peer exchange; `mesh`: every node lists every node before it.
+        #[arg(long, value_enum, default_value_t = devnet::Topology::Seed)]
+        topology: devnet::Topology,
     },
 }
 
@@ -185,7 +189,14 @@ pub fn main() -> ExitCode {
             dir,
             first_ip,
             block_interval,
-        } => block_on(devnet::devnet(nodes, &dir, first_ip, block_interval)),
+            topology,
+        } => block_on(devnet::devnet(
+            nodes,
+            &dir,
+            first_ip,
+            block_interval,
+            topology,
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

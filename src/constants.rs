@@ -11,11 +11,13 @@ use std::time::Duration;
 ///
 /// Sent in every `Version` message. Bumped when a message's layout changes
 /// incompatibly; appending a new `Message` variant does not bump it, because
-/// old peers refuse an unknown variant with a typed error anyway.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// old peers refuse an unknown variant with a typed error anyway. Version 2:
+/// `Peers` carries signed peer records instead of bare addresses.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// The oldest protocol version this build accepts from a peer.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// The oldest protocol version this build accepts from a peer: version 1
+/// peers would send and expect bare addresses in `Peers`.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// The Noise protocol name.
 ///
@@ -117,10 +119,96 @@ pub const MAX_VERSION_CLOCK_SKEW: Duration = Duration::from_secs(2 * 60 * 60);
 /// with its header.
 pub const MAX_ENVELOPE_PAYLOAD_LEN: usize = 2 * 1024 * 1024;
 
-/// Largest number of peer addresses in one `Peers` message.
+/// Largest number of peer records in one `Peers` message.
 ///
-/// Bitcoin answers GETADDR with at most 1,000 addresses.
+/// Bitcoin answers GETADDR with at most 1,000 addresses. A record is about
+/// 150 bytes, so a full answer is about 150 KB, far below a frame.
 pub const MAX_PEER_ADDRESSES: usize = 1_000;
+
+/// Most addresses in one signed peer record: a node listens on a few
+/// addresses at most (one per family and maybe one more).
+pub const MAX_RECORD_ADDRESSES: usize = 4;
+
+/// How far a peer record's timestamp may be ahead of the local clock.
+///
+/// Ten minutes, Bitcoin's tolerance for addresses from the future; a
+/// record further ahead would outrank its node's honest later records.
+pub const MAX_RECORD_FUTURE_SECS: u64 = 10 * 60;
+
+/// Share of the address book (in percent) one `GetPeers` answer may show.
+///
+/// Bitcoin's 23%: a spy needs many connections over many cache periods to
+/// learn the table, while honest nodes learn plenty in one answer.
+pub const PEX_MAX_SHARE_PERCENT: usize = 23;
+
+/// Below this many records a `GetPeers` answer may show the whole book.
+///
+/// A book this small reveals nothing a spy could not see by connecting to
+/// its few nodes; a young network needs every address it can get.
+pub const PEX_MIN_ANSWER: usize = 32;
+
+/// How long the `GetPeers` answer cache is kept before it is rebuilt.
+///
+/// Every asker within the period gets the same sample, so reconnecting
+/// does not scrape more of the table. Bitcoin keeps its cache about a day;
+/// ten minutes keeps a young network's answers current, and a cache is
+/// also rebuilt early when the book has doubled since (at most about 17
+/// extra rebuilds up to the book's size bound).
+pub const PEX_CACHE_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// How often a node signs and sends a fresh record of itself to its peers.
+///
+/// Bitcoin re-announces its address about once a day; half an hour keeps
+/// records within the relay freshness window often enough that new nodes
+/// hear of old ones quickly, at one ~150-byte message per peer.
+pub const SELF_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// A record younger than this is relayed on; older ones are only stored.
+///
+/// Bitcoin relays addresses whose timestamp is under 10 minutes old.
+pub const RECORD_RELAY_MAX_AGE_SECS: u64 = 10 * 60;
+
+/// Peers a fresh record is relayed to (Bitcoin's addr relay uses 2).
+pub const RECORD_RELAY_FANOUT: usize = 2;
+
+/// Outbound connections the connection manager keeps.
+///
+/// Bitcoin keeps 8 full-relay outbound connections: with at most one per
+/// netgroup, an attacker must control 8 netgroups to surround a node, and
+/// 8 random peers keep a network of thousands connected with overwhelming
+/// probability.
+pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
+
+/// Lower bound of the dynamic connection limit (`[p2p] min_peers`).
+pub const DEFAULT_MIN_PEERS: usize = 8;
+
+/// Upper bound on all connections (`[p2p] max_peers`): the old TIME Coin
+/// node's limit range was 8 to 50.
+pub const DEFAULT_MAX_PEERS: usize = 50;
+
+/// How often the connection manager looks at its outbound set.
+pub const CONNECTION_MANAGER_TICK: Duration = Duration::from_secs(2);
+
+/// Outbound dials the connection manager runs at once.
+///
+/// Bitcoin dials one at a time; four fill the target four times faster at
+/// start and still cannot be used to flood anyone.
+pub const MAX_CONCURRENT_DIALS: usize = 4;
+
+/// An address dialled less than this long ago is not dialled again by the
+/// connection manager (Bitcoin skips addresses tried in the last 10
+/// minutes for the first 30 selections).
+pub const REDIAL_ADDRESS_AFTER_SECS: u64 = 60;
+
+/// Mean interval of feeler connections (Bitcoin's 2 minutes): a feeler
+/// dials a new-table address, completes the handshake and closes, so the
+/// address moves to tried.
+pub const FEELER_INTERVAL: Duration = Duration::from_secs(2 * 60);
+
+/// Outbound peers saved at shutdown and dialled first at start (Bitcoin's
+/// two block-relay anchors), so a restart cannot be steered into an
+/// attacker's nodes.
+pub const ANCHOR_COUNT: usize = 2;
 
 /// Number of envelopes verified together by batch verification.
 ///

@@ -78,6 +78,12 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_http_connections", Kind::Gauge, "server", "Open HTTP connections by server (rpc, metrics)."),
     ("timed_http_connections_refused_total", Kind::Counter, "server, reason", "HTTP connections closed at accept: max_connections (the cap was reached), accept_error (e.g. out of file descriptors)."),
     ("timed_http_timeouts_total", Kind::Counter, "server, phase", "HTTP connections closed by a deadline: header (request head too slow), idle (keep-alive without a request), body (request body too slow)."),
+    ("timed_address_book_entries", Kind::Gauge, "table", "Addresses in the address book by table (new, tried)."),
+    ("timed_connects_total", Kind::Counter, "type, result", "Outbound and inbound connections by type (manual, outbound-full, feeler, anchor, inbound) and result (ok, or the error kind)."),
+    ("timed_pex_messages_total", Kind::Counter, "kind, direction", "Peer-exchange messages by kind (get_peers, peers, announce, relay) and direction (sent, received)."),
+    ("timed_pex_records_refused_total", Kind::Counter, "reason", "Signed peer records refused, by reason: bad_signature, malformed, bad_address, future_timestamp, wrong_kind."),
+    ("timed_seed_lookups_total", Kind::Counter, "result", "Seed look-ups (DNS or literal), by result (ok, error)."),
+    ("timed_inbound_cap", Kind::Gauge, "", "The current cap on established inbound connections (shrinks under resource pressure)."),
     ("timed_fd_limit", Kind::Gauge, "kind", "Open-file budget set at start-up: soft and hard limit, p2p_reserve, rpc and metrics connection caps."),
 ];
 

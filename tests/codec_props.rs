@@ -116,7 +116,7 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(reason, detail)| Message::Disconnect(Disconnect { reason, detail })),
         envelope().prop_map(Message::Gossip),
         Just(Message::GetPeers),
-        proptest::collection::vec(peer_address(), 0..50).prop_map(Message::Peers),
+        proptest::collection::vec(envelope(), 0..8).prop_map(Message::Peers),
     ]
 }
 
@@ -180,11 +180,10 @@ fn message_near_the_limits() -> impl Strategy<Value = Message> {
                 detail: "d".repeat(n),
             })
         }),
-        (
-            MAX_PEER_ADDRESSES - 2..=MAX_PEER_ADDRESSES + 2,
-            peer_address()
-        )
-            .prop_map(|(n, a)| Message::Peers(vec![a; n])),
+        (MAX_PEER_ADDRESSES - 2..=MAX_PEER_ADDRESSES + 2, envelope()).prop_map(|(n, mut e)| {
+            e.payload.truncate(40);
+            Message::Peers(vec![e; n])
+        }),
         (
             envelope(),
             MAX_ENVELOPE_PAYLOAD_LEN - 2..=MAX_ENVELOPE_PAYLOAD_LEN + 2

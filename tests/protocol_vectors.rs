@@ -60,7 +60,7 @@ fn constants_quoted_by_the_document() {
     assert_eq!(MAX_NETWORK_NAME_LEN, 32);
     assert_eq!(MAX_ENVELOPE_PAYLOAD_LEN, 2 * 1024 * 1024);
     assert_eq!(MAX_PEER_ADDRESSES, 1000);
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
 }
 
 #[test]
@@ -174,20 +174,48 @@ fn small_messages() {
     );
     assert_eq!(decode_message(&bytes).unwrap(), bye);
 
-    let peers = Message::Peers(vec![
-        PeerAddress::from("127.0.0.2:24200".parse::<SocketAddr>().unwrap()),
-        PeerAddress::from("[2001:db8::7]:24000".parse::<SocketAddr>().unwrap()),
-    ]);
+    let peers = Message::Peers(vec![example_record()]);
     let bytes = encode_message(&peers).unwrap();
-    let bytes = check("peers", &bytes, "06000000020000000000000000000000000000000000ffff7f000002885e20010db8000000000000000000000007c05d");
+    let bytes = check("peers", &bytes, "060000000100000000000000030000008a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c0068e5cf8b0100003400000000000000020000000000000000000000000000000000ffff7f000002885e20010db8000000000000000000000007c05d0300000000000000c0f069e30d3fc23ef8a6eb45b4181505a3e78a292e0270d8b3a3d2363f87c9a1f2dd148fca7117a3561911b37da509ebc5630d8a4290cc975a9e1b7c1f936504");
     assert_eq!(decode_message(&bytes).unwrap(), peers);
+}
+
+/// Node SEED_01's signed record: it listens on 127.0.0.2:24200 and
+/// [2001:db8::7]:24000 with capabilities FULL_NODE | RELAY, signed at
+/// 1,700,000,000,000 ms on devnet.
+fn example_record() -> Envelope {
+    let id = NodeIdentity::from_secret_bytes(&SEED_01);
+    timed::protocol::record::sign(
+        &id,
+        Network::Devnet.magic(),
+        &[
+            "127.0.0.2:24200".parse().unwrap(),
+            "[2001:db8::7]:24000".parse().unwrap(),
+        ],
+        capabilities::FULL_NODE | capabilities::RELAY,
+        1_700_000_000_000,
+    )
+}
+
+#[test]
+fn peer_record() {
+    let record = example_record();
+    let payload = check("record payload", &record.payload, "020000000000000000000000000000000000ffff7f000002885e20010db8000000000000000000000007c05d0300000000000000");
+    assert_eq!(payload, record.payload);
+    let opened =
+        timed::protocol::record::open(&record, Network::Devnet.magic(), 1_700_000_000_000).unwrap();
+    assert_eq!(
+        opened.node_id,
+        NodeIdentity::from_secret_bytes(&SEED_01).node_id()
+    );
+    assert_eq!(opened.record.addresses.len(), 2);
 }
 
 fn example_version() -> Version {
     let id = NodeIdentity::from_secret_bytes(&SEED_01);
     Version {
         magic: Network::Devnet.magic(),
-        protocol_version: 1,
+        protocol_version: 2,
         network: "devnet".into(),
         genesis_hash: Network::Devnet.default_genesis_hash(),
         node_id: id.node_id(),
@@ -205,7 +233,7 @@ fn example_version() -> Version {
 fn version_message() {
     let version = Message::Version(example_version());
     let bytes = encode_message(&version).unwrap();
-    let bytes = check("version", &bytes, "00000000544445560100000006000000000000006465766e6574a47b5ff50b83a62c86e5068fc82958b6f8b663376ab341f39c6c6feeab6a61608639d1242746d741feba96ee5b0eb613e6ac032cbe85ef21b659a72177f185bb0100000000000000000000ffff7f000001885e03000000000000000d000000000000002f74696d65643a302e312e302f2a0000000000000000f1536500000000");
+    let bytes = check("version", &bytes, "00000000544445560200000006000000000000006465766e6574a47b5ff50b83a62c86e5068fc82958b6f8b663376ab341f39c6c6feeab6a61608639d1242746d741feba96ee5b0eb613e6ac032cbe85ef21b659a72177f185bb0100000000000000000000ffff7f000001885e03000000000000000d000000000000002f74696d65643a302e312e302f2a0000000000000000f1536500000000");
     assert_eq!(decode_message(&bytes).unwrap(), version);
 }
 
@@ -302,11 +330,9 @@ fn decoding_errors() {
     ));
     // Field limits are checked after decoding, and `timed` refuses to
     // encode past them, so the bytes are built by hand from the layout.
-    let address = PeerAddress {
-        ip: [0; 16],
-        port: 1,
-    };
-    let too_many = Message::Peers(vec![address; 1001]);
+    let address = example_record();
+    let record_len = encode_envelope(&address).len();
+    let too_many = Message::Peers(vec![address.clone(); 1001]);
     assert_eq!(
         encode_message(&too_many),
         Err(CodecError::LimitExceeded {
@@ -317,7 +343,7 @@ fn decoding_errors() {
     );
     let mut bytes = encode_message(&Message::Peers(vec![address; 1000])).unwrap();
     bytes[4..12].copy_from_slice(&1001u64.to_le_bytes());
-    bytes.extend_from_within(12..30);
+    bytes.extend_from_within(12..12 + record_len);
     assert_eq!(
         decode_message(&bytes),
         Err(CodecError::LimitExceeded {
@@ -761,7 +787,7 @@ impl SpecClient {
             .as_secs();
         Message::Version(Version {
             magic: *b"TDEV",
-            protocol_version: 1,
+            protocol_version: 2,
             network: "devnet".into(),
             genesis_hash,
             node_id: NodeId(blake3::derive_key(
@@ -850,6 +876,8 @@ async fn a_client_written_from_the_document_talks_to_a_node() {
                     assert_eq!(p.nonce, 77);
                     ponged = true;
                 }
+                // The node's signed record of itself (section 9.4).
+                Message::Gossip(e) if e.kind == GossipKind::Address => {}
                 other => panic!("unexpected {other:?}"),
             }
         }

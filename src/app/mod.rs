@@ -122,7 +122,7 @@ impl Node {
                     let weak = weak.clone();
                     Handlers::chain(
                         chain,
-                        network.peers().clone(),
+                        tower::util::BoxCloneSyncService::new(network.pex_handler()),
                         router_sync.clone(),
                         Some(Arc::new(move |voter: [u8; 32]| {
                             if let Some(network) = weak.upgrade() {
@@ -131,7 +131,9 @@ impl Node {
                         })),
                     )
                 }
-                None => Handlers::minimal(network.peers().clone()),
+                None => {
+                    Handlers::minimal(tower::util::BoxCloneSyncService::new(network.pex_handler()))
+                }
             };
             let router = Router::new(
                 handlers,

@@ -21,6 +21,7 @@ use super::Node;
 use crate::config::Config;
 use crate::crypto::NodeIdentity;
 use crate::network::address_book::{AddressBook, GroupBits};
+use crate::network::PeerTarget;
 use crate::rpc::{self, RpcContext};
 use crate::state::{Chain, ChainError, ChainOptions};
 use crate::storage::{Store, StoreError, DB_FILE};
@@ -118,7 +119,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         "chain opened"
     );
     let mut network_config = config.node_config();
-    network_config.address_book = Arc::new(Mutex::new(load_address_book(&store)));
+    network_config.address_book =
+        Arc::new(Mutex::new(load_address_book(&store, config.group_bits())));
+    network_config.anchors = load_anchors(&store);
     let book = network_config.address_book.clone();
     let node = Node::start(&identity, network_config, Some(chain))
         .await
@@ -160,6 +163,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     // (RPC, metrics), then block production, sync and the network, then
     // the chain.
     stop.cancel();
+    // The anchors are the outbound peers still connected now.
+    save_anchors(&store, node.anchor_candidates()).await;
     node.shutdown();
     // Everything the pool journal holds reaches the disk before we exit.
     if let Some(chain) = node.chain() {
@@ -311,9 +316,10 @@ const ADDRESS_BOOK_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The stored address book, or an empty one: a book that cannot be read is
 /// logged and replaced, never a reason not to start.
-fn load_address_book(store: &Store) -> AddressBook {
+fn load_address_book(store: &Store, bits: GroupBits) -> AddressBook {
+    let empty = || AddressBook::new(rand::random(), bits);
     match store.load_address_book() {
-        Ok(Some(bytes)) => match AddressBook::from_bytes(&bytes, GroupBits::default()) {
+        Ok(Some(bytes)) => match AddressBook::from_bytes(&bytes, bits) {
             Ok(book) => {
                 let (new, tried) = book.sizes();
                 tracing::info!(new, tried, "address book loaded");
@@ -321,14 +327,55 @@ fn load_address_book(store: &Store) -> AddressBook {
             }
             Err(error) => {
                 tracing::warn!(%error, "stored address book unreadable: starting with an empty one");
-                AddressBook::default()
+                empty()
             }
         },
-        Ok(None) => AddressBook::default(),
+        Ok(None) => empty(),
         Err(error) => {
             tracing::warn!(%error, "cannot read the stored address book: starting with an empty one");
-            AddressBook::default()
+            empty()
         }
+    }
+}
+
+/// The anchors saved at the last shutdown (one `NODE_ID@HOST:PORT` per
+/// line); unreadable ones are logged and skipped.
+fn load_anchors(store: &Store) -> Vec<PeerTarget> {
+    let bytes = match store.load_anchors() {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Vec::new(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the stored anchors: starting without");
+            return Vec::new();
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let anchors: Vec<PeerTarget> = text
+        .lines()
+        .filter_map(|line| match line.parse() {
+            Ok(target) => Some(target),
+            Err(error) => {
+                tracing::warn!(%error, "stored anchor unreadable: skipped");
+                None
+            }
+        })
+        .collect();
+    if !anchors.is_empty() {
+        tracing::info!(
+            anchors = anchors.len(),
+            "anchors loaded: dialling them first"
+        );
+    }
+    anchors
+}
+
+/// Saves the node's current anchors (see `Network::anchor_candidates`).
+async fn save_anchors(store: &Store, anchors: Vec<PeerTarget>) {
+    let store = store.clone();
+    let text: String = anchors.iter().map(|a| format!("{a}\n")).collect();
+    let saved = tokio::task::spawn_blocking(move || store.save_anchors(text.as_bytes())).await;
+    if !matches!(saved, Ok(Ok(()))) {
+        tracing::warn!("cannot save the anchors");
     }
 }
 

@@ -13,6 +13,15 @@ use crate::crypto::NodeIdentity;
 use crate::params::Network;
 use crate::wallet::Wallet;
 
+/// How devnet nodes learn of each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// Every node has node 1 as its only seed; peer exchange does the rest.
+    Seed,
+    /// Every node keeps every node before it connected.
+    Mesh,
+}
+
 /// The address of devnet node `i` (1-based) from `first`.
 fn devnet_ip(first: Ipv4Addr, i: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(first).wrapping_add(u32::from(i) - 1))
@@ -23,6 +32,7 @@ pub(super) async fn devnet(
     dir: &Path,
     first_ip: Ipv4Addr,
     block_interval: u64,
+    topology: Topology,
 ) -> Result<(), Failure> {
     init_logging("warn", LogFormat::Human);
     ensure_dir(dir)?;
@@ -67,17 +77,33 @@ pub(super) async fn devnet(
         let p2p = SocketAddr::from((*ip, p2p_port));
         let rpc = SocketAddr::from((*ip, rpc_port));
         let metrics = SocketAddr::from((*ip, metrics_port));
-        let peers: Vec<String> = members
-            .iter()
-            .filter(|(j, ..)| j < i)
-            .map(|(_, _, id, peer_ip)| {
-                format!("\"{id}@{}\"", SocketAddr::from((*peer_ip, p2p_port)))
-            })
-            .collect();
+        let (peers, seeds) = match topology {
+            Topology::Mesh => (
+                members
+                    .iter()
+                    .filter(|(j, ..)| j < i)
+                    .map(|(_, _, id, peer_ip)| {
+                        format!("\"{id}@{}\"", SocketAddr::from((*peer_ip, p2p_port)))
+                    })
+                    .collect::<Vec<_>>(),
+                Vec::new(),
+            ),
+            Topology::Seed => (
+                Vec::new(),
+                members
+                    .iter()
+                    .filter(|(j, ..)| *j == 1 && *i != 1)
+                    .map(|(.., seed_ip)| format!("\"{}\"", SocketAddr::from((*seed_ip, p2p_port))))
+                    .collect(),
+            ),
+        };
+        // Each devnet address is its own netgroup (the default /16 would
+        // make all of 127.0.0.x one group, allowing one outbound peer).
         let config = format!(
-            "# Written by `timed devnet`.\n[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{p2p}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n{chain_section}",
+            "# Written by `timed devnet`.\n[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{p2p}\"\npeers = [{}]\nseeds = [{}]\nnetgroup_ipv4_bits = 32\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n{chain_section}",
             absolute.display(),
-            peers.join(", ")
+            peers.join(", "),
+            seeds.join(", ")
         );
         let config_path = node_dir.join("config.toml");
         std::fs::write(&config_path, config)

@@ -109,6 +109,19 @@ pub struct P2pSection {
     /// Peers to keep connected, `HOST:PORT` or `NODE_ID@HOST:PORT`.
     #[serde(deserialize_with = "peer_targets", serialize_with = "peer_targets_out")]
     pub peers: Vec<PeerTarget>,
+    /// Seed nodes, `HOST:PORT` (DNS names resolved when used), dialled
+    /// only when the address book has nothing to dial.
+    pub seeds: Vec<String>,
+    /// Floor of the dynamic inbound cap.
+    pub min_peers: usize,
+    /// Most connections in all, inbound and outbound.
+    pub max_peers: usize,
+    /// Automatic outbound connections kept (one per netgroup).
+    pub target_outbound: usize,
+    /// Leading bits of an IPv4 address that make its netgroup.
+    pub netgroup_ipv4_bits: u8,
+    /// Leading bits of an IPv6 address that make its netgroup.
+    pub netgroup_ipv6_bits: u8,
     /// Most established (authenticated) inbound connections.
     pub max_inbound: usize,
     /// Most inbound handshakes in progress; a new one evicts the oldest.
@@ -159,6 +172,12 @@ impl Default for P2pSection {
             listen: None,
             external_addr: None,
             peers: Vec::new(),
+            seeds: Vec::new(),
+            min_peers: limits.min_peers,
+            max_peers: limits.max_peers,
+            target_outbound: limits.target_outbound,
+            netgroup_ipv4_bits: crate::network::address_book::GroupBits::default().v4,
+            netgroup_ipv6_bits: crate::network::address_book::GroupBits::default().v6,
             max_inbound: limits.max_inbound,
             max_pending_handshakes: limits.max_pending_handshakes,
             max_outbound: limits.max_outbound,
@@ -633,6 +652,14 @@ impl Config {
         })
     }
 
+    /// How the address book groups addresses (`[p2p] netgroup_*_bits`).
+    pub fn group_bits(&self) -> crate::network::address_book::GroupBits {
+        crate::network::address_book::GroupBits {
+            v4: self.p2p.netgroup_ipv4_bits,
+            v6: self.p2p.netgroup_ipv6_bits,
+        }
+    }
+
     /// The node configuration this file describes.
     pub fn node_config(&self) -> NetworkConfig {
         let p = &self.p2p;
@@ -654,6 +681,7 @@ impl Config {
         };
         let mut node = NetworkConfig::new(listen, handshake);
         node.peers = p.peers.clone();
+        node.seeds = p.seeds.clone();
         node.connection = ConnectionConfig {
             ping_interval: Duration::from_secs(p.ping_interval_secs),
             pong_timeout: Duration::from_secs(p.pong_timeout_secs),
@@ -666,6 +694,9 @@ impl Config {
             max_outbound: p.max_outbound,
             max_per_ip: p.max_per_ip,
             accepts_per_ip_per_minute: p.accepts_per_ip_per_minute,
+            min_peers: p.min_peers,
+            max_peers: p.max_peers,
+            target_outbound: p.target_outbound,
         };
         node.middleware = self.middleware.clone();
         node.send_queue_bytes = p.send_queue_bytes;

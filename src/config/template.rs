@@ -17,8 +17,14 @@ data_dir = "{data_dir}"
 [p2p]
 listen = "{listen}"
 # external_addr = "203.0.113.7:24000"  # address announced to peers
-peers = []                          # "HOST:PORT" or "NODE_ID@HOST:PORT"
-max_inbound = 64
+peers = []                          # "HOST:PORT" or "NODE_ID@HOST:PORT", kept connected
+seeds = []                          # "HOST:PORT" (DNS names too), used when the address book is empty
+min_peers = 8                       # floor of the dynamic inbound cap
+max_peers = 50                      # all connections, inbound and outbound
+target_outbound = 8                 # automatic outbound connections, one per netgroup
+netgroup_ipv4_bits = 16             # an IPv4 netgroup is a /16 (32: every address its own)
+netgroup_ipv6_bits = 32
+max_inbound = 42
 max_pending_handshakes = 32         # a new handshake evicts the oldest beyond this
 max_outbound = 16
 max_per_ip = 4

@@ -43,6 +43,47 @@ impl Config {
                 "must be at least 1 when peers are configured",
             ));
         }
+        if p.min_peers > p.max_peers {
+            return Err(invalid(
+                "p2p.min_peers",
+                &format!(
+                    "must not exceed p2p.max_peers ({}), not {}",
+                    p.max_peers, p.min_peers
+                ),
+            ));
+        }
+        if p.max_peers == 0 {
+            return Err(invalid("p2p.max_peers", "must be at least 1"));
+        }
+        if p.target_outbound > p.max_outbound {
+            return Err(invalid(
+                "p2p.target_outbound",
+                &format!(
+                    "must not exceed p2p.max_outbound ({}), not {}",
+                    p.max_outbound, p.target_outbound
+                ),
+            ));
+        }
+        if !(8..=32).contains(&p.netgroup_ipv4_bits) {
+            return Err(invalid(
+                "p2p.netgroup_ipv4_bits",
+                "must be between 8 and 32",
+            ));
+        }
+        if !(16..=128).contains(&p.netgroup_ipv6_bits) {
+            return Err(invalid(
+                "p2p.netgroup_ipv6_bits",
+                "must be between 16 and 128",
+            ));
+        }
+        for seed in &p.seeds {
+            let port_ok = seed.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !port_ok {
+                return Err(invalid("p2p.seeds", &format!("{seed:?} is not HOST:PORT")));
+            }
+        }
         if p.max_per_ip == 0 {
             return Err(invalid("p2p.max_per_ip", "must be at least 1"));
         }

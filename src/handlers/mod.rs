@@ -9,9 +9,9 @@
 //! handlers own the chain state ([`crate::state::Chain`]): they
 //! validate, store and relay what is new, and answer `GetBlocks` and
 //! `GetMempool`. Without one ([`Handlers::minimal`], for network-only
-//! nodes and the network layer's tests) gossip is accepted and counted. The
-//! peer handler answers `GetPeers` from the connected peers' listen
-//! addresses.
+//! nodes and the network layer's tests) gossip is accepted and counted.
+//! `GetPeers` and `Address` envelopes (signed peer records) go to the
+//! network's peer-exchange handler, handed in by the application.
 //!
 //! A handler refuses bad data with a [`Rejection`] whose reason is the
 //! chain error's kind and whose offence (if any) the scoring layer charges
@@ -32,7 +32,6 @@ use std::task::{Context, Poll};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::constants::MAX_PEER_ADDRESSES;
 use crate::peer::set::PeerSet;
 use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::{GossipKind, Message};
@@ -79,46 +78,6 @@ impl Service<Inbound> for CountingHandler {
         self.count.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("timed_handler_messages_total", "handler" => self.name).increment(1);
         std::future::ready(Ok(Outcome::Accepted))
-    }
-}
-
-/// Answers `GetPeers` and takes `Peers` announcements.
-#[derive(Clone, Debug)]
-pub struct PeersHandler {
-    peers: Arc<PeerSet>,
-}
-
-impl PeersHandler {
-    /// A handler answering from `peers`.
-    pub fn new(peers: Arc<PeerSet>) -> Self {
-        PeersHandler { peers }
-    }
-}
-
-impl Service<Inbound> for PeersHandler {
-    type Response = Outcome;
-    type Error = BoxError;
-    type Future = std::future::Ready<Result<Outcome, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Inbound) -> Self::Future {
-        metrics::counter!("timed_handler_messages_total", "handler" => "peers").increment(1);
-        let outcome = match &*request.message {
-            Message::GetPeers => {
-                let mut addresses = self.peers.listen_addresses(MAX_PEER_ADDRESSES);
-                // Never tell a peer about itself.
-                let own = request.peer.node_id;
-                if let Some(h) = self.peers.get(&own) {
-                    addresses.retain(|a| Some(*a) != h.info.version.listen_addr);
-                }
-                Outcome::Reply(Message::Peers(addresses))
-            }
-            _ => Outcome::Handled,
-        };
-        std::future::ready(Ok(outcome))
     }
 }
 
@@ -180,9 +139,9 @@ pub struct Handlers {
     pub transactions: HandlerService,
     /// Vote envelopes.
     pub votes: HandlerService,
-    /// Address announcement envelopes.
+    /// Address announcement envelopes (signed peer records).
     pub addresses: HandlerService,
-    /// `GetPeers` and `Peers`.
+    /// `GetPeers`.
     pub peers: HandlerService,
 }
 
@@ -193,21 +152,22 @@ impl std::fmt::Debug for Handlers {
 }
 
 impl Handlers {
-    /// The step-2 handlers: counting gossip handlers and the peer handler.
-    pub fn minimal(peers: Arc<PeerSet>) -> Self {
+    /// Counting gossip handlers and the peer-exchange handler `pex`.
+    pub fn minimal(pex: HandlerService) -> Self {
         Handlers {
             blocks: BoxCloneSyncService::new(CountingHandler::new("blocks")),
             transactions: BoxCloneSyncService::new(CountingHandler::new("transactions")),
             votes: BoxCloneSyncService::new(CountingHandler::new("votes")),
-            addresses: BoxCloneSyncService::new(CountingHandler::new("addresses")),
-            peers: BoxCloneSyncService::new(PeersHandler::new(peers)),
+            addresses: pex.clone(),
+            peers: pex,
         }
     }
 
-    /// The chain handlers over the chain service, with the peer handler.
+    /// The chain handlers over the chain service, with the peer-exchange
+    /// handler `pex`.
     pub fn chain(
         chain: ChainService,
-        peers: Arc<PeerSet>,
+        pex: HandlerService,
         sync: SyncHandle,
         on_equivocation: Option<votes::EquivocationHook>,
     ) -> Self {
@@ -217,8 +177,8 @@ impl Handlers {
                 chain.clone(),
             )),
             votes: BoxCloneSyncService::new(votes::VoteHandler::new(chain, on_equivocation)),
-            addresses: BoxCloneSyncService::new(CountingHandler::new("addresses")),
-            peers: BoxCloneSyncService::new(PeersHandler::new(peers)),
+            addresses: pex.clone(),
+            peers: pex,
         }
     }
 }
@@ -277,7 +237,7 @@ impl Service<Inbound> for Router {
                 GossipKind::Vote => self.handlers.votes.clone(),
                 GossipKind::Address => self.handlers.addresses.clone(),
             },
-            Message::GetPeers | Message::Peers(_) => self.handlers.peers.clone(),
+            Message::GetPeers => self.handlers.peers.clone(),
             Message::GetBlocks(_) => self.handlers.blocks.clone(),
             Message::GetMempool => self.handlers.transactions.clone(),
             // The connection answers pings once the stack let them through.

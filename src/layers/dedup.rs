@@ -64,7 +64,10 @@ pub struct DedupConfig {
     pub ttl_secs: u64,
     /// Most ids remembered at once.
     pub capacity: usize,
-    /// Also drop identical requests repeated by the same peer.
+    /// Also drop identical requests (`GetPeers`) repeated by the same
+    /// node id within the ttl. Off by default: a node that reconnects
+    /// within the ttl would get no answer and charge us a timeout, and the
+    /// peer-exchange handler answers `GetPeers` once per connection anyway.
     pub requests: bool,
 }
 
@@ -73,7 +76,7 @@ impl Default for DedupConfig {
         DedupConfig {
             ttl_secs: DEFAULT_TTL.as_secs(),
             capacity: DEFAULT_CAPACITY,
-            requests: true,
+            requests: false,
         }
     }
 }
@@ -426,7 +429,10 @@ mod tests {
     #[tokio::test]
     async fn duplicates_never_reach_the_handler() {
         let handler = CountingHandler::default();
-        let layer = DedupLayer::new(&DedupConfig::default());
+        let layer = DedupLayer::new(&DedupConfig {
+            requests: true,
+            ..DedupConfig::default()
+        });
         let mut svc = layer.layer(handler.clone());
         let p = peer([127, 0, 0, 1]);
         for _ in 0..3 {

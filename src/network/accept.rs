@@ -118,7 +118,7 @@ impl Network {
                                 node.handle(
                                     stream,
                                     addr,
-                                    Direction::Inbound,
+                                    ConnectionType::Inbound,
                                     None,
                                     None,
                                     conn_id,

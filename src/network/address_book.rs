@@ -37,6 +37,8 @@ use crate::constants::{
     TRIED_BUCKETS_PER_GROUP,
 };
 use crate::crypto::NodeId;
+use crate::protocol::record::OpenedRecord;
+use crate::protocol::Envelope;
 
 /// How addresses are grouped: the prefix lengths that make a netgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,30 @@ impl Default for GroupBits {
 /// masked prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Netgroup(Vec<u8>);
+
+impl std::fmt::Display for Netgroup {
+    /// `ipv4/16:10.1.0.0`-like text: the family, the prefix length and the
+    /// masked prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tag, bits, prefix) = match self.0.as_slice() {
+            [tag, bits, prefix @ ..] => (*tag, *bits, prefix),
+            _ => return f.write_str("unknown"),
+        };
+        if tag == 4 {
+            let mut octets = [0u8; 4];
+            for (o, p) in octets.iter_mut().zip(prefix) {
+                *o = *p;
+            }
+            write!(f, "{}/{bits}", std::net::Ipv4Addr::from(octets))
+        } else {
+            let mut octets = [0u8; 16];
+            for (o, p) in octets.iter_mut().zip(prefix) {
+                *o = *p;
+            }
+            write!(f, "{}/{bits}", std::net::Ipv6Addr::from(octets))
+        }
+    }
+}
 
 impl Netgroup {
     /// The netgroup of `ip` under `bits`. IPv4-mapped IPv6 addresses are
@@ -108,6 +134,10 @@ pub struct AddrInfo {
     pub attempts: u32,
     /// Whether it is in the tried table.
     pub tried: bool,
+    /// The newest signed record announcing this address, relayed as is in
+    /// `GetPeers` answers (addresses known only from configs or handshakes
+    /// have none and are never relayed).
+    pub record: Option<Envelope>,
 }
 
 impl AddrInfo {
@@ -363,10 +393,82 @@ impl AddressBook {
                 last_success: 0,
                 attempts: 0,
                 tried: false,
+                record: None,
             },
             place,
         );
         true
+    }
+
+    /// Adds the addresses of a checked signed `record` (its envelope is
+    /// `envelope`) told by a peer at `source`, at `now` (Unix seconds), for
+    /// which `usable` holds; the envelope is kept with each address unless
+    /// the address already holds a newer record of the same node. Returns
+    /// how many addresses are in the book afterwards.
+    pub fn add_record(
+        &mut self,
+        record: &OpenedRecord,
+        envelope: &Envelope,
+        source: IpAddr,
+        now: u64,
+        usable: impl Fn(&SocketAddr) -> bool,
+    ) -> usize {
+        // A record from the future counts as seen now, never later.
+        let seen = (record.timestamp_ms / 1000).min(now);
+        let mut kept = 0;
+        for addr in record.socket_addrs().filter(|a| usable(a)) {
+            if !self.add(
+                addr,
+                Some(record.node_id),
+                record.record.capabilities,
+                source,
+                seen,
+            ) {
+                continue;
+            }
+            kept += 1;
+            if let Some((info, _)) = self.entries.get_mut(&addr) {
+                let newer = info.record.as_ref().is_none_or(|old| {
+                    info.node_id != Some(record.node_id) || old.timestamp_ms < envelope.timestamp_ms
+                });
+                if newer {
+                    info.node_id = Some(record.node_id);
+                    info.record = Some(envelope.clone());
+                }
+            }
+        }
+        kept
+    }
+
+    /// Up to `count` addresses chosen at random (Bitcoin's
+    /// `getnodeaddresses`): a scan of the book, for the operator.
+    pub fn sample_addresses(&self, count: usize, rng: &mut impl Rng) -> Vec<AddrInfo> {
+        use rand::seq::IteratorRandom;
+        self.entries
+            .values()
+            .map(|(info, _)| info.clone())
+            .choose_multiple(rng, count)
+    }
+
+    /// Up to `count` distinct signed records (one per node id), chosen at
+    /// random among the addresses that hold one. A scan of the book: for
+    /// the `GetPeers` cache, which is rebuilt rarely.
+    pub fn sample_records(&self, count: usize, rng: &mut impl Rng) -> Vec<Envelope> {
+        use rand::seq::SliceRandom;
+        let mut with_record: Vec<&AddrInfo> = self
+            .entries
+            .values()
+            .map(|(info, _)| info)
+            .filter(|info| info.record.is_some())
+            .collect();
+        with_record.shuffle(rng);
+        let mut seen = std::collections::HashSet::new();
+        with_record
+            .into_iter()
+            .filter(|info| seen.insert(info.node_id))
+            .filter_map(|info| info.record.clone())
+            .take(count)
+            .collect()
     }
 
     /// Records a dial of `addr` at `now`.
@@ -416,6 +518,36 @@ impl AddressBook {
         };
         let addr = list.get(rng.gen_range(0..list.len()))?;
         self.get(addr)
+    }
+
+    /// Like [`AddressBook::select`], but only an address for which `wanted`
+    /// holds, trying at most `tries` random picks.
+    pub fn select_where(
+        &self,
+        tried_bias: f64,
+        tries: usize,
+        rng: &mut impl Rng,
+        wanted: impl Fn(&AddrInfo) -> bool,
+    ) -> Option<&AddrInfo> {
+        (0..tries)
+            .filter_map(|_| self.select(tried_bias, rng))
+            .find(|info| wanted(info))
+    }
+
+    /// A random address of the new table for which `wanted` holds (for
+    /// feeler connections), trying at most `tries` random picks.
+    pub fn select_new_where(
+        &self,
+        tries: usize,
+        rng: &mut impl Rng,
+        wanted: impl Fn(&AddrInfo) -> bool,
+    ) -> Option<&AddrInfo> {
+        if self.new_list.is_empty() {
+            return None;
+        }
+        (0..tries)
+            .filter_map(|_| self.get(&self.new_list[rng.gen_range(0..self.new_list.len())]))
+            .find(|info| wanted(info))
     }
 
     /// Removes the terrible addresses; returns how many. A scan of the

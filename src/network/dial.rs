@@ -99,7 +99,8 @@ impl Network {
         let node = self.clone();
         let target = target.clone();
         self.spawn("outbound_connection", async move {
-            node.outbound(&target, Some(tx)).await;
+            node.outbound(&target, ConnectionType::Manual, Some(tx))
+                .await;
         });
         rx.await
             .unwrap_or_else(|_| Err(Arc::new(ConnectError::Closed)))
@@ -132,7 +133,7 @@ impl Network {
                 target: target.clone(),
             });
             let started = Instant::now();
-            let established = self.outbound(&target, None).await;
+            let established = self.outbound(&target, ConnectionType::Manual, None).await;
             if established && started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
             }
@@ -170,12 +171,19 @@ impl Network {
     }
 
     /// Dials and runs one outbound connection; true if it was established.
-    pub(super) async fn outbound(&self, target: &PeerTarget, report: Option<Report>) -> bool {
+    pub(super) async fn outbound(
+        &self,
+        target: &PeerTarget,
+        kind: ConnectionType,
+        report: Option<Report>,
+    ) -> bool {
         let (conn_id, span) = self.span(target.addr, Direction::Outbound);
         async {
             let fail = |error: ConnectError, report: Option<Report>| {
                 let error = Arc::new(error);
                 tracing::info!(error = %error, error.kind = error.kind(), "dial failed");
+                metrics::counter!("timed_connects_total", "type" => kind.as_str(), "result" => error.kind())
+                    .increment(1);
                 if let Some(report) = report {
                     let _ = report.send(Err(error));
                 }
@@ -208,7 +216,7 @@ impl Network {
             self.handle(
                 stream,
                 target.addr,
-                Direction::Outbound,
+                kind,
                 target.node_id,
                 report,
                 conn_id,

@@ -46,7 +46,11 @@
 mod accept;
 pub mod address_book;
 mod dial;
+mod manager;
+mod pex;
 mod setup;
+
+pub use pex::{AddressPolicy, PexHandler};
 
 use accept::{PendingHandshake, Slot};
 use address_book::AddressBook;
@@ -86,7 +90,7 @@ use crate::peer::connection::{
 };
 use crate::peer::handshake::{establish, ConnectError, Direction, HandshakeConfig, PeerInfo};
 use crate::peer::queue::{SendQueue, DEFAULT_QUEUE_BYTES};
-use crate::peer::set::{Admission, PeerHandle, PeerSet};
+use crate::peer::set::{Admission, ConnectionType, PeerHandle, PeerSet};
 use crate::peer::{Inbound, Offence, PeerContext};
 use crate::protocol::message::capabilities;
 use crate::protocol::{DisconnectReason, Envelope, GossipKind, Message, MessageId};
@@ -109,20 +113,35 @@ pub struct ConnectionLimits {
     pub max_per_ip: usize,
     /// Accepted connections per IP per minute, before the handshake.
     pub accepts_per_ip_per_minute: u32,
+    /// Floor of the dynamic inbound cap (`[p2p] min_peers`).
+    pub min_peers: usize,
+    /// Most connections in all (`[p2p] max_peers`): inbound connections
+    /// are capped at this minus the outbound ones.
+    pub max_peers: usize,
+    /// Automatic outbound connections the connection manager keeps.
+    pub target_outbound: usize,
 }
 
 impl Default for ConnectionLimits {
     /// Zebra targets 25 peers (×5 inbound), CometBFT 40 inbound / 10
-    /// outbound, Bitcoin ~114 inbound / 10 outbound. 64 inbound and 16
-    /// outbound keep a small network well meshed on modest hardware; 4 per
-    /// IP lets a few nodes share a NAT while one host cannot fill the slots.
+    /// outbound, Bitcoin ~114 inbound / 10 outbound. 50 peers in all (the
+    /// old TIME Coin node's upper bound), of them 8 automatic outbound
+    /// (Bitcoin's count, see [`crate::constants::DEFAULT_TARGET_OUTBOUND`])
+    /// and so 42 inbound, keep a small network well meshed on modest
+    /// hardware; up to 16 outbound leaves room for manual peers and
+    /// feelers; 4 per IP lets a few nodes share a NAT while one host cannot
+    /// fill the slots.
     fn default() -> Self {
+        use crate::constants::{DEFAULT_MAX_PEERS, DEFAULT_MIN_PEERS, DEFAULT_TARGET_OUTBOUND};
         ConnectionLimits {
-            max_inbound: 64,
+            max_inbound: DEFAULT_MAX_PEERS - DEFAULT_TARGET_OUTBOUND,
             max_pending_handshakes: crate::constants::DEFAULT_MAX_PENDING_HANDSHAKES,
             max_outbound: 16,
             max_per_ip: 4,
             accepts_per_ip_per_minute: 30,
+            min_peers: DEFAULT_MIN_PEERS,
+            max_peers: DEFAULT_MAX_PEERS,
+            target_outbound: DEFAULT_TARGET_OUTBOUND,
         }
     }
 }
@@ -134,6 +153,11 @@ pub struct NetworkConfig {
     pub listen: SocketAddr,
     /// Peers to dial and keep dialling.
     pub peers: Vec<PeerTarget>,
+    /// `HOST:PORT` of seed nodes, resolved (DNS names too) when the
+    /// address book has nothing to dial.
+    pub seeds: Vec<String>,
+    /// Outbound peers saved at the last shutdown, dialled first.
+    pub anchors: Vec<PeerTarget>,
     /// Connection setup parameters.
     pub handshake: HandshakeConfig,
     /// Established-connection parameters.
@@ -163,6 +187,8 @@ impl NetworkConfig {
         NetworkConfig {
             listen,
             peers: Vec::new(),
+            seeds: Vec::new(),
+            anchors: Vec::new(),
             handshake,
             connection: ConnectionConfig::default(),
             backend: CryptoBackend::default(),
@@ -297,6 +323,10 @@ struct Inner {
     /// Inbound handshakes in progress, oldest (lowest connection id)
     /// first, with the switch that evicts each.
     pending: Mutex<BTreeMap<u64, CancellationToken>>,
+    /// Peer exchange: the `GetPeers` cache and our own record.
+    pex: pex::PexState,
+    /// The connection manager's state.
+    manager: manager::ManagerState,
 }
 
 /// A running node. Clones share it; call [`Network::shutdown`] to stop it.
@@ -394,6 +424,8 @@ impl Network {
                 per_ip: Arc::new(Mutex::new(HashMap::new())),
                 accept_limiter: DefaultKeyedRateLimiter::keyed(accept_quota),
                 pending: Mutex::new(BTreeMap::new()),
+                pex: pex::PexState::default(),
+                manager: manager::ManagerState::default(),
                 tasks: TaskTracker::new(),
                 config,
             }),
@@ -413,6 +445,7 @@ impl Network {
         );
         network.spawn("accept", network.clone().accept_loop(listener));
         network.spawn("housekeeping", network.clone().housekeeping());
+        network.spawn("connection_manager", network.clone().manage());
         for target in network.inner.config.peers.clone() {
             network.add_peer(target);
         }

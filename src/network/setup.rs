@@ -10,7 +10,7 @@ impl Network {
         &self,
         stream: TcpStream,
         addr: SocketAddr,
-        direction: Direction,
+        kind: ConnectionType,
         expected: Option<NodeId>,
         mut report: Option<Report>,
         conn_id: u64,
@@ -18,6 +18,7 @@ impl Network {
     ) -> bool {
         let inner = &self.inner;
         let config = &inner.config;
+        let direction = kind.direction();
         let evicted = pending
             .as_ref()
             .map(|p| p.evicted.clone())
@@ -43,8 +44,9 @@ impl Network {
         metrics::counter!("timed_handshakes_total", "result" => "ok").increment(1);
         tracing::Span::current().record("node.id", field::display(info.node_id));
         // The inbound limit counts authenticated connections only.
+        let inbound_cap = self.inbound_cap();
         let inbound_full = direction == Direction::Inbound
-            && inner.inbound_count.load(Ordering::Relaxed) >= config.limits.max_inbound;
+            && inner.inbound_count.load(Ordering::Relaxed) >= inbound_cap;
         let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
             inner.inbound_count.fetch_add(1, Ordering::Relaxed);
             Slot {
@@ -72,6 +74,7 @@ impl Network {
             context: context.clone(),
             client,
             queue: queue.clone(),
+            kind,
         });
         if inbound_full {
             // Said with a Disconnect after our Version (the connection task
@@ -80,13 +83,13 @@ impl Network {
                 .increment(1);
             if crate::logging::allow("inbound_full") {
                 tracing::info!(
-                    max_inbound = config.limits.max_inbound,
+                    max_inbound = inbound_cap,
                     "inbound connections full: refusing"
                 );
             }
             context.close_with(
                 DisconnectReason::TooManyPeers,
-                format!("{} inbound connections already", config.limits.max_inbound),
+                format!("{inbound_cap} inbound connections already"),
             );
         }
         let refused = inbound_full || !judge.readmit(&context);
@@ -163,9 +166,17 @@ impl Network {
         }
         self.emit(NetworkEvent::Connected(info.clone()));
         if admitted {
-            if let Some(observer) = inner.observer.get() {
-                observer.admitted(self, &handle);
+            if kind == ConnectionType::Feeler {
+                // The address answered and moved to tried: that was all.
+                context.close(DisconnectReason::Shutdown);
+            } else {
+                if let Some(observer) = inner.observer.get() {
+                    observer.admitted(self, &handle);
+                }
+                self.exchange_on_connect(&handle, direction == Direction::Outbound);
             }
+            metrics::counter!("timed_connects_total", "type" => kind.as_str(), "result" => "ok")
+                .increment(1);
         }
         let Some(inbound) = inner.inbound.get() else {
             // The application hands its inbound service in before the
@@ -195,6 +206,7 @@ impl Network {
         )
         .await;
         inner.peers.remove(info.node_id, conn_id);
+        inner.pex.closed(conn_id);
         if direction == Direction::Inbound && error.is_misbehaviour() {
             inner.blacklist.record_violation(addr.ip(), error.kind());
         }

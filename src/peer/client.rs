@@ -19,7 +19,6 @@ use tower::{BoxError, Service};
 
 use crate::peer::PeerContext;
 use crate::protocol::message::{Blocks, GetBlocks};
-use crate::protocol::PeerAddress;
 
 /// A request to one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +50,8 @@ impl Request {
 pub enum Response {
     /// The ping came back after this long.
     Pong(Duration),
-    /// The peer's addresses.
-    Peers(Vec<PeerAddress>),
+    /// The peer's signed records (not yet verified: the caller does that).
+    Peers(Vec<crate::protocol::Envelope>),
     /// Blocks (not yet decoded or validated: the caller does that).
     Blocks(Blocks),
     /// Encoded mempool transactions (not yet decoded or validated).

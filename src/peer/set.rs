@@ -36,6 +36,61 @@ pub struct PeerHandle {
     pub client: Client,
     /// Its send queue.
     pub queue: Arc<SendQueue>,
+    /// Why the connection exists.
+    pub kind: ConnectionType,
+}
+
+/// Why a connection exists (Bitcoin's connection types, as far as they
+/// apply here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectionType {
+    /// The peer dialled us.
+    Inbound,
+    /// A peer the operator named (`[p2p] peers`, RPC `addnode`), kept
+    /// connected whatever its quality.
+    Manual,
+    /// Dialled by the connection manager from the address book.
+    OutboundFull,
+    /// A short connection to test a new address; closed after the
+    /// handshake.
+    Feeler,
+    /// An outbound peer saved at the last shutdown, dialled first.
+    Anchor,
+}
+
+impl ConnectionType {
+    /// A short stable name, for `getpeerinfo`, logs and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Inbound => "inbound",
+            ConnectionType::Manual => "manual",
+            ConnectionType::OutboundFull => "outbound-full",
+            ConnectionType::Feeler => "feeler",
+            ConnectionType::Anchor => "anchor",
+        }
+    }
+
+    /// Who dialled.
+    pub const fn direction(self) -> Direction {
+        match self {
+            ConnectionType::Inbound => Direction::Inbound,
+            _ => Direction::Outbound,
+        }
+    }
+
+    /// Whether the connection manager counts it toward its outbound
+    /// target (automatic full-relay outbound connections).
+    pub const fn is_automatic_outbound(self) -> bool {
+        matches!(self, ConnectionType::OutboundFull | ConnectionType::Anchor)
+    }
+}
+
+impl PeerHandle {
+    /// Encodes and queues `message` for this peer (closing it if its queue
+    /// is full); false if it could not be queued.
+    pub fn send(&self, message: &Message) -> bool {
+        crate::peer::connection::enqueue(&self.queue, &self.context, message)
+    }
 }
 
 /// What [`PeerSet::admit`] decided.
@@ -284,6 +339,10 @@ pub(crate) mod tests {
                 client: Client::new(tx, context.clone()),
                 context,
                 queue: Arc::new(SendQueue::new(1 << 20)),
+                kind: match direction {
+                    Direction::Inbound => ConnectionType::Inbound,
+                    Direction::Outbound => ConnectionType::Manual,
+                },
             }),
             rx,
         )

@@ -311,17 +311,18 @@ impl Encoder<Message> for MessageCodec {
 mod tests {
     use super::*;
     use crate::protocol::envelope::GossipKind;
-    use crate::protocol::message::{Disconnect, DisconnectReason, PeerAddress, Ping};
+    use crate::protocol::message::{Disconnect, DisconnectReason, Ping};
     use crate::protocol::VersionParams;
 
     fn peers(n: usize) -> Message {
-        Message::Peers(vec![
-            PeerAddress {
-                ip: [7; 16],
-                port: 1
-            };
-            n
-        ])
+        let record = Envelope {
+            kind: GossipKind::Address,
+            originator: [1; 32],
+            timestamp_ms: 1,
+            payload: vec![1, 0, 0, 0, 0, 0, 0, 0],
+            signature: [2; 64],
+        };
+        Message::Peers(vec![record; n])
     }
 
     fn disconnect(detail_len: usize) -> Message {

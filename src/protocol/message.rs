@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::envelope::Envelope;
 use crate::crypto::NodeId;
 
-/// Every message of protocol version 1, in wire order (index 0 first).
+/// Every message of protocol version 2, in wire order (index 0 first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// 0: the first message on every connection, sent by both sides.
@@ -28,9 +28,10 @@ pub enum Message {
     Gossip(Envelope),
     /// 5: asks for known peer addresses.
     GetPeers,
-    /// 6: known peer addresses (at most
-    /// [`crate::constants::MAX_PEER_ADDRESSES`]).
-    Peers(Vec<PeerAddress>),
+    /// 6: signed peer records (at most
+    /// [`crate::constants::MAX_PEER_ADDRESSES`]), each an `Address`
+    /// envelope (see [`super::record`]); the answer to `GetPeers`.
+    Peers(Vec<Envelope>),
     /// Asks for blocks from a height upward (chain sync, section 9.6).
     GetBlocks(GetBlocks),
     /// The answer to `GetBlocks`: the responder's tip and encoded blocks.

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod envelope;
 pub mod message;
+pub mod record;
 pub mod version;
 
 pub use codec::{decode_message, encode_message, CodecError, MessageCodec, WireError};

@@ -198,10 +198,10 @@ mod tests {
             Err(VersionError::WrongMagic { .. })
         ));
         let mut v = good.clone();
-        v.protocol_version = 0;
+        v.protocol_version = 1;
         assert!(matches!(
             ours.check(&v, id),
-            Err(VersionError::UnsupportedProtocolVersion { got: 0, min: 1 })
+            Err(VersionError::UnsupportedProtocolVersion { got: 1, min: 2 })
         ));
         let mut v = good.clone();
         v.network = "testnet".into();

@@ -31,6 +31,7 @@ pub const NAMES: &[&str] = &[
     "reloadconfig",
     "uptime",
     "getaddrmaninfo",
+    "getnodeaddresses",
     "stop",
 ];
 
@@ -104,6 +105,8 @@ pub(super) async fn dispatch(
                         "protocol_version": h.info.version.protocol_version,
                         "best_height": h.info.version.best_height,
                         "listen_addr": h.info.version.listen_addr.map(|a| a.to_string()),
+                        "connection_type": h.kind.as_str(),
+                        "netgroup": crate::locks::lock(node.address_book()).netgroup(h.info.addr.ip()).to_string(),
                         "conntime": h.context.connected_unix,
                         "time_offset_secs": h.info.version.timestamp as i64 - h.context.connected_unix as i64,
                     })
@@ -290,6 +293,34 @@ pub(super) async fn dispatch(
                 "ipv6": entry(v6),
                 "all_networks": entry((new, tried)),
             }))
+        }
+        "getnodeaddresses" => {
+            let count = match param(params, 0, "count") {
+                None => 1,
+                Some(v) => match v.as_u64() {
+                    Some(n) => n as usize,
+                    None => return Err(RpcError::params("count must be a number (0: all)")),
+                },
+            };
+            let book = crate::locks::lock(node.address_book());
+            let count = if count == 0 { book.len() } else { count };
+            let picked = book.sample_addresses(count, &mut rand::thread_rng());
+            Ok(Value::Array(
+                picked
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "time": a.last_seen,
+                            "services": a.capabilities,
+                            "address": a.addr.ip().to_string(),
+                            "port": a.addr.port(),
+                            "network": if a.addr.is_ipv4() { "ipv4" } else { "ipv6" },
+                            "node_id": a.node_id.map(|id| id.to_string()),
+                            "tried": a.tried,
+                        })
+                    })
+                    .collect(),
+            ))
         }
         "uptime" => {
             no_params(params)?;

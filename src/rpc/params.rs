@@ -32,6 +32,7 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("reloadconfig", &[]),
     ("uptime", &[]),
     ("getaddrmaninfo", &[]),
+    ("getnodeaddresses", &["count"]),
     ("stop", &[]),
     // Chain and wallet (rpc/chain.rs).
     ("getbalance", &["address"]),

@@ -219,6 +219,27 @@ impl DevnetNode {
 /// masternode of a shared genesis that funds every wallet, each node
 /// dialling the ones before it), with `block_interval` seconds per slot.
 pub fn write_devnet(root: &Path, ip_base: [u8; 3], n: u8, block_interval: u64) -> Vec<DevnetNode> {
+    write_devnet_with(root, ip_base, n, block_interval, Topology::Mesh)
+}
+
+/// How a test devnet's nodes learn of each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Each node keeps the ones before it connected (`peers`).
+    Mesh,
+    /// Node 1 is every other node's only seed; peer exchange does the
+    /// rest (each address its own netgroup).
+    Seed,
+}
+
+/// [`write_devnet`] with a choice of [`Topology`].
+pub fn write_devnet_with(
+    root: &Path,
+    ip_base: [u8; 3],
+    n: u8,
+    block_interval: u64,
+    topology: Topology,
+) -> Vec<DevnetNode> {
     let mut keys = Vec::new();
     let mut wallets = Vec::new();
     let mut dirs = Vec::new();
@@ -244,7 +265,22 @@ pub fn write_devnet(root: &Path, ip_base: [u8; 3], n: u8, block_interval: u64) -
             .enumerate()
             .map(|(j, (_, id))| format!("{id}@{}", SocketAddr::from((ip(j as u8 + 1), 24_200))))
             .collect();
-        let (config, rpc) = write_config(dir, ip(i), &peers, &chain);
+        let (config, rpc) = match topology {
+            Topology::Mesh => write_config(dir, ip(i), &peers, &chain),
+            Topology::Seed => {
+                let seeds = if i == 1 {
+                    String::new()
+                } else {
+                    format!("\"{}\"", SocketAddr::from((ip(1), 24_200)))
+                };
+                write_config_p2p(
+                    dir,
+                    ip(i),
+                    &format!("seeds = [{seeds}]\nnetgroup_ipv4_bits = 32\n"),
+                    &chain,
+                )
+            }
+        };
         nodes.push(DevnetNode {
             dir: dir.clone(),
             config,
@@ -265,17 +301,26 @@ pub fn write_config(
     peers: &[String],
     chain: &str,
 ) -> (PathBuf, SocketAddr) {
-    std::fs::create_dir_all(dir).unwrap();
-    let rpc = SocketAddr::from((ip, 24_201));
-    let config = format!(
-        "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\npeers = [{}]\n\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
-        dir.display(),
-        SocketAddr::from((ip, 24_200)),
+    let peers = format!(
+        "peers = [{}]\n",
         peers
             .iter()
             .map(|p| format!("\"{p}\""))
             .collect::<Vec<_>>()
-            .join(", "),
+            .join(", ")
+    );
+    write_config_p2p(dir, ip, &peers, chain)
+}
+
+/// Like [`write_config`], with `p2p` (lines of the `[p2p]` section after
+/// `listen`) instead of a peer list.
+pub fn write_config_p2p(dir: &Path, ip: [u8; 4], p2p: &str, chain: &str) -> (PathBuf, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let rpc = SocketAddr::from((ip, 24_201));
+    let config = format!(
+        "[node]\nnetwork = \"devnet\"\ndata_dir = \"{}\"\n\n[p2p]\nlisten = \"{}\"\n{p2p}\n[rpc]\nlisten = \"{rpc}\"\n\n[metrics]\nenabled = false\n\n{chain}",
+        dir.display(),
+        SocketAddr::from((ip, 24_200)),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, config).unwrap();

@@ -1,0 +1,343 @@
+//! The connection manager: keeps the node's automatic outbound connections
+//! filled from the address book, tests new addresses with feelers, dials
+//! the anchors first, falls back to the seeds when the book has nothing to
+//! dial, and re-announces the node's record.
+//!
+//! # Outbound selection
+//! Every [`CONNECTION_MANAGER_TICK`] the manager counts its automatic
+//! outbound connections (`outbound-full` and `anchor`, plus dials in
+//! progress) and, below `target_outbound`, picks addresses from the book:
+//! from the tried table or the new table with even odds, never an address
+//! it is connected or dialling to, never one dialled in the last
+//! [`REDIAL_ADDRESS_AFTER_SECS`], never a banned one, never our own, and
+//! **never a second one in a netgroup it already has an outbound
+//! connection to**, so an attacker must hold as many netgroups as the node
+//! has outbound peers to surround it. At most [`MAX_CONCURRENT_DIALS`]
+//! dials run at once.
+//!
+//! # Feelers
+//! Once the outbound target is met, every [`FEELER_INTERVAL`] (on
+//! average, exponentially distributed) the manager dials one address of
+//! the new table, completes the handshake and closes: the address moves
+//! to tried, so the tried table keeps filling with working addresses.
+//!
+//! # Seeds and anchors
+//! The anchors (the outbound peers saved at the last shutdown) are dialled
+//! first at start. The seeds (`[p2p] seeds`, DNS names resolved each time)
+//! are only used when the node has no outbound peer and the book offers
+//! nothing to dial, at most once a minute: they fill an empty book, they
+//! are not kept connected.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::*;
+use crate::constants::{
+    ANCHOR_COUNT, CONNECTION_MANAGER_TICK, FEELER_INTERVAL, MAX_CONCURRENT_DIALS,
+    REDIAL_ADDRESS_AFTER_SECS, SELF_ANNOUNCE_INTERVAL,
+};
+
+/// Random picks the manager tries per dial before giving up for a tick.
+const SELECTION_TRIES: usize = 64;
+
+/// Least time between two seed look-ups.
+const SEED_RETRY: Duration = Duration::from_secs(60);
+
+/// What the connection manager keeps between ticks.
+#[derive(Debug, Default)]
+pub(super) struct ManagerState {
+    /// Addresses being dialled by the manager, with their netgroup.
+    dialing: Mutex<HashMap<SocketAddr, ConnectionType>>,
+}
+
+/// Removes an address from the dialling set when its dial ends.
+struct Dialing {
+    network: Network,
+    addr: SocketAddr,
+}
+
+impl Drop for Dialing {
+    fn drop(&mut self) {
+        crate::locks::lock(&self.network.inner.manager.dialing).remove(&self.addr);
+    }
+}
+
+impl Network {
+    /// The current cap on established inbound connections: the configured
+    /// `max_inbound`, and never more than `max_peers` minus the outbound
+    /// connections.
+    pub fn inbound_cap(&self) -> usize {
+        let limits = &self.inner.config.limits;
+        let outbound = self.inner.outbound.load(Ordering::Relaxed);
+        limits
+            .max_inbound
+            .min(limits.max_peers.saturating_sub(outbound))
+    }
+
+    /// The connected automatic outbound peers (`outbound-full` and
+    /// `anchor`), longest connected first: the first
+    /// [`ANCHOR_COUNT`] are saved as anchors at shutdown.
+    pub fn anchor_candidates(&self) -> Vec<PeerTarget> {
+        let mut outbound: Vec<Arc<PeerHandle>> = self
+            .inner
+            .peers
+            .snapshot()
+            .into_iter()
+            .filter(|h| h.kind.is_automatic_outbound())
+            .collect();
+        outbound.sort_by_key(|h| h.context.connected_unix);
+        outbound
+            .iter()
+            .take(ANCHOR_COUNT)
+            .map(|h| PeerTarget {
+                addr: h.info.addr,
+                node_id: Some(h.info.node_id),
+            })
+            .collect()
+    }
+
+    /// Runs the connection manager until shutdown.
+    pub(super) async fn manage(self) {
+        for anchor in self.inner.config.anchors.clone() {
+            self.dial_managed(anchor, ConnectionType::Anchor);
+        }
+        let mut ticker = tokio::time::interval(CONNECTION_MANAGER_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_feeler = Instant::now() + feeler_delay();
+        let mut next_announce = Instant::now() + SELF_ANNOUNCE_INTERVAL;
+        let mut next_prune = Instant::now() + SEED_RETRY;
+        let mut last_seeds: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let (automatic, found) = self.fill_outbound();
+            let seeds_due = last_seeds.is_none_or(|t| t.elapsed() >= SEED_RETRY);
+            if automatic == 0 && !found && seeds_due && !self.inner.config.seeds.is_empty() {
+                last_seeds = Some(Instant::now());
+                self.use_seeds().await;
+            }
+            let now = Instant::now();
+            if now >= next_feeler {
+                next_feeler = now + feeler_delay();
+                if automatic >= self.inner.config.limits.target_outbound {
+                    self.dial_feeler();
+                }
+            }
+            if now >= next_announce {
+                next_announce = now + SELF_ANNOUNCE_INTERVAL;
+                self.announce_self();
+            }
+            if now >= next_prune {
+                next_prune = now + SEED_RETRY;
+                let now_secs = crate::protocol::version::unix_now().as_secs();
+                let evicted =
+                    crate::locks::lock(&self.inner.config.address_book).evict_terrible(now_secs);
+                if evicted > 0 {
+                    tracing::debug!(evicted, "terrible addresses dropped from the book");
+                }
+            }
+            self.record_book_metrics();
+        }
+    }
+
+    /// Starts dials toward the outbound target; returns the automatic
+    /// outbound count (with dials in progress) and whether the book
+    /// offered any address to dial.
+    fn fill_outbound(&self) -> (usize, bool) {
+        let target = self.inner.config.limits.target_outbound;
+        let mut found = false;
+        loop {
+            let (automatic, dialing) = self.outbound_counts();
+            if automatic >= target || dialing >= MAX_CONCURRENT_DIALS {
+                return (automatic, found || automatic > 0);
+            }
+            let Some(pick) = self.pick(false) else {
+                return (automatic, found);
+            };
+            found = true;
+            self.dial_managed(pick, ConnectionType::OutboundFull);
+        }
+    }
+
+    /// `(automatic outbound connections and dials, dials in progress)`.
+    fn outbound_counts(&self) -> (usize, usize) {
+        let dialing = crate::locks::lock(&self.inner.manager.dialing)
+            .values()
+            .filter(|k| k.is_automatic_outbound())
+            .count();
+        let connected = self
+            .inner
+            .peers
+            .snapshot()
+            .iter()
+            .filter(|h| h.kind.is_automatic_outbound())
+            .count();
+        (connected + dialing, dialing)
+    }
+
+    /// An address worth dialling: from the new table only for a feeler.
+    fn pick(&self, feeler: bool) -> Option<PeerTarget> {
+        let peers = self.inner.peers.snapshot();
+        let own_id = self.node_id();
+        let own_addr = self
+            .inner
+            .config
+            .handshake
+            .version
+            .listen_addr
+            .map(SocketAddr::from);
+        let policy = self.address_policy();
+        let dialing = crate::locks::lock(&self.inner.manager.dialing).clone();
+        let book = crate::locks::lock(&self.inner.config.address_book);
+        let mut connected_addrs: HashSet<SocketAddr> = HashSet::new();
+        let mut connected_ids: HashSet<NodeId> = HashSet::new();
+        let mut outbound_groups = HashSet::new();
+        for h in &peers {
+            connected_addrs.insert(h.info.addr);
+            if let Some(listen) = h.info.version.listen_addr {
+                connected_addrs.insert(SocketAddr::new(h.info.addr.ip(), listen.port));
+            }
+            connected_ids.insert(h.info.node_id);
+            if h.info.direction == Direction::Outbound {
+                outbound_groups.insert(book.netgroup(h.info.addr.ip()));
+            }
+        }
+        for addr in dialing.keys() {
+            outbound_groups.insert(book.netgroup(addr.ip()));
+        }
+        let now = crate::protocol::version::unix_now().as_secs();
+        let wanted = |info: &address_book::AddrInfo| {
+            info.node_id != Some(own_id)
+                && Some(info.addr) != own_addr
+                && policy.allows(&info.addr)
+                && !connected_addrs.contains(&info.addr)
+                && !info.node_id.is_some_and(|id| connected_ids.contains(&id))
+                && !dialing.contains_key(&info.addr)
+                && !outbound_groups.contains(&book.netgroup(info.addr.ip()))
+                && now.saturating_sub(info.last_try) >= REDIAL_ADDRESS_AFTER_SECS
+                && !self.inner.blacklist.is_banned(info.addr.ip())
+        };
+        let mut rng = rand::thread_rng();
+        let info = if feeler {
+            book.select_new_where(SELECTION_TRIES, &mut rng, wanted)
+        } else {
+            book.select_where(0.5, SELECTION_TRIES, &mut rng, wanted)
+        }?;
+        Some(PeerTarget {
+            addr: info.addr,
+            node_id: info.node_id,
+        })
+    }
+
+    /// Dials `target` as a connection of `kind` in its own task.
+    fn dial_managed(&self, target: PeerTarget, kind: ConnectionType) {
+        {
+            let mut dialing = crate::locks::lock(&self.inner.manager.dialing);
+            if dialing.contains_key(&target.addr) {
+                return;
+            }
+            dialing.insert(target.addr, kind);
+        }
+        let guard = Dialing {
+            network: self.clone(),
+            addr: target.addr,
+        };
+        let node = self.clone();
+        self.spawn("managed_connection", async move {
+            let established = async {
+                node.outbound(&target, kind, None).await;
+            };
+            // The address leaves the dialling set once the connection is
+            // established or failed; the connection itself runs on.
+            let watch = node.subscribe();
+            tokio::pin!(established);
+            let mut guard = Some(guard);
+            let mut watch = watch;
+            loop {
+                tokio::select! {
+                    _ = &mut established => break,
+                    event = watch.recv() => match event {
+                        Ok(NetworkEvent::Connected(info)) if info.addr == target.addr => {
+                            guard.take();
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            guard.take();
+                        }
+                    },
+                }
+            }
+        });
+    }
+
+    fn dial_feeler(&self) {
+        if let Some(target) = self.pick(true) {
+            tracing::debug!(peer = %target, "feeler connection");
+            self.dial_managed(target, ConnectionType::Feeler);
+        }
+    }
+
+    /// Resolves the seeds and adds what they resolve to to the book (as
+    /// their own source), dialling them at once.
+    async fn use_seeds(&self) {
+        let now = crate::protocol::version::unix_now().as_secs();
+        for seed in self.inner.config.seeds.clone() {
+            let resolved = match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(addrs) => addrs.collect::<Vec<_>>(),
+                Err(error) => {
+                    metrics::counter!("timed_seed_lookups_total", "result" => "error").increment(1);
+                    if crate::logging::allow("seed_lookup") {
+                        tracing::warn!(seed, %error, "cannot resolve seed");
+                    }
+                    continue;
+                }
+            };
+            metrics::counter!("timed_seed_lookups_total", "result" => "ok").increment(1);
+            tracing::info!(seed, addresses = resolved.len(), "using seed");
+            for addr in resolved {
+                if Some(addr)
+                    == self
+                        .inner
+                        .config
+                        .handshake
+                        .version
+                        .listen_addr
+                        .map(SocketAddr::from)
+                {
+                    continue;
+                }
+                crate::locks::lock(&self.inner.config.address_book).add(
+                    addr,
+                    None,
+                    0,
+                    addr.ip(),
+                    now,
+                );
+                self.dial_managed(
+                    PeerTarget {
+                        addr,
+                        node_id: None,
+                    },
+                    ConnectionType::OutboundFull,
+                );
+            }
+        }
+    }
+
+    fn record_book_metrics(&self) {
+        let (new, tried) = crate::locks::lock(&self.inner.config.address_book).sizes();
+        metrics::gauge!("timed_address_book_entries", "table" => "new").set(new as f64);
+        metrics::gauge!("timed_address_book_entries", "table" => "tried").set(tried as f64);
+        metrics::gauge!("timed_inbound_cap").set(self.inbound_cap() as f64);
+    }
+}
+
+/// An exponentially distributed delay of mean [`FEELER_INTERVAL`] (a
+/// Poisson process, as Bitcoin's), at most four times the mean.
+fn feeler_delay() -> Duration {
+    let u: f64 = rand::thread_rng().gen_range(f64::EPSILON..1.0);
+    FEELER_INTERVAL.mul_f64((-u.ln()).min(4.0))
+}
