@@ -46,6 +46,8 @@
 mod accept;
 pub mod address_book;
 mod dial;
+pub mod eviction;
+pub mod quality;
 mod setup;
 
 use accept::{PendingHandshake, Slot};
