@@ -46,8 +46,10 @@
 mod accept;
 pub mod address_book;
 mod dial;
+pub mod eviction;
 mod manager;
 mod pex;
+pub mod quality;
 mod setup;
 
 pub use pex::{AddressPolicy, PexHandler};
