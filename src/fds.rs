@@ -170,6 +170,15 @@ pub fn plan(limit: Option<u64>, wants: FdWants) -> Result<FdBudget, FdLimitTooLo
     })
 }
 
+/// How many files the process has open, and its soft limit (`None`:
+/// unlimited): the fd-pressure signal of the network's dynamic inbound cap.
+/// Counts the entries of `/proc/self/fd`; `None` where that does not exist.
+pub fn usage() -> Option<(usize, Option<u64>)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    Some((open, limit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,7 +66,7 @@
 //! | [`protocol`] | transport, constants, crypto, encoding, params |
 //! | [`peer`] | protocol, transport, constants, crypto, encoding, params, locks, logging |
 //! | [`layers`] | peer, protocol, constants, crypto, encoding, params, locks, logging |
-//! | [`network`] | layers, peer, protocol, transport, constants, crypto, encoding, params, locks, logging, tasks |
+//! | [`network`] | layers, peer, protocol, transport, constants, crypto, encoding, params, locks, logging, tasks, fds |
 //! | [`sync`] | state, chain, peer, protocol, constants, crypto, locks, logging |
 //! | [`handlers`] | sync, state, chain, peer, protocol, constants, crypto, encoding, locks, logging |
 //! | [`metrics`] | network, layers, peer, http, constants, locks |

@@ -510,6 +510,9 @@ impl ScoringLayer {
         self.book.remember(peer.node_id, peer.ip(), &peer.score);
         metrics::counter!("timed_score_penalties_total", "offence" => offence.as_str())
             .increment(1);
+        peer.stats
+            .offences
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.enforce {
             return score;
         }

@@ -38,6 +38,7 @@ use crate::constants::{
 };
 use crate::crypto::NodeId;
 use crate::protocol::record::OpenedRecord;
+use super::quality::PeerQuality;
 use crate::protocol::Envelope;
 
 /// How addresses are grouped: the prefix lengths that make a netgroup.
@@ -86,6 +87,11 @@ impl std::fmt::Display for Netgroup {
 }
 
 impl Netgroup {
+    /// The encoded netgroup (equal bytes: the same netgroup).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The netgroup of `ip` under `bits`. IPv4-mapped IPv6 addresses are
     /// grouped as the IPv4 address they carry.
     pub fn of(ip: IpAddr, bits: GroupBits) -> Netgroup {
@@ -114,7 +120,7 @@ impl Netgroup {
 }
 
 /// What the book knows of one address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AddrInfo {
     /// The address.
     pub addr: SocketAddr,
@@ -138,6 +144,8 @@ pub struct AddrInfo {
     /// `GetPeers` answers (addresses known only from configs or handshakes
     /// have none and are never relayed).
     pub record: Option<Envelope>,
+    /// How the peer at this address did (see `network::quality`).
+    pub quality: PeerQuality,
 }
 
 impl AddrInfo {
@@ -394,6 +402,7 @@ impl AddressBook {
                 attempts: 0,
                 tried: false,
                 record: None,
+                quality: PeerQuality::default(),
             },
             place,
         );
@@ -469,6 +478,19 @@ impl AddressBook {
             .filter_map(|info| info.record.clone())
             .take(count)
             .collect()
+    }
+
+    /// The quality record of `addr`, if it is in the book.
+    pub fn quality_mut(&mut self, addr: &SocketAddr) -> Option<&mut PeerQuality> {
+        self.entries.get_mut(addr).map(|(info, _)| &mut info.quality)
+    }
+
+    /// A key for `context` derived from the book's secret: stable across
+    /// restarts, unknown outside the node.
+    pub fn derived_key(&self, context: &str) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.secret);
+        hasher.update(context.as_bytes());
+        *hasher.finalize().as_bytes()
     }
 
     /// Records a dial of `addr` at `now`.

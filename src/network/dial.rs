@@ -205,12 +205,16 @@ impl Network {
                     .await
                 {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return fail(ConnectError::Io(e), report),
+                    Ok(Err(e)) => {
+                        self.dial_outcome(&target.addr, false);
+                        return fail(ConnectError::Io(e), report);
+                    }
                     Err(_) => {
+                        self.dial_outcome(&target.addr, false);
                         return fail(
                             ConnectError::Timeout(inner.config.handshake.timeout),
                             report,
-                        )
+                        );
                     }
                 };
             self.handle(

@@ -43,11 +43,36 @@ const SELECTION_TRIES: usize = 64;
 /// Least time between two seed look-ups.
 const SEED_RETRY: Duration = Duration::from_secs(60);
 
+/// Share of the open-file limit in use above which the inbound cap
+/// shrinks: 10% headroom keeps room for the database, logs, RPC and the
+/// outbound dials that keep the node connected.
+const FD_HOT: f64 = 0.9;
+/// Share below which a shrunk inbound cap grows back.
+const FD_COOL: f64 = 0.75;
+/// Fill of all send queues together (bytes queued over the queues' total
+/// budget) above which the inbound cap shrinks: peers are not draining
+/// what we send, so more peers would only queue more.
+const QUEUES_HOT: f64 = 0.5;
+/// Fill below which a shrunk inbound cap grows back.
+const QUEUES_COOL: f64 = 0.25;
+
 /// What the connection manager keeps between ticks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ManagerState {
     /// Addresses being dialled by the manager, with their netgroup.
     dialing: Mutex<HashMap<SocketAddr, ConnectionType>>,
+    /// The inbound cap under resource pressure (`usize::MAX`: no
+    /// pressure); see [`Network::update_pressure`].
+    pressure_cap: AtomicUsize,
+}
+
+impl ManagerState {
+    pub(super) fn new() -> Self {
+        ManagerState {
+            dialing: Mutex::default(),
+            pressure_cap: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 /// Removes an address from the dialling set when its dial ends.
@@ -64,14 +89,70 @@ impl Drop for Dialing {
 
 impl Network {
     /// The current cap on established inbound connections: the configured
-    /// `max_inbound`, and never more than `max_peers` minus the outbound
-    /// connections.
+    /// `max_inbound`, never more than `max_peers` minus the outbound
+    /// connections, and under resource pressure the shrunk cap (see
+    /// [`Network::update_pressure`]).
     pub fn inbound_cap(&self) -> usize {
+        self.base_inbound_cap()
+            .min(self.inner.manager.pressure_cap.load(Ordering::Relaxed))
+    }
+
+    fn base_inbound_cap(&self) -> usize {
         let limits = &self.inner.config.limits;
         let outbound = self.inner.outbound.load(Ordering::Relaxed);
         limits
             .max_inbound
             .min(limits.max_peers.saturating_sub(outbound))
+    }
+
+    /// The dynamic inbound limit: reads the two pressure signals, the
+    /// share of the open-file limit in use and the fill of all send
+    /// queues together, and moves the inbound cap. When either is hot
+    /// ([`FD_HOT`], [`QUEUES_HOT`]) the cap drops to a quarter below the
+    /// inbound connections there are, never below `min_peers`; when both
+    /// are cool ([`FD_COOL`], [`QUEUES_COOL`]) it grows back by one per
+    /// tick (a quarter of itself, at least one) until it no longer binds. Established connections are not
+    /// dropped: new inbound ones are refused until the count falls under
+    /// the cap. Both signals and the cap are exported as metrics.
+    pub(super) fn update_pressure(&self) {
+        let fd_ratio = match crate::fds::usage() {
+            Some((open, Some(limit))) if limit > 0 => open as f64 / limit as f64,
+            _ => 0.0,
+        };
+        let peers = self.inner.peers.snapshot();
+        let queued: usize = peers.iter().map(|h| h.queue.bytes()).sum();
+        let budget = peers.len().max(1) * self.inner.config.send_queue_bytes.max(1);
+        let queue_ratio = queued as f64 / budget as f64;
+        metrics::gauge!("timed_pressure_ratio", "signal" => "fds").set(fd_ratio);
+        metrics::gauge!("timed_pressure_ratio", "signal" => "send_queues").set(queue_ratio);
+        let min = self.inner.config.limits.min_peers;
+        let base = self.base_inbound_cap();
+        let cap = &self.inner.manager.pressure_cap;
+        let current = cap.load(Ordering::Relaxed).min(base);
+        if fd_ratio >= FD_HOT || queue_ratio >= QUEUES_HOT {
+            let inbound = self.inner.inbound_count.load(Ordering::Relaxed);
+            let shrunk = (inbound.min(current) * 3 / 4).max(min).min(current.max(min));
+            if shrunk < current {
+                tracing::warn!(
+                    fd_ratio,
+                    queue_ratio,
+                    inbound_cap = shrunk,
+                    "resource pressure: lowering the inbound cap"
+                );
+            }
+            cap.store(shrunk, Ordering::Relaxed);
+        } else if fd_ratio < FD_COOL && queue_ratio < QUEUES_COOL {
+            let prev = cap.load(Ordering::Relaxed);
+            if prev != usize::MAX {
+                let grown = prev.saturating_add((prev / 4).max(1));
+                if grown >= base {
+                    tracing::info!(inbound_cap = base, "resource pressure gone: inbound cap restored");
+                    cap.store(usize::MAX, Ordering::Relaxed);
+                } else {
+                    cap.store(grown, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// The connected automatic outbound peers (`outbound-full` and
@@ -106,6 +187,7 @@ impl Network {
         let mut next_feeler = Instant::now() + feeler_delay();
         let mut next_announce = Instant::now() + SELF_ANNOUNCE_INTERVAL;
         let mut next_prune = Instant::now() + SEED_RETRY;
+        let mut next_rotation = Instant::now() + super::ROTATION_INTERVAL;
         let mut last_seeds: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -121,8 +203,17 @@ impl Network {
             let now = Instant::now();
             if now >= next_feeler {
                 next_feeler = now + feeler_delay();
-                if automatic >= self.inner.config.limits.target_outbound {
+                let target = self.inner.config.limits.target_outbound;
+                if target > 0 && automatic >= target {
                     self.dial_feeler();
+                }
+            }
+            if now >= next_rotation {
+                next_rotation = now + super::ROTATION_INTERVAL;
+                if automatic >= self.inner.config.limits.target_outbound
+                    && self.inner.config.limits.target_outbound > 0
+                {
+                    self.rotate_outbound();
                 }
             }
             if now >= next_announce {
@@ -138,6 +229,7 @@ impl Network {
                     tracing::debug!(evicted, "terrible addresses dropped from the book");
                 }
             }
+            self.update_pressure();
             self.record_book_metrics();
         }
     }
@@ -178,7 +270,7 @@ impl Network {
     }
 
     /// An address worth dialling: from the new table only for a feeler.
-    fn pick(&self, feeler: bool) -> Option<PeerTarget> {
+    pub(super) fn pick(&self, feeler: bool) -> Option<PeerTarget> {
         let peers = self.inner.peers.snapshot();
         let own_id = self.node_id();
         let own_addr = self

@@ -50,9 +50,11 @@ pub mod eviction;
 mod manager;
 mod pex;
 pub mod quality;
+mod selection;
 mod setup;
 
 pub use pex::{AddressPolicy, PexHandler};
+pub use selection::{NEUTRAL_QUALITY, ROTATION_INTERVAL};
 
 use accept::{PendingHandshake, Slot};
 use address_book::AddressBook;
@@ -62,7 +64,7 @@ pub use dial::{
     REDIAL_MAX_DELAY,
 };
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -427,7 +429,7 @@ impl Network {
                 accept_limiter: DefaultKeyedRateLimiter::keyed(accept_quota),
                 pending: Mutex::new(BTreeMap::new()),
                 pex: pex::PexState::default(),
-                manager: manager::ManagerState::default(),
+                manager: manager::ManagerState::new(),
                 tasks: TaskTracker::new(),
                 config,
             }),
@@ -509,6 +511,15 @@ impl Network {
     /// `request`'s peer (before it was relayed).
     pub fn delivered(&self, request: &Inbound) {
         if let Message::Gossip(envelope) = &*request.message {
+            // What eviction protects and peer quality rewards.
+            let stats = &request.peer.stats;
+            stats.first_deliveries.fetch_add(1, Ordering::Relaxed);
+            let now_ms = crate::protocol::version::unix_now().as_millis() as u64;
+            match envelope.kind {
+                GossipKind::Transaction => stats.last_tx_ms.store(now_ms, Ordering::Relaxed),
+                GossipKind::Block => stats.last_block_ms.store(now_ms, Ordering::Relaxed),
+                GossipKind::Vote | GossipKind::Address => {}
+            }
             self.emit(NetworkEvent::Delivered {
                 id: envelope.id(),
                 kind: envelope.kind,

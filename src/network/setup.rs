@@ -45,8 +45,10 @@ impl Network {
         tracing::Span::current().record("node.id", field::display(info.node_id));
         // The inbound limit counts authenticated connections only.
         let inbound_cap = self.inbound_cap();
+        // Full: one inbound peer makes room, unless eviction protects all.
         let inbound_full = direction == Direction::Inbound
-            && inner.inbound_count.load(Ordering::Relaxed) >= inbound_cap;
+            && inner.inbound_count.load(Ordering::Relaxed) >= inbound_cap
+            && !self.evict_inbound();
         let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
             inner.inbound_count.fetch_add(1, Ordering::Relaxed);
             Slot {
@@ -115,7 +117,12 @@ impl Network {
             let mut book = crate::locks::lock(&config.address_book);
             match direction {
                 // We reached it: the address works.
-                Direction::Outbound => book.good(&addr, now),
+                Direction::Outbound => {
+                    book.good(&addr, now);
+                    if let Some(quality) = book.quality_mut(&addr) {
+                        quality.record_success();
+                    }
+                }
                 // It told us where it listens: worth dialling later.
                 Direction::Inbound => {
                     if let Some(listen) = info.version.listen_addr {
@@ -207,6 +214,9 @@ impl Network {
         .await;
         inner.peers.remove(info.node_id, conn_id);
         inner.pex.closed(conn_id);
+        if admitted {
+            self.connection_ended(&handle);
+        }
         if direction == Direction::Inbound && error.is_misbehaviour() {
             inner.blacklist.record_violation(addr.ip(), error.kind());
         }
@@ -243,6 +253,9 @@ impl Network {
             tracing::warn!(error = %error, error.kind = error.kind(), "handshake failed");
         }
         metrics::counter!("timed_handshakes_total", "result" => error.kind()).increment(1);
+        if direction == Direction::Outbound {
+            self.dial_outcome(&addr, false);
+        }
         if direction == Direction::Inbound && error.is_misbehaviour() {
             self.inner
                 .blacklist

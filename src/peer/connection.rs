@@ -593,6 +593,7 @@ fn answer(
         metrics::histogram!("timed_request_duration_seconds", "kind" => p.request.kind())
             .record(elapsed.as_secs_f64());
         judge.response_time(context, elapsed);
+        context.stats.record_latency(elapsed);
         let _ = p.reply.send(Ok(response));
     }
 }

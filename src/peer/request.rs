@@ -125,9 +125,35 @@ pub struct PeerStats {
     pub bytes_in: AtomicU64,
     /// Bytes sent on the wire.
     pub bytes_out: AtomicU64,
+    /// Lowest round trip seen, microseconds (0 until measured).
+    pub min_rtt_us: AtomicU64,
+    /// Smoothed time to answer our requests, microseconds (0: none yet).
+    pub latency_us: AtomicU64,
+    /// When it last delivered a new transaction, Unix milliseconds (0:
+    /// never).
+    pub last_tx_ms: AtomicU64,
+    /// When it last delivered a new block, Unix milliseconds (0: never).
+    pub last_block_ms: AtomicU64,
+    /// New envelopes (transactions, votes, blocks) it delivered first.
+    pub first_deliveries: AtomicU64,
+    /// Offences charged to it on this connection.
+    pub offences: AtomicU64,
 }
 
 impl PeerStats {
+    /// Folds the time the peer took to answer a request into the smoothed
+    /// value (EWMA, weight 1/4).
+    pub fn record_latency(&self, latency: Duration) {
+        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            (old * 3 + sample) / 4
+        };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
     /// Folds a new RTT sample into the smoothed value (EWMA, weight 1/4).
     pub fn record_rtt(&self, rtt: Duration) {
         let sample = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -138,6 +164,10 @@ impl PeerStats {
             (old * 3 + sample) / 4
         };
         self.rtt_us.store(new.max(1), Ordering::Relaxed);
+        let min = self.min_rtt_us.load(Ordering::Relaxed);
+        if min == 0 || sample.max(1) < min {
+            self.min_rtt_us.store(sample.max(1), Ordering::Relaxed);
+        }
     }
 }
 

@@ -71,6 +71,7 @@ pub(super) async fn dispatch(
                 "connections": node.peers().len(),
                 "connections_in": node.peers().count(crate::peer::Direction::Inbound),
                 "connections_out": node.peers().count(crate::peer::Direction::Outbound),
+                "inbound_cap": node.inbound_cap(),
                 "middleware": node.middleware().describe(),
             }))
         }
