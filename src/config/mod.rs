@@ -150,6 +150,8 @@ pub struct P2pSection {
     pub send_queue_bytes: usize,
     /// snow backend: `ring` or `rustcrypto`.
     pub crypto_backend: CryptoBackend,
+    /// Country and ASN databases (`[p2p.diversity]`).
+    pub diversity: crate::network::diversity::DiversityConfig,
 }
 
 fn peer_targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerTarget>, D::Error> {
@@ -192,6 +194,7 @@ impl Default for P2pSection {
             rekey_after_bytes: rekey.after_bytes,
             send_queue_bytes: crate::peer::queue::DEFAULT_QUEUE_BYTES,
             crypto_backend: CryptoBackend::default(),
+            diversity: Default::default(),
         }
     }
 }

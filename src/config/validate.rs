@@ -212,6 +212,9 @@ impl Config {
                 "is not a valid RUST_LOG-style filter",
             ));
         }
+        if let Err(e) = crate::network::diversity::Diversity::open(&p.diversity) {
+            return Err(invalid(e.key(), &e.reason()));
+        }
         Ok(())
     }
 

@@ -46,6 +46,7 @@
 mod accept;
 pub mod address_book;
 mod dial;
+pub mod diversity;
 pub mod eviction;
 mod manager;
 mod pex;
