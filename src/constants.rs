@@ -133,6 +133,10 @@ pub const MAX_RECORD_ADDRESSES: usize = 4;
 ///
 /// Ten minutes, Bitcoin's tolerance for addresses from the future; a
 /// record further ahead would outrank its node's honest later records.
+/// Such a record is refused; its sender is charged only when the record is
+/// more than [`MAX_VERSION_CLOCK_SKEW`] further ahead still, since an
+/// honest relay whose clock is that far ahead of ours (the version
+/// exchange allows it) may have accepted it.
 pub const MAX_RECORD_FUTURE_SECS: u64 = 10 * 60;
 
 /// Share of the address book (in percent) one `GetPeers` answer may show.

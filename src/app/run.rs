@@ -119,8 +119,23 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         "chain opened"
     );
     let mut network_config = config.node_config();
-    network_config.address_book =
-        Arc::new(Mutex::new(load_address_book(&store, config.group_bits())));
+    let diversity = Arc::new(
+        crate::network::diversity::Diversity::open(&config.p2p.diversity)
+            .map_err(|e| RunError::Usage(e.to_string()))?,
+    );
+    if diversity.has_country() || diversity.has_asn() {
+        tracing::info!(
+            country = diversity.has_country(),
+            asn = diversity.has_asn(),
+            "peer diversity databases loaded"
+        );
+    }
+    network_config.diversity = diversity.clone();
+    network_config.address_book = Arc::new(Mutex::new(load_address_book(
+        &store,
+        config.group_bits(),
+        diversity,
+    )));
     network_config.anchors = load_anchors(&store);
     let book = network_config.address_book.clone();
     let node = Node::start(&identity, network_config, Some(chain))
@@ -316,10 +331,18 @@ const ADDRESS_BOOK_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The stored address book, or an empty one: a book that cannot be read is
 /// logged and replaced, never a reason not to start.
-fn load_address_book(store: &Store, bits: GroupBits) -> AddressBook {
-    let empty = || AddressBook::new(rand::random(), bits);
+fn load_address_book(
+    store: &Store,
+    bits: GroupBits,
+    diversity: Arc<crate::network::diversity::Diversity>,
+) -> AddressBook {
+    let empty = || {
+        let mut book = AddressBook::new(rand::random(), bits);
+        book.set_diversity(diversity.clone());
+        book
+    };
     match store.load_address_book() {
-        Ok(Some(bytes)) => match AddressBook::from_bytes(&bytes, bits) {
+        Ok(Some(bytes)) => match AddressBook::from_bytes(&bytes, bits, Some(diversity.clone())) {
             Ok(book) => {
                 let (new, tried) = book.sizes();
                 tracing::info!(new, tried, "address book loaded");

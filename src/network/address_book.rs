@@ -38,6 +38,7 @@ use crate::constants::{
 };
 use crate::crypto::NodeId;
 use crate::protocol::record::OpenedRecord;
+use super::diversity::Diversity;
 use super::quality::PeerQuality;
 use crate::protocol::Envelope;
 
@@ -66,6 +67,9 @@ impl std::fmt::Display for Netgroup {
     /// `ipv4/16:10.1.0.0`-like text: the family, the prefix length and the
     /// masked prefix.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let [b'A', a, b, c, d] = self.0.as_slice() {
+            return write!(f, "AS{}", u32::from_be_bytes([*a, *b, *c, *d]));
+        }
         let (tag, bits, prefix) = match self.0.as_slice() {
             [tag, bits, prefix @ ..] => (*tag, *bits, prefix),
             _ => return f.write_str("unknown"),
@@ -87,6 +91,13 @@ impl std::fmt::Display for Netgroup {
 }
 
 impl Netgroup {
+    /// The netgroup of the addresses announced by autonomous system `asn`.
+    pub fn asn(asn: u32) -> Netgroup {
+        let mut out = vec![b'A'];
+        out.extend_from_slice(&asn.to_be_bytes());
+        Netgroup(out)
+    }
+
     /// The encoded netgroup (equal bytes: the same netgroup).
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -201,6 +212,8 @@ struct Stored {
 pub struct AddressBook {
     secret: [u8; 32],
     bits: GroupBits,
+    /// With an ASN database, an address's netgroup is its ASN.
+    asn: Option<std::sync::Arc<Diversity>>,
     entries: HashMap<SocketAddr, (AddrInfo, Place)>,
     slots: HashMap<Place, SocketAddr>,
     /// Addresses of each table, for uniform random selection.
@@ -232,6 +245,7 @@ impl AddressBook {
         AddressBook {
             secret,
             bits,
+            asn: None,
             entries: HashMap::new(),
             slots: HashMap::new(),
             new_list: Vec::new(),
@@ -275,9 +289,20 @@ impl AddressBook {
         self.entries.get(addr).map(|(info, _)| info)
     }
 
-    /// The netgroup of `ip` under this book's prefix lengths.
+    /// The netgroup of `ip`: its ASN when the book has an ASN database
+    /// that knows the address, else its prefix under the book's lengths.
     pub fn netgroup(&self, ip: IpAddr) -> Netgroup {
-        Netgroup::of(ip, self.bits)
+        match self.asn.as_ref().and_then(|d| d.lookup(ip).asn) {
+            Some(asn) => Netgroup::asn(asn),
+            None => Netgroup::of(ip, self.bits),
+        }
+    }
+
+    /// Groups addresses by ASN with `diversity`'s ASN database (if it has
+    /// one) from now on; entries already in the book keep their places
+    /// until the book is stored and loaded again.
+    pub fn set_diversity(&mut self, diversity: std::sync::Arc<Diversity>) {
+        self.asn = diversity.has_asn().then_some(diversity);
     }
 
     fn hash(&self, parts: &[&[u8]]) -> u64 {
@@ -607,10 +632,17 @@ impl AddressBook {
     /// # Errors
     /// [`AddressBookError::Corrupt`] if the bytes do not decode; the caller
     /// logs it and starts with an empty book.
-    pub fn from_bytes(bytes: &[u8], bits: GroupBits) -> Result<AddressBook, AddressBookError> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        bits: GroupBits,
+        diversity: Option<std::sync::Arc<Diversity>>,
+    ) -> Result<AddressBook, AddressBookError> {
         let stored: Stored = crate::encoding::decode_value(bytes)
             .map_err(|e| AddressBookError::Corrupt(e.to_string()))?;
         let mut book = AddressBook::new(stored.secret, bits);
+        if let Some(diversity) = diversity {
+            book.set_diversity(diversity);
+        }
         for info in stored.entries {
             let place = if info.tried {
                 book.tried_place(&info.addr)
@@ -624,9 +656,9 @@ impl AddressBook {
         Ok(book)
     }
 
-    /// The new buckets the addresses told by peers in `source` occupy.
-    #[cfg(test)]
-    fn new_buckets_of_source(&self, source: &Netgroup) -> std::collections::HashSet<u32> {
+    /// The new buckets the addresses told by peers in `source` occupy (a
+    /// scan of the book, for tests and diagnostics).
+    pub fn new_buckets_of_source(&self, source: &Netgroup) -> std::collections::HashSet<u32> {
         self.entries
             .values()
             .filter_map(|(info, place)| match place {

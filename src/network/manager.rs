@@ -37,8 +37,14 @@ use crate::constants::{
     REDIAL_ADDRESS_AFTER_SECS, SELF_ANNOUNCE_INTERVAL,
 };
 
-/// Random picks the manager tries per dial before giving up for a tick.
-const SELECTION_TRIES: usize = 64;
+/// Random picks the manager tries per dial before giving up for a tick:
+/// enough to find the few honest addresses of a book an attacker flooded
+/// (one netgroup excluded after its first dial), and still a few
+/// microseconds of hashing.
+const SELECTION_TRIES: usize = 256;
+
+/// Candidates compared by location when diversity data is configured.
+const DIVERSITY_CANDIDATES: usize = 8;
 
 /// Least time between two seed look-ups.
 const SEED_RETRY: Duration = Duration::from_secs(60);
@@ -64,6 +70,8 @@ pub(super) struct ManagerState {
     /// The inbound cap under resource pressure (`usize::MAX`: no
     /// pressure); see [`Network::update_pressure`].
     pressure_cap: AtomicUsize,
+    /// Countries the peers-by-country gauge was last set for.
+    countries_reported: Mutex<HashSet<String>>,
 }
 
 impl ManagerState {
@@ -71,6 +79,7 @@ impl ManagerState {
         ManagerState {
             dialing: Mutex::default(),
             pressure_cap: AtomicUsize::new(usize::MAX),
+            countries_reported: Mutex::default(),
         }
     }
 }
@@ -312,11 +321,46 @@ impl Network {
                 && !self.inner.blacklist.is_banned(info.addr.ip())
         };
         let mut rng = rand::thread_rng();
-        let info = if feeler {
-            book.select_new_where(SELECTION_TRIES, &mut rng, wanted)
-        } else {
-            book.select_where(0.5, SELECTION_TRIES, &mut rng, wanted)
-        }?;
+        if feeler {
+            let info = book.select_new_where(SELECTION_TRIES, &mut rng, wanted)?;
+            return Some(PeerTarget {
+                addr: info.addr,
+                node_id: info.node_id,
+            });
+        }
+        // Several candidates when there is location data: the one in the
+        // country and ASN with the fewest outbound peers wins.
+        let diversity = &self.inner.config.diversity;
+        let located = diversity.has_asn() || diversity.has_country();
+        let want = if located { DIVERSITY_CANDIDATES } else { 1 };
+        let mut candidates: Vec<&address_book::AddrInfo> = Vec::new();
+        for _ in 0..want {
+            let chosen: HashSet<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
+            match book.select_where(0.5, SELECTION_TRIES, &mut rng, |info| {
+                !chosen.contains(&info.addr) && wanted(info)
+            }) {
+                Some(info) => candidates.push(info),
+                None => break,
+            }
+        }
+        let outbound_locations: Vec<super::diversity::Location> = peers
+            .iter()
+            .filter(|h| h.info.direction == Direction::Outbound)
+            .map(|h| diversity.lookup(h.info.addr.ip()))
+            .collect();
+        let crowding = |info: &address_book::AddrInfo| {
+            let here = diversity.lookup(info.addr.ip());
+            let same_asn = outbound_locations
+                .iter()
+                .filter(|l| l.asn.is_some() && l.asn == here.asn)
+                .count();
+            let same_country = outbound_locations
+                .iter()
+                .filter(|l| l.country.is_some() && l.country == here.country)
+                .count();
+            (same_asn, same_country)
+        };
+        let info = candidates.into_iter().min_by_key(|c| crowding(c))?;
         Some(PeerTarget {
             addr: info.addr,
             node_id: info.node_id,
@@ -420,6 +464,29 @@ impl Network {
     }
 
     fn record_book_metrics(&self) {
+        let diversity = &self.inner.config.diversity;
+        if diversity.has_country() || diversity.has_asn() {
+            let mut countries: HashMap<String, usize> = HashMap::new();
+            let mut asns = HashSet::new();
+            for h in self.inner.peers.snapshot() {
+                let here = diversity.lookup(h.info.addr.ip());
+                *countries
+                    .entry(here.country.unwrap_or_else(|| "unknown".to_owned()))
+                    .or_default() += 1;
+                asns.extend(here.asn);
+            }
+            let mut reported = crate::locks::lock(&self.inner.manager.countries_reported);
+            for country in reported.iter() {
+                if !countries.contains_key(country) {
+                    metrics::gauge!("timed_peers_by_country", "country" => country.clone()).set(0.0);
+                }
+            }
+            for (country, n) in &countries {
+                metrics::gauge!("timed_peers_by_country", "country" => country.clone()).set(*n as f64);
+            }
+            *reported = countries.into_keys().collect();
+            metrics::gauge!("timed_peer_asns").set(asns.len() as f64);
+        }
         let (new, tried) = crate::locks::lock(&self.inner.config.address_book).sizes();
         metrics::gauge!("timed_address_book_entries", "table" => "new").set(new as f64);
         metrics::gauge!("timed_address_book_entries", "table" => "tried").set(tried as f64);

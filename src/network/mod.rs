@@ -163,6 +163,8 @@ pub struct NetworkConfig {
     pub seeds: Vec<String>,
     /// Outbound peers saved at the last shutdown, dialled first.
     pub anchors: Vec<PeerTarget>,
+    /// Country and ASN look-ups for peer diversity (none by default).
+    pub diversity: Arc<diversity::Diversity>,
     /// Connection setup parameters.
     pub handshake: HandshakeConfig,
     /// Established-connection parameters.
@@ -194,6 +196,7 @@ impl NetworkConfig {
             peers: Vec::new(),
             seeds: Vec::new(),
             anchors: Vec::new(),
+            diversity: Arc::new(diversity::Diversity::none()),
             handshake,
             connection: ConnectionConfig::default(),
             backend: CryptoBackend::default(),

@@ -21,10 +21,12 @@
 //! # Security
 //! Every record is checked by [`record::open`]: a bad signature is charged
 //! `invalid_signature`, a malformed record or one from the far future
-//! `malformed`, and a `Peers` answer holding any such record is dropped
-//! whole. A repeated `GetPeers` on one connection gets no answer and is
-//! charged `protocol_violation` (a node asks once per connection); a
-//! `Peers` message that answers no request is charged by the router like
+//! `malformed` (see [`RecordError::is_charged`]), and a `Peers` answer
+//! holding any such record is dropped whole; a record only a little ahead
+//! of our clock is skipped free. A repeated `GetPeers` on one connection gets no answer (a node
+//! asks once per connection), and a flood of them meets the `rate_limit`
+//! layer's abuse budget like any other kind; a `Peers` message that
+//! answers no request is charged `protocol_violation` by the router like
 //! any unsolicited answer. Addresses the local policy cannot use
 //! (loopback or private ranges on a public node, our own address) are
 //! dropped without a charge, since honest relays may hold other policies.
@@ -239,14 +241,13 @@ impl Network {
     /// Checks a `Peers` answer from `peer` and adds its records to the
     /// book; a bad record costs the peer one charge and the whole answer.
     pub(super) async fn take_peers(&self, peer: &Arc<PeerHandle>, records: Vec<Envelope>) {
-        metrics::counter!("timed_pex_messages_total", "kind" => "peers", "direction" => "received")
-            .increment(1);
+        metrics::counter!("timed_pex_messages_total", "kind" => "peers", "direction" => "received").increment(1);
         let magic = self.magic();
         let checked = tokio::task::spawn_blocking(move || {
             let refs: Vec<&Envelope> = records.iter().collect();
             let signatures = crate::protocol::verify_batch(&refs, magic);
             let now_ms = now().1;
-            let opened: Result<Vec<OpenedRecord>, RecordError> = records
+            let opened: Vec<Result<OpenedRecord, RecordError>> = records
                 .iter()
                 .zip(signatures)
                 .map(|(envelope, signature)| {
@@ -254,20 +255,32 @@ impl Network {
                     record::open_verified(envelope, now_ms)
                 })
                 .collect();
-            opened.map(|opened| (records, opened))
+            (records, opened)
         })
         .await;
-        let (records, opened) = match checked {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(error)) => {
-                self.refused_record(&peer.context.node_id, peer.context.addr, &error);
-                self.penalize_peer(&peer.context, offence_of(&error));
-                return;
-            }
-            Err(_) => return,
+        let Ok((records, opened)) = checked else {
+            return;
         };
-        let added = self.add_records(peer.context.addr.ip(), &records, &opened);
-        tracing::debug!(peer = %peer.context.node_id, records = records.len(), added, "peer records received");
+        let mut kept_records = Vec::with_capacity(records.len());
+        let mut kept = Vec::with_capacity(records.len());
+        for (envelope, result) in records.into_iter().zip(opened) {
+            match result {
+                Ok(opened) => {
+                    kept_records.push(envelope);
+                    kept.push(opened);
+                }
+                Err(error) => {
+                    self.refused_record(&peer.context.node_id, peer.context.addr, &error);
+                    if error.is_charged() {
+                        // One bad record: the whole answer is untrusted.
+                        self.penalize_peer(&peer.context, offence_of(&error));
+                        return;
+                    }
+                }
+            }
+        }
+        let added = self.add_records(peer.context.addr.ip(), &kept_records, &kept);
+        tracing::debug!(peer = %peer.context.node_id, records = kept.len(), added, "peer records received");
     }
 
     /// Adds checked records to the book; returns how many addresses were
@@ -363,6 +376,9 @@ impl Network {
             Ok(opened) => opened,
             Err(error) => {
                 self.refused_record(&peer.node_id, peer.addr, &error);
+                if !error.is_charged() {
+                    return Err(Rejection::benign(NAME, error.kind()).into());
+                }
                 return Err(Rejection::offence(NAME, error.kind(), offence_of(&error)).into());
             }
         };
@@ -445,10 +461,15 @@ impl Service<Inbound> for PexHandler {
                     metrics::counter!("timed_pex_messages_total", "kind" => "peers", "direction" => "sent").increment(1);
                     Ok(Outcome::Reply(Message::Peers(records)))
                 } else {
-                    Err(
-                        Rejection::offence(NAME, "repeated_get_peers", Offence::ProtocolViolation)
-                            .into(),
-                    )
+                    // Bitcoin's rule: one answer per connection; a repeat
+                    // goes unanswered. Floods meet the rate limit's abuse
+                    // budget like any other kind.
+                    Err(Rejection {
+                        layer: NAME,
+                        reason: "already_answered",
+                        offence: None,
+                    }
+                    .into())
                 }
             }
             Message::Gossip(gossip) if gossip.kind == GossipKind::Address => {

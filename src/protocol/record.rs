@@ -14,8 +14,8 @@
 //! counts, every address (a port of 0 or an unspecified, multicast or
 //! broadcast IP is malformed: no honest node signs one), and the timestamp
 //! (at most [`MAX_RECORD_FUTURE_SECS`] ahead of the local clock). Each
-//! failure has its own [`RecordError`] and the offence it costs the peer
-//! that sent the record ([`RecordError::offence_name`]); whether an
+//! failure has its own [`RecordError`]; [`RecordError::is_charged`] says
+//! whether the peer that sent the record misbehaved; whether an
 //! address is *useful* here (loopback or private ranges, our own address)
 //! is a local policy decided by the address book's caller, never charged,
 //! since honest relays apply other policies.
@@ -98,10 +98,30 @@ impl RecordError {
         }
     }
 
-    /// Whether the error is a bad signature (charged `invalid_signature`;
-    /// every other refusal is charged `malformed`).
+    /// Whether the error is a bad signature.
     pub const fn is_signature(&self) -> bool {
         matches!(self, RecordError::Signature(_))
+    }
+
+    /// Whether the peer that sent the record misbehaved: every refusal
+    /// but a timestamp that an honest relay with a clock ahead of ours
+    /// (by at most the skew the version exchange allows) may have
+    /// accepted.
+    pub fn is_charged(&self) -> bool {
+        match self {
+            RecordError::FromTheFuture {
+                timestamp_ms,
+                now_ms,
+                max_secs,
+            } => {
+                let skew_ms = crate::constants::MAX_VERSION_CLOCK_SKEW.as_millis() as u64;
+                *timestamp_ms
+                    > now_ms
+                        .saturating_add(max_secs.saturating_mul(1000))
+                        .saturating_add(skew_ms)
+            }
+            _ => true,
+        }
     }
 }
 

@@ -104,7 +104,7 @@ fn one_source_fills_at_most_its_share_of_the_new_table() {
 #[test]
 fn a_corrupt_store_is_an_error_and_a_good_one_round_trips() {
     assert!(matches!(
-        AddressBook::from_bytes(b"not an address book", GroupBits::default()),
+        AddressBook::from_bytes(b"not an address book", GroupBits::default(), None),
         Err(AddressBookError::Corrupt(_))
     ));
     let mut book = book();
@@ -115,7 +115,7 @@ fn a_corrupt_store_is_an_error_and_a_good_one_round_trips() {
             book.good(&addr, NOW);
         }
     }
-    let back = AddressBook::from_bytes(&book.to_bytes(), GroupBits::default()).unwrap();
+    let back = AddressBook::from_bytes(&book.to_bytes(), GroupBits::default(), None).unwrap();
     assert_eq!(back.sizes(), book.sizes());
     for i in 0..50u8 {
         let addr = v4(10, i, 0, 1, 24_200);
