@@ -105,9 +105,21 @@ async fn bad_records_are_refused_and_charged_and_useless_ones_dropped() {
             signed(&other, "127.13.1.61:24100", now_ms() + 3 * 3600 * 1000),
             Some("malformed"),
         ),
-        ("port 0", signed(&other, "127.13.1.62:0", now_ms()), Some("malformed")),
-        ("unroutable", signed(&other, "240.0.0.1:24100", now_ms()), None),
-        ("our own address", signed(&other, &to.to_string(), now_ms()), None),
+        (
+            "port 0",
+            signed(&other, "127.13.1.62:0", now_ms()),
+            Some("malformed"),
+        ),
+        (
+            "unroutable",
+            signed(&other, "240.0.0.1:24100", now_ms()),
+            None,
+        ),
+        (
+            "our own address",
+            signed(&other, &to.to_string(), now_ms()),
+            None,
+        ),
     ];
     for (i, (what, envelope, offence)) in cases.into_iter().enumerate() {
         let identity = NodeIdentity::generate();
@@ -129,12 +141,16 @@ async fn bad_records_are_refused_and_charged_and_useless_ones_dropped() {
         let opened = record::open_verified(&envelope, now_ms() + 4 * 3600 * 1000);
         if let Ok(opened) = opened {
             for addr in opened.socket_addrs() {
-                assert!(!in_book(&victim, &addr.to_string()) || addr == to, "{what}: {addr} in the book");
+                assert!(
+                    !in_book(&victim, &addr.to_string()) || addr == to,
+                    "{what}: {addr} in the book"
+                );
             }
         }
         let book = victim.address_book().lock().unwrap();
         assert!(
-            book.get(&to).is_none_or(|a| a.node_id != Some(other.node_id())),
+            book.get(&to)
+                .is_none_or(|a| a.node_id != Some(other.node_id())),
             "{what}: our address filed under another node"
         );
     }
@@ -143,11 +159,21 @@ async fn bad_records_are_refused_and_charged_and_useless_ones_dropped() {
     let id = identity.node_id();
     let mut session = RawSession::established_with(identity, [127, 13, 1, 30], to).await;
     session
-        .send(&Message::Gossip(signed(&other, "127.13.1.63:24100", now_ms())))
+        .send(&Message::Gossip(signed(
+            &other,
+            "127.13.1.63:24100",
+            now_ms(),
+        )))
         .await;
     sync_point(&mut session).await;
     let addr: SocketAddr = "127.13.1.63:24100".parse().unwrap();
-    let entry = victim.address_book().lock().unwrap().get(&addr).cloned().unwrap();
+    let entry = victim
+        .address_book()
+        .lock()
+        .unwrap()
+        .get(&addr)
+        .cloned()
+        .unwrap();
     assert_eq!(entry.node_id, Some(other.node_id()));
     assert!(entry.record.is_some());
     assert_eq!(score_of(&victim, id), 0.0);
@@ -157,9 +183,12 @@ async fn bad_records_are_refused_and_charged_and_useless_ones_dropped() {
 #[tokio::test]
 async fn get_peers_is_answered_once_per_connection() {
     let (victim, _) = start(announcing([127, 13, 2, 1])).await;
-    let mut session =
-        RawSession::established_with(NodeIdentity::generate(), [127, 13, 2, 2], victim.local_addr())
-            .await;
+    let mut session = RawSession::established_with(
+        NodeIdentity::generate(),
+        [127, 13, 2, 2],
+        victim.local_addr(),
+    )
+    .await;
     let id = session.identity.node_id();
     for _ in 0..20 {
         session.send(&Message::GetPeers).await;
@@ -186,7 +215,8 @@ async fn unsolicited_and_oversized_peers_messages() {
     let (victim, _) = start(announcing([127, 13, 3, 1])).await;
     let to = victim.local_addr();
     // Unsolicited: a protocol violation.
-    let mut session = RawSession::established_with(NodeIdentity::generate(), [127, 13, 3, 2], to).await;
+    let mut session =
+        RawSession::established_with(NodeIdentity::generate(), [127, 13, 3, 2], to).await;
     let id = session.identity.node_id();
     let before = tokio::time::Instant::now();
     let one = signed(&NodeIdentity::generate(), "127.13.3.50:24100", now_ms());
@@ -196,7 +226,8 @@ async fn unsolicited_and_oversized_peers_messages() {
     assert!(!in_book(&victim, "127.13.3.50:24100"));
 
     // 10,000 records: refused by the codec, the connection closes.
-    let mut session = RawSession::established_with(NodeIdentity::generate(), [127, 13, 3, 3], to).await;
+    let mut session =
+        RawSession::established_with(NodeIdentity::generate(), [127, 13, 3, 3], to).await;
     let record = timed::protocol::codec::encode_envelope(&one);
     let mut frame = Vec::with_capacity(12 + record.len() * 10_000);
     frame.extend_from_slice(&6u32.to_le_bytes());
@@ -238,7 +269,13 @@ async fn responder(ip: [u8; 4], records: Vec<Envelope>) -> (Network, NodeIdentit
 #[tokio::test]
 async fn a_peers_answer_with_one_forged_record_is_dropped_whole() {
     let mut records: Vec<Envelope> = (0..20)
-        .map(|i| signed(&NodeIdentity::generate(), &format!("127.13.4.{}:24100", 50 + i), now_ms()))
+        .map(|i| {
+            signed(
+                &NodeIdentity::generate(),
+                &format!("127.13.4.{}:24100", 50 + i),
+                now_ms(),
+            )
+        })
         .collect();
     records[7].signature[3] ^= 1;
     let (liar, liar_id) = responder([127, 13, 4, 2], records).await;
@@ -249,7 +286,10 @@ async fn a_peers_answer_with_one_forged_record_is_dropped_whole() {
         node_id: Some(liar_id.node_id()),
     }];
     let (victim, _) = start(cfg).await;
-    wait_until("the liar is charged", || score_of(&victim, liar_id.node_id()) < 0.0).await;
+    wait_until("the liar is charged", || {
+        score_of(&victim, liar_id.node_id()) < 0.0
+    })
+    .await;
     for i in 0..20 {
         assert!(!in_book(&victim, &format!("127.13.4.{}:24100", 50 + i)));
     }
@@ -260,46 +300,27 @@ async fn a_peers_answer_with_one_forged_record_is_dropped_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eclipse_attempt_from_one_netgroup_stays_bounded() {
     // The attacker's 1,000 records all name addresses in 127.13.50.0/24;
-    // three of those addresses really run attacker nodes.
+    // eight of those addresses really run attacker nodes.
     let mut attackers = Vec::new();
-    for last in 2..=4u8 {
-        let (node, identity) = start(announcing([127, 13, 50, last])).await;
-        attackers.push((node, identity));
+    for last in 2..=9u8 {
+        attackers.push(start(announcing([127, 13, 50, last])).await);
     }
     let mut records: Vec<Envelope> = attackers
         .iter()
         .map(|(node, id)| record::sign(id, MAGIC, &[node.local_addr()], 3, now_ms()))
         .collect();
     for i in 0..(1_000 - records.len()) {
-        let addr = format!("127.13.50.{}:{}", 5 + i % 250, 20_000 + i);
+        let addr = format!("127.13.50.{}:{}", 10 + i % 240, 20_000 + i);
         records.push(signed(&NodeIdentity::generate(), &addr, now_ms()));
     }
     let (source, source_id) = responder([127, 13, 51, 1], records).await;
-    // Three honest nodes in three other netgroups.
-    let mut honest = Vec::new();
-    for group in 60..63u8 {
-        honest.push(start(announcing([127, 13, group, 1])).await);
-    }
     let mut cfg = announcing([127, 13, 52, 1]);
     cfg.peers = vec![PeerTarget {
         addr: source.local_addr(),
         node_id: Some(source_id.node_id()),
     }];
     let (victim, _) = start(cfg).await;
-    // The flood arrives first; then the victim learns the honest nodes too.
-    wait_until("the flood is in the book", || {
-        victim.address_book().lock().unwrap().len() >= 32
-    })
-    .await;
-    {
-        let mut book = victim.address_book().lock().unwrap();
-        for (node, identity) in &honest {
-            let envelope = record::sign(identity, MAGIC, &[node.local_addr()], 3, now_ms());
-            let opened = record::open(&envelope, MAGIC, now_ms()).unwrap();
-            book.add_record(&opened, &envelope, "127.13.70.1".parse().unwrap(), now_ms() / 1000, |_| true);
-        }
-    }
-    let attacker_group = |addr: SocketAddr| match addr.ip() {
+    let in_attacker_group = |addr: &SocketAddr| match addr.ip() {
         std::net::IpAddr::V4(v4) => v4.octets()[..3] == [127, 13, 50],
         _ => false,
     };
@@ -312,14 +333,63 @@ async fn an_eclipse_attempt_from_one_netgroup_stays_bounded() {
             .map(|h| h.info.addr)
             .collect()
     };
-    let honest_addrs: Vec<SocketAddr> = honest.iter().map(|(n, _)| n.local_addr()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let attempts_in_group = || -> usize {
+        let book = victim.address_book().lock().unwrap();
+        book.sample_addresses(book.len(), &mut rand::thread_rng())
+            .iter()
+            .filter(|a| in_attacker_group(&a.addr) && a.last_try > 0)
+            .count()
+    };
     let mut most_from_attacker = 0;
+    let mut check = |out: &[SocketAddr]| {
+        let n = out.iter().filter(|a| in_attacker_group(a)).count();
+        most_from_attacker = most_from_attacker.max(n);
+        assert!(
+            n <= 1,
+            "two outbound peers in the attacker's netgroup: {out:?}"
+        );
+    };
+    // While the book holds nothing but the flood, the victim dials into
+    // the attacker's netgroup until one dial connects; from then on that
+    // netgroup is closed to further outbound connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let out = outbound();
-        let from_attacker = out.iter().filter(|a| attacker_group(**a)).count();
-        most_from_attacker = most_from_attacker.max(from_attacker);
-        assert!(from_attacker <= 1, "two outbound peers in the attacker's netgroup: {out:?}");
+        check(&out);
+        let connected = out.iter().any(in_attacker_group);
+        if connected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the victim did not dial the flood: {out:?}, {} attempts",
+            attempts_in_group()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then it learns three honest nodes in other netgroups and reaches all.
+    let mut honest = Vec::new();
+    for group in 60..63u8 {
+        honest.push(start(announcing([127, 13, group, 1])).await);
+    }
+    {
+        let mut book = victim.address_book().lock().unwrap();
+        for (node, identity) in &honest {
+            let envelope = record::sign(identity, MAGIC, &[node.local_addr()], 3, now_ms());
+            let opened = record::open(&envelope, MAGIC, now_ms()).unwrap();
+            book.add_record(
+                &opened,
+                &envelope,
+                "127.13.70.1".parse().unwrap(),
+                now_ms() / 1000,
+                |_| true,
+            );
+        }
+    }
+    let honest_addrs: Vec<SocketAddr> = honest.iter().map(|(n, _)| n.local_addr()).collect();
+    loop {
+        let out = outbound();
+        check(&out);
         if honest_addrs.iter().all(|h| out.contains(h)) {
             break;
         }
@@ -327,17 +397,29 @@ async fn an_eclipse_attempt_from_one_netgroup_stays_bounded() {
             tokio::time::Instant::now() < deadline,
             "the victim did not reach every honest node: {out:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let book = victim.address_book().lock().unwrap();
     let source_group = book.netgroup(source.local_addr().ip());
     let buckets = book.new_buckets_of_source(&source_group).len();
-    let (new, tried) = book.sizes();
+    let flood = book
+        .sample_addresses(book.len(), &mut rand::thread_rng())
+        .iter()
+        .filter(|a| in_attacker_group(&a.addr))
+        .count();
     eprintln!(
-        "eclipse: {new} new and {tried} tried addresses; the attacker's records fill {buckets} new buckets (bound {NEW_BUCKETS_PER_SOURCE_GROUP}); at most {most_from_attacker} outbound peer in its netgroup"
+        "eclipse: of 1,000 records the book kept {flood}, in {buckets} new bucket(s) (bound {NEW_BUCKETS_PER_SOURCE_GROUP}); {} dials into the attacker's netgroup, at most {most_from_attacker} outbound peer there at once",
+        attempts_in_group_count(&book, &in_attacker_group)
     );
     assert!(buckets <= NEW_BUCKETS_PER_SOURCE_GROUP as usize);
     drop(book);
     victim.shutdown();
     source.shutdown();
+}
+
+fn attempts_in_group_count(book: &AddressBook, group: &impl Fn(&SocketAddr) -> bool) -> usize {
+    book.sample_addresses(book.len(), &mut rand::thread_rng())
+        .iter()
+        .filter(|a| group(&a.addr) && a.last_try > 0)
+        .count()
 }

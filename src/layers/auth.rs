@@ -203,7 +203,8 @@ impl AuthLayer {
             // relay may have passed it on: dropped free. Beyond that no
             // honest relay accepted it: charged.
             let skew_ms = crate::constants::MAX_VERSION_CLOCK_SKEW.as_millis() as u64;
-            if envelope.timestamp_ms > now_ms.saturating_add(max_future_ms).saturating_add(skew_ms) {
+            if envelope.timestamp_ms > now_ms.saturating_add(max_future_ms).saturating_add(skew_ms)
+            {
                 return Err(Rejection::offence(NAME, "far_future", Offence::Malformed));
             }
             return Err(Rejection::benign(NAME, "future"));

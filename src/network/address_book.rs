@@ -31,6 +31,8 @@ use std::net::{IpAddr, SocketAddr};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::diversity::Diversity;
+use super::quality::PeerQuality;
 use crate::constants::{
     ADDRESS_MAX_AGE_SECS, ADDRESS_MAX_FAILURES, ADDRESS_MAX_RETRIES, ADDRESS_MIN_FAIL_SECS,
     BUCKET_SLOTS, NEW_BUCKETS, NEW_BUCKETS_PER_SOURCE_GROUP, TRIED_BUCKETS,
@@ -38,8 +40,6 @@ use crate::constants::{
 };
 use crate::crypto::NodeId;
 use crate::protocol::record::OpenedRecord;
-use super::diversity::Diversity;
-use super::quality::PeerQuality;
 use crate::protocol::Envelope;
 
 /// How addresses are grouped: the prefix lengths that make a netgroup.
@@ -507,7 +507,9 @@ impl AddressBook {
 
     /// The quality record of `addr`, if it is in the book.
     pub fn quality_mut(&mut self, addr: &SocketAddr) -> Option<&mut PeerQuality> {
-        self.entries.get_mut(addr).map(|(info, _)| &mut info.quality)
+        self.entries
+            .get_mut(addr)
+            .map(|(info, _)| &mut info.quality)
     }
 
     /// A key for `context` derived from the book's secret: stable across

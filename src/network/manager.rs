@@ -49,12 +49,13 @@ const DIVERSITY_CANDIDATES: usize = 8;
 /// Least time between two seed look-ups.
 const SEED_RETRY: Duration = Duration::from_secs(60);
 
-/// Share of the open-file limit in use above which the inbound cap
-/// shrinks: 10% headroom keeps room for the database, logs, RPC and the
-/// outbound dials that keep the node connected.
-const FD_HOT: f64 = 0.9;
-/// Share below which a shrunk inbound cap grows back.
-const FD_COOL: f64 = 0.75;
+/// Free file descriptors below which the inbound cap shrinks: a tenth of
+/// the limit, and at least 32 (what a burst of new connections, RPC calls
+/// and database files may need at once).
+const FD_HOT_FREE: (u64, u64) = (10, 32);
+/// Free file descriptors from which a shrunk inbound cap grows back: a
+/// quarter of the limit, and at least 64.
+const FD_COOL_FREE: (u64, u64) = (4, 64);
 /// Fill of all send queues together (bytes queued over the queues' total
 /// budget) above which the inbound cap shrinks: peers are not draining
 /// what we send, so more peers would only queue more.
@@ -115,18 +116,26 @@ impl Network {
     }
 
     /// The dynamic inbound limit: reads the two pressure signals, the
-    /// share of the open-file limit in use and the fill of all send
-    /// queues together, and moves the inbound cap. When either is hot
-    /// ([`FD_HOT`], [`QUEUES_HOT`]) the cap drops to a quarter below the
+    /// free file descriptors under the open-file limit and the fill of all
+    /// send queues together, and moves the inbound cap. When either is hot
+    /// ([`FD_HOT_FREE`], [`QUEUES_HOT`]) the cap drops to a quarter below the
     /// inbound connections there are, never below `min_peers`; when both
-    /// are cool ([`FD_COOL`], [`QUEUES_COOL`]) it grows back by one per
+    /// are cool ([`FD_COOL_FREE`], [`QUEUES_COOL`]) it grows back by one per
     /// tick (a quarter of itself, at least one) until it no longer binds. Established connections are not
     /// dropped: new inbound ones are refused until the count falls under
     /// the cap. Both signals and the cap are exported as metrics.
     pub(super) fn update_pressure(&self) {
-        let fd_ratio = match crate::fds::usage() {
-            Some((open, Some(limit))) if limit > 0 => open as f64 / limit as f64,
-            _ => 0.0,
+        let (fd_ratio, fd_hot, fd_cool) = match crate::fds::usage() {
+            Some((open, Some(limit))) if limit > 0 => {
+                let free = limit.saturating_sub(open as u64);
+                let floor = |(divisor, least): (u64, u64)| (limit / divisor).max(least);
+                (
+                    open as f64 / limit as f64,
+                    free < floor(FD_HOT_FREE),
+                    free >= floor(FD_COOL_FREE),
+                )
+            }
+            _ => (0.0, false, true),
         };
         let peers = self.inner.peers.snapshot();
         let queued: usize = peers.iter().map(|h| h.queue.bytes()).sum();
@@ -138,9 +147,11 @@ impl Network {
         let base = self.base_inbound_cap();
         let cap = &self.inner.manager.pressure_cap;
         let current = cap.load(Ordering::Relaxed).min(base);
-        if fd_ratio >= FD_HOT || queue_ratio >= QUEUES_HOT {
+        if fd_hot || queue_ratio >= QUEUES_HOT {
             let inbound = self.inner.inbound_count.load(Ordering::Relaxed);
-            let shrunk = (inbound.min(current) * 3 / 4).max(min).min(current.max(min));
+            let shrunk = (inbound.min(current) * 3 / 4)
+                .max(min)
+                .min(current.max(min));
             if shrunk < current {
                 tracing::warn!(
                     fd_ratio,
@@ -150,12 +161,15 @@ impl Network {
                 );
             }
             cap.store(shrunk, Ordering::Relaxed);
-        } else if fd_ratio < FD_COOL && queue_ratio < QUEUES_COOL {
+        } else if fd_cool && queue_ratio < QUEUES_COOL {
             let prev = cap.load(Ordering::Relaxed);
             if prev != usize::MAX {
                 let grown = prev.saturating_add((prev / 4).max(1));
                 if grown >= base {
-                    tracing::info!(inbound_cap = base, "resource pressure gone: inbound cap restored");
+                    tracing::info!(
+                        inbound_cap = base,
+                        "resource pressure gone: inbound cap restored"
+                    );
                     cap.store(usize::MAX, Ordering::Relaxed);
                 } else {
                     cap.store(grown, Ordering::Relaxed);
@@ -478,11 +492,13 @@ impl Network {
             let mut reported = crate::locks::lock(&self.inner.manager.countries_reported);
             for country in reported.iter() {
                 if !countries.contains_key(country) {
-                    metrics::gauge!("timed_peers_by_country", "country" => country.clone()).set(0.0);
+                    metrics::gauge!("timed_peers_by_country", "country" => country.clone())
+                        .set(0.0);
                 }
             }
             for (country, n) in &countries {
-                metrics::gauge!("timed_peers_by_country", "country" => country.clone()).set(*n as f64);
+                metrics::gauge!("timed_peers_by_country", "country" => country.clone())
+                    .set(*n as f64);
             }
             *reported = countries.into_keys().collect();
             metrics::gauge!("timed_peer_asns").set(asns.len() as f64);

@@ -241,7 +241,8 @@ impl Network {
     /// Checks a `Peers` answer from `peer` and adds its records to the
     /// book; a bad record costs the peer one charge and the whole answer.
     pub(super) async fn take_peers(&self, peer: &Arc<PeerHandle>, records: Vec<Envelope>) {
-        metrics::counter!("timed_pex_messages_total", "kind" => "peers", "direction" => "received").increment(1);
+        metrics::counter!("timed_pex_messages_total", "kind" => "peers", "direction" => "received")
+            .increment(1);
         let magic = self.magic();
         let checked = tokio::task::spawn_blocking(move || {
             let refs: Vec<&Envelope> = records.iter().collect();

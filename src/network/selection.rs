@@ -74,7 +74,10 @@ impl Network {
         stored.first_deliveries = stored
             .first_deliveries
             .saturating_add(stats.first_deliveries.load(Ordering::Relaxed));
-        let offences = stats.offences.load(Ordering::Relaxed).min(MAX_OFFENCES_FOLDED);
+        let offences = stats
+            .offences
+            .load(Ordering::Relaxed)
+            .min(MAX_OFFENCES_FOLDED);
         stored.misbehaviour = stored.misbehaviour.saturating_add(offences as u32);
         stored
     }
