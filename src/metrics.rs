@@ -86,8 +86,8 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("timed_inbound_cap", Kind::Gauge, "", "The current cap on established inbound connections (shrinks under resource pressure)."),
     ("timed_evictions_total", Kind::Counter, "reason", "Peers dropped to make room: inbound evictions by reason (crowded_netgroup, youngest), all_protected (no peer could be evicted: the new one was refused), outbound_rotation (the weakest outbound peer replaced)."),
     ("timed_pressure_ratio", Kind::Gauge, "signal", "The dynamic inbound cap's signals: fds (open files over the soft limit) and send_queues (bytes queued over all queues' budget)."),
-    ("timed_peers_by_country", Kind::Gauge, "country", "Connected peers by country (with a country database; unknown when not found)."),
-    ("timed_peer_asns", Kind::Gauge, "", "Distinct ASNs among the connected peers (with an ASN database)."),
+    ("timed_peers_by_country", Kind::Gauge, "country", "Connected peers by country (unknown when not found or without a country database)."),
+    ("timed_peer_asns", Kind::Gauge, "", "Distinct ASNs among the connected peers (0 without an ASN database)."),
     ("timed_fd_limit", Kind::Gauge, "kind", "Open-file budget set at start-up: soft and hard limit, p2p_reserve, rpc and metrics connection caps."),
 ];
 

@@ -39,6 +39,10 @@ rekey_after_bytes = 67108864
 send_queue_bytes = 16777216
 crypto_backend = "ring"             # ring | rustcrypto
 
+# [p2p.diversity]                   # peer location data (scripts/fetch_geoip.sh fetches both)
+# country_db = "geoip/country.mmdb" # IP to country: outbound peers spread over countries
+# asn_db = "geoip/asn.mmdb"         # IP to ASN: netgroups become ASNs
+
 [rpc]
 enabled = true
 listen = "{rpc}"                    # loopback: the RPC has no TLS

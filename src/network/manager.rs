@@ -202,6 +202,16 @@ impl Network {
 
     /// Runs the connection manager until shutdown.
     pub(super) async fn manage(self) {
+        // Counters that may stay at zero for long exist from the start, so
+        // dashboards show a zero rather than no data.
+        for reason in [
+            "crowded_netgroup",
+            "youngest",
+            "all_protected",
+            "outbound_rotation",
+        ] {
+            metrics::counter!("timed_evictions_total", "reason" => reason).increment(0);
+        }
         for anchor in self.inner.config.anchors.clone() {
             self.dial_managed(anchor, ConnectionType::Anchor);
         }
@@ -478,8 +488,10 @@ impl Network {
     }
 
     fn record_book_metrics(&self) {
+        // Without databases every peer is in country "unknown" and no ASN
+        // is known: the gauges say so rather than vanish.
         let diversity = &self.inner.config.diversity;
-        if diversity.has_country() || diversity.has_asn() {
+        {
             let mut countries: HashMap<String, usize> = HashMap::new();
             let mut asns = HashSet::new();
             for h in self.inner.peers.snapshot() {

@@ -187,3 +187,45 @@ proptest! {
         }
     }
 }
+
+/// The memory of a full book: fills every slot of both tables (addresses
+/// from many sources, half of them moved to tried, each with a signed
+/// record as peer exchange stores them) and prints the growth of the
+/// process's resident memory. A measurement, not a check: run with
+/// `cargo test --release --lib full_book_memory -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn full_book_memory() {
+    fn rss_kib() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4
+    }
+    let identity = crate::crypto::NodeIdentity::generate();
+    let before = rss_kib();
+    let mut book = AddressBook::new([7; 32], GroupBits::default());
+    let mut i: u32 = 0;
+    let capacity = ((NEW_BUCKETS + TRIED_BUCKETS) * BUCKET_SLOTS) as usize;
+    while book.len() < capacity * 9 / 10 && i < 20_000_000 {
+        let ip =
+            std::net::Ipv4Addr::from(0x0b00_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761)));
+        let addr = SocketAddr::new(IpAddr::V4(ip), 24_100);
+        let source = IpAddr::V4(std::net::Ipv4Addr::from(i % 4096 * 65_536 + 1));
+        let envelope = crate::protocol::record::sign(&identity, *b"TDEV", &[addr], 3, 1_000);
+        let opened = crate::protocol::record::open_verified(&envelope, 1_000).unwrap();
+        book.add_record(&opened, &envelope, source, 1, |_| true);
+        if i % 2 == 0 {
+            book.good(&addr, 2);
+        }
+        i += 1;
+    }
+    let after = rss_kib();
+    let (new, tried) = book.sizes();
+    eprintln!(
+        "full book: {new} new + {tried} tried = {} of {capacity} slots; resident memory +{} KiB ({} bytes per address); stored form {} bytes",
+        book.len(),
+        after - before,
+        (after - before) * 1024 / book.len() as u64,
+        book.to_bytes().len()
+    );
+}
