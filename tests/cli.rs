@@ -222,6 +222,21 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
             "[rpc]\nmax_concurrent = 0\n",
             &["rpc.max_concurrent"],
         ),
+        (
+            "min_above_max_peers",
+            "[p2p]\nmin_peers = 60\nmax_peers = 50\n",
+            &["p2p.min_peers", "p2p.max_peers (50)", "60"],
+        ),
+        (
+            "bad_seed",
+            "[p2p]\nseeds = [\"seed.example\"]\n",
+            &["p2p.seeds", "seed.example"],
+        ),
+        (
+            "missing_country_db",
+            "[p2p.diversity]\ncountry_db = \"/nonexistent/country.mmdb\"\n",
+            &["p2p.diversity.country_db", "/nonexistent/country.mmdb"],
+        ),
     ];
     for (name, body, needles) in cases {
         let tmp = tempfile::tempdir().unwrap();

@@ -270,6 +270,35 @@ fn a_config_naming_the_real_databases_is_accepted() {
     );
 }
 
+/// With an ASN database the address book's netgroups are ASNs: every
+/// placed address is grouped by the ASN the database gives it; an address
+/// the database does not place keeps its prefix group.
+#[test]
+fn with_an_asn_database_netgroups_are_asns() {
+    use timed::network::address_book::{AddressBook, GroupBits, Netgroup};
+    let mut book = AddressBook::new([1; 32], GroupBits::default());
+    let prefix_only = book.netgroup(ip("8.8.8.8"));
+    book.set_diversity(std::sync::Arc::new(Diversity::open(&config()).unwrap()));
+    assert_eq!(book.netgroup(ip("8.8.8.8")), Netgroup::asn(15169));
+    assert_eq!(book.netgroup(ip("8.8.4.4")), Netgroup::asn(15169));
+    for text in [
+        "9.9.9.9",
+        "193.0.6.139",
+        "142.250.185.78",
+        "2001:4860:4860::8888",
+    ] {
+        let asn = real().lookup(ip(text)).asn.unwrap();
+        assert_eq!(book.netgroup(ip(text)), Netgroup::asn(asn), "{text}");
+    }
+    assert_eq!(book.netgroup(ip("1.1.1.1")), Netgroup::asn(13335));
+    assert_eq!(book.netgroup(ip("8.8.8.8")).to_string(), "AS15169");
+    assert_ne!(prefix_only, Netgroup::asn(15169));
+    assert_eq!(
+        book.netgroup(ip("10.1.2.3")),
+        Netgroup::of(ip("10.1.2.3"), GroupBits::default())
+    );
+}
+
 fn any_ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),

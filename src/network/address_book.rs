@@ -199,12 +199,8 @@ pub enum AddressBookError {
     Corrupt(String),
 }
 
-/// The stored form: the secret and the entries (places are recomputed).
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    secret: [u8; 32],
-    entries: Vec<AddrInfo>,
-}
+/// The first bytes of a stored book: a tag and the format version.
+const STORED_TAG: &[u8; 5] = b"TABK\x02";
 
 /// The address book. Not thread-safe by itself: the network keeps it
 /// behind one lock; every operation but [`AddressBook::evict_terrible`] is
@@ -615,17 +611,23 @@ impl AddressBook {
         terrible.len()
     }
 
-    /// The book's bytes for storage.
+    /// The book's bytes for storage: [`STORED_TAG`], the secret, then
+    /// each entry as a `u32le` length and its encoding (places are
+    /// recomputed on load). Entry by entry, so a full book (tens of
+    /// megabytes with its records) is not bound by the size limit of one
+    /// encoded value.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let stored = Stored {
-            secret: self.secret,
-            entries: self
-                .entries
-                .values()
-                .map(|(info, _)| info.clone())
-                .collect(),
-        };
-        crate::encoding::encode_value(&stored).unwrap_or_default()
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 256);
+        out.extend_from_slice(STORED_TAG);
+        out.extend_from_slice(&self.secret);
+        for (info, _) in self.entries.values() {
+            // An entry is a few hundred bytes: it always encodes.
+            if let Ok(bytes) = crate::encoding::encode_value(info) {
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(&bytes);
+            }
+        }
+        out
     }
 
     /// A book from stored bytes: every entry is placed again with the
@@ -639,13 +641,29 @@ impl AddressBook {
         bits: GroupBits,
         diversity: Option<std::sync::Arc<Diversity>>,
     ) -> Result<AddressBook, AddressBookError> {
-        let stored: Stored = crate::encoding::decode_value(bytes)
-            .map_err(|e| AddressBookError::Corrupt(e.to_string()))?;
-        let mut book = AddressBook::new(stored.secret, bits);
+        let corrupt = |what: &str| AddressBookError::Corrupt(what.to_owned());
+        let rest = bytes
+            .strip_prefix(STORED_TAG.as_slice())
+            .ok_or_else(|| corrupt("not a stored address book (tag or version)"))?;
+        let (secret, mut rest) = rest
+            .split_first_chunk::<32>()
+            .ok_or_else(|| corrupt("truncated secret"))?;
+        let mut book = AddressBook::new(*secret, bits);
         if let Some(diversity) = diversity {
             book.set_diversity(diversity);
         }
-        for info in stored.entries {
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| corrupt("truncated entry length"))?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err(corrupt("truncated entry"));
+            }
+            let (entry, tail) = tail.split_at(len);
+            let info: AddrInfo = crate::encoding::decode_value(entry)
+                .map_err(|e| AddressBookError::Corrupt(e.to_string()))?;
+            rest = tail;
             let place = if info.tried {
                 book.tried_place(&info.addr)
             } else {

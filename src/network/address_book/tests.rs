@@ -207,8 +207,9 @@ fn full_book_memory() {
     let mut i: u32 = 0;
     let capacity = ((NEW_BUCKETS + TRIED_BUCKETS) * BUCKET_SLOTS) as usize;
     while book.len() < capacity * 9 / 10 && i < 20_000_000 {
-        let ip =
-            std::net::Ipv4Addr::from(0x0b00_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761)));
+        // Spread over 11.0.0.0 to 74.255.255.255 (never multicast).
+        let spread = i.wrapping_mul(2_654_435_761) % 0x4000_0000;
+        let ip = std::net::Ipv4Addr::from(0x0b00_0000u32 + spread);
         let addr = SocketAddr::new(IpAddr::V4(ip), 24_100);
         let source = IpAddr::V4(std::net::Ipv4Addr::from(i % 4096 * 65_536 + 1));
         let envelope = crate::protocol::record::sign(&identity, *b"TDEV", &[addr], 3, 1_000);
@@ -221,11 +222,14 @@ fn full_book_memory() {
     }
     let after = rss_kib();
     let (new, tried) = book.sizes();
+    let stored = book.to_bytes();
+    let back = AddressBook::from_bytes(&stored, GroupBits::default(), None).unwrap();
+    assert_eq!(back.sizes(), (new, tried));
     eprintln!(
         "full book: {new} new + {tried} tried = {} of {capacity} slots; resident memory +{} KiB ({} bytes per address); stored form {} bytes",
         book.len(),
         after - before,
         (after - before) * 1024 / book.len() as u64,
-        book.to_bytes().len()
+        stored.len()
     );
 }
