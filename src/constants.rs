@@ -199,9 +199,12 @@ pub const CONNECTION_MANAGER_TICK: Duration = Duration::from_secs(2);
 /// start and still cannot be used to flood anyone.
 pub const MAX_CONCURRENT_DIALS: usize = 4;
 
-/// An address dialled less than this long ago is not dialled again by the
-/// connection manager (Bitcoin skips addresses tried in the last 10
-/// minutes for the first 30 selections).
+/// The longest an address the connection manager dialled waits before it
+/// is dialled again. The wait doubles with each failed dial since the
+/// last success, from 2 s (a node whose seed was not listening yet at
+/// start retries in seconds) to this cap (a dead address costs one dial a
+/// minute until the book drops it as terrible). Bitcoin skips addresses
+/// tried in the last 10 minutes for the first 30 selections.
 pub const REDIAL_ADDRESS_AFTER_SECS: u64 = 60;
 
 /// Mean interval of feeler connections (Bitcoin's 2 minutes): a feeler

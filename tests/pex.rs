@@ -423,3 +423,50 @@ fn attempts_in_group_count(book: &AddressBook, group: &impl Fn(&SocketAddr) -> b
         .filter(|a| group(&a.addr) && a.last_try > 0)
         .count()
 }
+
+#[tokio::test]
+async fn a_feeler_moves_an_address_to_tried_and_closes() {
+    let (other, other_id) = start(announcing([127, 13, 80, 2])).await;
+    let mut cfg = announcing([127, 13, 80, 1]);
+    cfg.limits.target_outbound = 0;
+    let (node, _) = start(cfg).await;
+    let addr = other.local_addr();
+    let mut events = node.subscribe();
+    node.address_book().lock().unwrap().add(
+        addr,
+        Some(other_id.node_id()),
+        0,
+        addr.ip(),
+        now_ms() / 1000,
+    );
+    assert!(
+        !node
+            .address_book()
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .unwrap()
+            .tried
+    );
+    node.feel(PeerTarget {
+        addr,
+        node_id: Some(other_id.node_id()),
+    });
+    wait_for(&mut events, |e| match e {
+        timed::network::NetworkEvent::Disconnected { peer, .. } if peer.addr == addr => Some(()),
+        _ => None,
+    })
+    .await;
+    let entry = node
+        .address_book()
+        .lock()
+        .unwrap()
+        .get(&addr)
+        .cloned()
+        .unwrap();
+    assert!(entry.tried, "{entry:?}");
+    assert_eq!(entry.quality.successes, 1);
+    assert!(node.peers().is_empty());
+    node.shutdown();
+    other.shutdown();
+}

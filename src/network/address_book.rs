@@ -434,7 +434,8 @@ impl AddressBook {
     /// `envelope`) told by a peer at `source`, at `now` (Unix seconds), for
     /// which `usable` holds; the envelope is kept with each address unless
     /// the address already holds a newer record of the same node. Returns
-    /// how many addresses are in the book afterwards.
+    /// how many addresses the record was new for (a new address, or a
+    /// newer record than the one kept): what is worth relaying.
     pub fn add_record(
         &mut self,
         record: &OpenedRecord,
@@ -447,6 +448,15 @@ impl AddressBook {
         let seen = (record.timestamp_ms / 1000).min(now);
         let mut kept = 0;
         for addr in record.socket_addrs().filter(|a| usable(a)) {
+            let known = self.entries.get(&addr).map(|(info, _)| {
+                info.record.as_ref().is_none_or(|old| {
+                    info.node_id != Some(record.node_id) || old.timestamp_ms < envelope.timestamp_ms
+                })
+            });
+            // A record no newer than the one kept changes nothing.
+            if known == Some(false) {
+                continue;
+            }
             if !self.add(
                 addr,
                 Some(record.node_id),
@@ -456,15 +466,10 @@ impl AddressBook {
             ) {
                 continue;
             }
-            kept += 1;
             if let Some((info, _)) = self.entries.get_mut(&addr) {
-                let newer = info.record.as_ref().is_none_or(|old| {
-                    info.node_id != Some(record.node_id) || old.timestamp_ms < envelope.timestamp_ms
-                });
-                if newer {
-                    info.node_id = Some(record.node_id);
-                    info.record = Some(envelope.clone());
-                }
+                info.node_id = Some(record.node_id);
+                info.record = Some(envelope.clone());
+                kept += 1;
             }
         }
         kept

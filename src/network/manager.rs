@@ -8,8 +8,9 @@
 //! outbound connections (`outbound-full` and `anchor`, plus dials in
 //! progress) and, below `target_outbound`, picks addresses from the book:
 //! from the tried table or the new table with even odds, never an address
-//! it is connected or dialling to, never one dialled in the last
-//! [`REDIAL_ADDRESS_AFTER_SECS`], never a banned one, never our own, and
+//! it is connected or dialling to, never one dialled less than 2 s
+//! (doubling with each failure, at most [`REDIAL_ADDRESS_AFTER_SECS`]) ago,
+//! never a banned one, never our own, and
 //! **never a second one in a netgroup it already has an outbound
 //! connection to**, so an attacker must hold as many netgroups as the node
 //! has outbound peers to surround it. At most [`MAX_CONCURRENT_DIALS`]
@@ -25,12 +26,13 @@
 //! The anchors (the outbound peers saved at the last shutdown) are dialled
 //! first at start. The seeds (`[p2p] seeds`, DNS names resolved each time)
 //! are only used when the node has no outbound peer and the book offers
-//! nothing to dial, at most once a minute: they fill an empty book, they
-//! are not kept connected.
+//! nothing to dial, again after 2 s, 4 s, ... at most once a minute while
+//! that lasts: they fill an empty book, they are not kept connected.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
+use super::diversity::Location;
 use super::*;
 use crate::constants::{
     ANCHOR_COUNT, CONNECTION_MANAGER_TICK, FEELER_INTERVAL, MAX_CONCURRENT_DIALS,
@@ -46,8 +48,22 @@ const SELECTION_TRIES: usize = 256;
 /// Candidates compared by location when diversity data is configured.
 const DIVERSITY_CANDIDATES: usize = 8;
 
-/// Least time between two seed look-ups.
+/// Longest time between two seed look-ups while the node has no outbound
+/// peer; the first retry comes after [`SEED_RETRY_FIRST`], doubling up to
+/// this.
 const SEED_RETRY: Duration = Duration::from_secs(60);
+
+/// The first delay before the seeds are used again.
+const SEED_RETRY_FIRST: Duration = Duration::from_secs(2);
+
+/// How long after its last dial an address that failed `attempts` times
+/// since its last success may be dialled again: 2 s doubling per failure,
+/// at most [`REDIAL_ADDRESS_AFTER_SECS`].
+fn redial_wait(attempts: u32) -> u64 {
+    1u64.checked_shl(attempts.min(16))
+        .unwrap_or(u64::MAX)
+        .min(REDIAL_ADDRESS_AFTER_SECS)
+}
 
 /// Free file descriptors below which the inbound cap shrinks: a tenth of
 /// the limit, and at least 32 (what a burst of new connections, RPC calls
@@ -221,16 +237,20 @@ impl Network {
         let mut next_announce = Instant::now() + SELF_ANNOUNCE_INTERVAL;
         let mut next_prune = Instant::now() + SEED_RETRY;
         let mut next_rotation = Instant::now() + super::ROTATION_INTERVAL;
-        let mut last_seeds: Option<Instant> = None;
+        let mut next_seeds = Instant::now();
+        let mut seed_delay = SEED_RETRY_FIRST;
         loop {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
             let (automatic, found) = self.fill_outbound();
-            let seeds_due = last_seeds.is_none_or(|t| t.elapsed() >= SEED_RETRY);
-            if automatic == 0 && !found && seeds_due && !self.inner.config.seeds.is_empty() {
-                last_seeds = Some(Instant::now());
+            if automatic > 0 {
+                seed_delay = SEED_RETRY_FIRST;
+            } else if !found && Instant::now() >= next_seeds && !self.inner.config.seeds.is_empty()
+            {
+                next_seeds = Instant::now() + seed_delay;
+                seed_delay = (seed_delay * 2).min(SEED_RETRY);
                 self.use_seeds().await;
             }
             let now = Instant::now();
@@ -341,7 +361,7 @@ impl Network {
                 && !info.node_id.is_some_and(|id| connected_ids.contains(&id))
                 && !dialing.contains_key(&info.addr)
                 && !outbound_groups.contains(&book.netgroup(info.addr.ip()))
-                && now.saturating_sub(info.last_try) >= REDIAL_ADDRESS_AFTER_SECS
+                && now.saturating_sub(info.last_try) >= redial_wait(info.attempts)
                 && !self.inner.blacklist.is_banned(info.addr.ip())
         };
         let mut rng = rand::thread_rng();
@@ -367,24 +387,12 @@ impl Network {
                 None => break,
             }
         }
-        let outbound_locations: Vec<super::diversity::Location> = peers
+        let outbound: Vec<Location> = peers
             .iter()
             .filter(|h| h.info.direction == Direction::Outbound)
             .map(|h| diversity.lookup(h.info.addr.ip()))
             .collect();
-        let crowding = |info: &address_book::AddrInfo| {
-            let here = diversity.lookup(info.addr.ip());
-            let same_asn = outbound_locations
-                .iter()
-                .filter(|l| l.asn.is_some() && l.asn == here.asn)
-                .count();
-            let same_country = outbound_locations
-                .iter()
-                .filter(|l| l.country.is_some() && l.country == here.country)
-                .count();
-            (same_asn, same_country)
-        };
-        let info = candidates.into_iter().min_by_key(|c| crowding(c))?;
+        let info = least_crowded(candidates, &outbound, |ip| diversity.lookup(ip))?;
         Some(PeerTarget {
             addr: info.addr,
             node_id: info.node_id,
@@ -431,6 +439,14 @@ impl Network {
                 }
             }
         });
+    }
+
+    /// Dials `target` as a feeler: the connection completes the handshake
+    /// (which moves the address to the tried table), then closes. The
+    /// manager does this every [`FEELER_INTERVAL`] on average once its
+    /// outbound target is met.
+    pub fn feel(&self, target: PeerTarget) {
+        self.dial_managed(target, ConnectionType::Feeler);
     }
 
     fn dial_feeler(&self) {
@@ -522,9 +538,83 @@ impl Network {
     }
 }
 
+/// Of `candidates`, the one whose ASN and then country the fewest of the
+/// `outbound` peers share (`lookup` places an address); the first of equals,
+/// so without location data the choice stays the book's random pick.
+fn least_crowded<'a>(
+    candidates: Vec<&'a address_book::AddrInfo>,
+    outbound: &[Location],
+    lookup: impl Fn(std::net::IpAddr) -> Location,
+) -> Option<&'a address_book::AddrInfo> {
+    let crowding = |info: &address_book::AddrInfo| {
+        let here = lookup(info.addr.ip());
+        let same_asn = outbound
+            .iter()
+            .filter(|l| l.asn.is_some() && l.asn == here.asn)
+            .count();
+        let same_country = outbound
+            .iter()
+            .filter(|l| l.country.is_some() && l.country == here.country)
+            .count();
+        (same_asn, same_country)
+    };
+    candidates.into_iter().min_by_key(|c| crowding(c))
+}
+
 /// An exponentially distributed delay of mean [`FEELER_INTERVAL`] (a
 /// Poisson process, as Bitcoin's), at most four times the mean.
 fn feeler_delay() -> Duration {
     let u: f64 = rand::thread_rng().gen_range(f64::EPSILON..1.0);
     FEELER_INTERVAL.mul_f64((-u.ln()).min(4.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(addr: &str) -> address_book::AddrInfo {
+        let mut book = address_book::AddressBook::default();
+        let addr: SocketAddr = addr.parse().unwrap();
+        book.add(addr, None, 0, addr.ip(), 1);
+        book.get(&addr).unwrap().clone()
+    }
+
+    fn at(country: &str, asn: u32) -> Location {
+        Location {
+            country: Some(country.to_owned()),
+            asn: Some(asn),
+        }
+    }
+
+    /// 1.0.0.1 is in a crowded ASN, 2.0.0.1 shares only a crowded country,
+    /// 3.0.0.1 neither: the least crowded wins; ASN before country.
+    #[test]
+    fn redials_back_off_from_two_seconds_to_the_cap() {
+        let waits: Vec<u64> = (0..9).map(redial_wait).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(redial_wait(u32::MAX), REDIAL_ADDRESS_AFTER_SECS);
+    }
+
+    #[test]
+    fn outbound_choice_prefers_the_least_crowded_asn_then_country() {
+        let lookup = |ip: std::net::IpAddr| match ip.to_string().as_str() {
+            "1.0.0.1" => at("US", 1),
+            "2.0.0.1" => at("US", 2),
+            "3.0.0.1" => at("NL", 3),
+            _ => Location::default(),
+        };
+        let (a, b, c) = (info("1.0.0.1:1"), info("2.0.0.1:1"), info("3.0.0.1:1"));
+        let outbound = vec![at("US", 1), at("US", 1), at("US", 9)];
+        let pick = |cands: Vec<&address_book::AddrInfo>| {
+            least_crowded(cands, &outbound, lookup).map(|i| i.addr.ip().to_string())
+        };
+        assert_eq!(pick(vec![&a, &b, &c]).as_deref(), Some("3.0.0.1"));
+        assert_eq!(pick(vec![&a, &b]).as_deref(), Some("2.0.0.1"));
+        assert_eq!(pick(vec![&a]).as_deref(), Some("1.0.0.1"));
+        assert_eq!(pick(vec![]), None);
+        // Without location data the first (the book's random pick) stays.
+        let none = |_| Location::default();
+        let first = least_crowded(vec![&b, &a], &outbound, none).unwrap();
+        assert_eq!(first.addr, b.addr);
+    }
 }

@@ -4,7 +4,7 @@
 //! * **Self-announcement.** A node signs a record of its announced listen
 //!   address (see [`crate::protocol::record`]) and sends it to every peer
 //!   right after admission, and a freshly signed one to all peers every
-//!   [`SELF_ANNOUNCE_INTERVAL`].
+//!   [`crate::constants::SELF_ANNOUNCE_INTERVAL`].
 //! * **Relay.** A record that is new to the book and younger than
 //!   [`RECORD_RELAY_MAX_AGE_SECS`] is relayed to [`RECORD_RELAY_FANOUT`]
 //!   random peers (never to its sender or its node), like Bitcoin's addr
@@ -44,7 +44,7 @@ use tower::{BoxError, Service};
 use super::{Network, WeakNetwork};
 use crate::constants::{
     MAX_PEER_ADDRESSES, PEX_CACHE_TTL, PEX_MAX_SHARE_PERCENT, PEX_MIN_ANSWER, RECORD_RELAY_FANOUT,
-    RECORD_RELAY_MAX_AGE_SECS, SELF_ANNOUNCE_INTERVAL,
+    RECORD_RELAY_MAX_AGE_SECS,
 };
 use crate::crypto::NodeId;
 use crate::peer::set::PeerHandle;
@@ -52,6 +52,12 @@ use crate::peer::{Inbound, Offence, Outcome, Rejection};
 use crate::protocol::record::{self, OpenedRecord, RecordError};
 use crate::protocol::{Envelope, GossipKind, Message};
 use tokio::time::Instant;
+
+/// How long our signed record is reused before it is signed again: half
+/// the relay freshness window, so the record a new peer gets is always
+/// fresh enough to be relayed and to pass an `auth` layer's age check.
+const OWN_RECORD_REFRESH: std::time::Duration =
+    std::time::Duration::from_secs(RECORD_RELAY_MAX_AGE_SECS / 2);
 
 /// The name of the peer-exchange handler in rejections and metrics.
 pub const NAME: &str = "pex";
@@ -176,9 +182,10 @@ fn now() -> (u64, u64) {
 }
 
 impl Network {
-    /// Our current signed record, re-signed every
-    /// [`SELF_ANNOUNCE_INTERVAL`]; `None` when the node announces no
-    /// usable listen address.
+    /// Our current signed record, re-signed when older than
+    /// [`OWN_RECORD_REFRESH`] (so a new peer's `auth` layer, which drops
+    /// envelopes older than 10 minutes, never finds it stale); `None` when
+    /// the node announces no usable listen address.
     pub fn own_record(&self) -> Option<Envelope> {
         let listen = SocketAddr::from(self.inner.config.handshake.version.listen_addr?);
         if record::is_unusable(&listen) {
@@ -186,7 +193,7 @@ impl Network {
         }
         let mut own = crate::locks::lock(&self.inner.pex.own);
         if let Some((envelope, signed)) = own.as_ref() {
-            if signed.elapsed() < SELF_ANNOUNCE_INTERVAL {
+            if signed.elapsed() < OWN_RECORD_REFRESH {
                 return Some(envelope.clone());
             }
         }
