@@ -553,6 +553,8 @@ mod tests {
         Cli::try_parse_from(["timed", "config", "check", "x.toml"]).unwrap();
         Cli::try_parse_from(["timed", "rpc", "setban", "10.0.0.0/8", "add", "60"]).unwrap();
         Cli::try_parse_from(["timed", "devnet", "--nodes", "3"]).unwrap();
+        Cli::try_parse_from(["timed", "devnet", "--topology", "mesh"]).unwrap();
+        assert!(Cli::try_parse_from(["timed", "devnet", "--topology", "ring"]).is_err());
         assert!(Cli::try_parse_from(["timed", "run", "--network", "moon"]).is_err());
         assert!(Cli::try_parse_from(["timed", "devnet", "--nodes", "0"]).is_err());
     }

@@ -43,20 +43,6 @@ impl Network {
         let info = Arc::new(conn.info.clone());
         metrics::counter!("timed_handshakes_total", "result" => "ok").increment(1);
         tracing::Span::current().record("node.id", field::display(info.node_id));
-        // The inbound limit counts authenticated connections only.
-        let inbound_cap = self.inbound_cap();
-        // Full: one inbound peer makes room, unless eviction protects all.
-        let inbound_full = direction == Direction::Inbound
-            && inner.inbound_count.load(Ordering::Relaxed) >= inbound_cap
-            && !self.evict_inbound();
-        let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
-            inner.inbound_count.fetch_add(1, Ordering::Relaxed);
-            Slot {
-                counter: Some(inner.inbound_count.clone()),
-                per_ip: None,
-            }
-        });
-
         // The peer's context, stack, queue and client.
         let stack = self.middleware();
         let judge = stack.judge().clone();
@@ -78,6 +64,23 @@ impl Network {
             queue: queue.clone(),
             kind,
         });
+        // A peer whose score keeps it out evicts nobody.
+        let readmitted = judge.readmit(&context);
+        // The inbound limit counts authenticated connections only. When it
+        // is reached, one inbound peer makes room unless eviction protects
+        // them all.
+        let inbound_cap = self.inbound_cap();
+        let inbound_full = direction == Direction::Inbound
+            && readmitted
+            && inner.inbound_count.load(Ordering::Relaxed) >= inbound_cap
+            && !self.evict_inbound();
+        let _established = (direction == Direction::Inbound && !inbound_full).then(|| {
+            inner.inbound_count.fetch_add(1, Ordering::Relaxed);
+            Slot {
+                counter: Some(inner.inbound_count.clone()),
+                per_ip: None,
+            }
+        });
         if inbound_full {
             // Said with a Disconnect after our Version (the connection task
             // sends it and ends at once).
@@ -94,7 +97,7 @@ impl Network {
                 format!("{inbound_cap} inbound connections already"),
             );
         }
-        let refused = inbound_full || !judge.readmit(&context);
+        let refused = inbound_full || !readmitted;
         if refused {
             // The context is closed: the connection task says goodbye and
             // ends at once; the peer never enters the set.
