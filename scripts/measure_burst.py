@@ -88,7 +88,7 @@ def main():
         start = time.time()
         for _ in range(args.seq):
             t = time.time()
-            sent[call(rpcs[0], "sendtoaddress", [to, "1"])] = t
+            sent[call(rpcs[0], "sendtoaddress", [to, "1", False, True])] = t
         seq_time = time.time() - start
 
         lock = threading.Lock()
@@ -98,7 +98,7 @@ def main():
             for _ in range(n):
                 t = time.time()
                 try:
-                    txid = call(rpcs[0], "sendtoaddress", [to, "0.5"])
+                    txid = call(rpcs[0], "sendtoaddress", [to, "0.5", False, True])
                     with lock:
                         sent[txid] = t
                 except Exception as e:  # counted, not raised

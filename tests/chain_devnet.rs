@@ -199,8 +199,9 @@ fn a_payment_is_final_on_four_nodes_and_a_fifth_node_syncs_the_chain() {
     let best = call(rpc[0], "getbestblockhash", json!([])).unwrap();
     let block = call(rpc[0], "getblock", json!([best])).unwrap();
     assert!(block["height"].as_u64().unwrap() >= 1, "{block}");
-    let nodes = call(rpc[0], "masternodelist", json!([])).unwrap();
-    assert_eq!(nodes.as_array().unwrap().len(), 4);
+    let nodes = call(rpc[0], "masternodelist", json!([true])).unwrap();
+    assert_eq!(nodes["masternodes"].as_array().unwrap().len(), 4, "{nodes}");
+    assert_eq!(nodes["total_in_registry"], 4);
 
     // A fifth node, started now, syncs everything from the four.
     let chain = chain_section(&devnet_dir.join("node1").join("config.toml"));

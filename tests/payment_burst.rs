@@ -19,10 +19,11 @@ use serde_json::{json, Value};
 /// Generous bounds: outcomes are asserted, not speed.
 const SETTLE: Duration = Duration::from_secs(180);
 
-/// Pays `amount` TIME from the node at `rpc` to `to`; every call must be
+/// Pays `amount` TIME from the node at `rpc` to `to` without waiting for
+/// finality (`nowait`, so the burst stays a burst); every call must be
 /// accepted.
 fn pay(rpc: SocketAddr, to: &str, amount: &str) -> String {
-    match call(rpc, "sendtoaddress", json!([to, amount])) {
+    match call(rpc, "sendtoaddress", json!([to, amount, false, true])) {
         Ok(Value::String(txid)) => txid,
         other => panic!("payment refused: {other:?}"),
     }

@@ -32,16 +32,22 @@ pub const NAMES: &[&str] = &[
     "getblock",
     "getblockchaininfo",
     "masternodelist",
+    "getblockhash",
+    "gettxoutsetinfo",
+    "getrawtransaction",
+    "decoderawtransaction",
+    "validateaddress",
+    "getinfo",
 ];
 
-fn amount(units: u64) -> Value {
+pub(super) fn amount(units: u64) -> Value {
     // Through the decimal text, so 0.1 prints as 0.1.
     format_amount(units)
         .parse::<f64>()
         .map_or(Value::Null, |f| json!(f))
 }
 
-fn chain(ctx: &RpcContext) -> Result<&Chain, RpcError> {
+pub(super) fn chain(ctx: &RpcContext) -> Result<&Chain, RpcError> {
     ctx.node
         .chain()
         .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
@@ -53,7 +59,7 @@ fn service(ctx: &RpcContext) -> Result<&ChainService, RpcError> {
         .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
 }
 
-fn hash_param(params: &Value, index: usize, name: &str) -> Result<[u8; 32], RpcError> {
+pub(super) fn hash_param(params: &Value, index: usize, name: &str) -> Result<[u8; 32], RpcError> {
     let text = super::methods::string_param(params, index, name)?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(text, &mut out)
@@ -61,7 +67,7 @@ fn hash_param(params: &Value, index: usize, name: &str) -> Result<[u8; 32], RpcE
     Ok(out)
 }
 
-fn refused(e: &ChainError) -> RpcError {
+pub(super) fn refused(e: &ChainError) -> RpcError {
     match e {
         ChainError::Store(_) => RpcError::new(codes::INTERNAL_ERROR, e.to_string()),
         _ => RpcError::new(
@@ -108,7 +114,7 @@ async fn durable(chain: &Chain, seq: u64, answer: Value) -> Result<Value, RpcErr
     }
 }
 
-fn tx_json(chain: &Chain, tx: &Transaction) -> Value {
+pub(super) fn tx_json(chain: &Chain, tx: &Transaction) -> Value {
     let network = chain.genesis().network;
     json!({
         "txid": hex::encode(tx.txid()),
@@ -137,8 +143,11 @@ fn block_json(chain: &Chain, block: &Block) -> Value {
         "confirmations": tip.saturating_sub(h.height) + 1,
         "version": h.version,
         "prev_hash": hex::encode(h.prev_hash),
+        "previousblockhash": hex::encode(h.prev_hash),
         "merkle_root": hex::encode(h.merkle_root),
+        "merkleroot": hex::encode(h.merkle_root),
         "timestamp": h.timestamp,
+        "time": h.timestamp,
         "slot": chain.genesis().slot(h.timestamp),
         "producer": hex::encode(h.producer),
         "size": encoding::encode_value(block).map_or(0, |b| b.len()),
@@ -178,14 +187,7 @@ fn read(ctx: &RpcContext, method: &str, params: &Value) -> Result<Value, RpcErro
         "getbalances" => getbalances(ctx, params),
         "listunspent" => listunspent(ctx, params),
         "gettransaction" => gettransaction(ctx, params),
-        "getrawmempool" => super::methods::no_params(params).and_then(|_| {
-            let chain = chain(ctx)?;
-            Ok(json!(chain
-                .mempool_txids()
-                .iter()
-                .map(hex::encode)
-                .collect::<Vec<_>>()))
-        }),
+        "getrawmempool" => getrawmempool(ctx, params),
         "getmempoolinfo" => super::methods::no_params(params).and_then(|_| {
             let (size, bytes) = chain(ctx)?.mempool_size();
             Ok(json!({ "size": size, "bytes": bytes, "min_fee_units": MIN_FEE }))
@@ -198,11 +200,46 @@ fn read(ctx: &RpcContext, method: &str, params: &Value) -> Result<Value, RpcErro
         "getblock" => getblock(ctx, params),
         "getblockchaininfo" => getblockchaininfo(ctx, params),
         "masternodelist" => masternodelist(ctx, params),
+        "getblockhash" => super::lookups::getblockhash(ctx, params),
+        "gettxoutsetinfo" => super::lookups::gettxoutsetinfo(ctx, params),
+        "getrawtransaction" => super::lookups::getrawtransaction(ctx, params),
+        "decoderawtransaction" => super::lookups::decoderawtransaction(ctx, params),
+        "validateaddress" => super::lookups::validateaddress(ctx, params),
+        "getinfo" => super::lookups::getinfo(ctx, params),
         other => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,
             format!("unknown method {other:?}"),
         )),
     }
+}
+
+/// `getrawmempool [verbose]`: the pooled transaction ids, or with
+/// `verbose` an object of each id's size, fee, vote tally and finality.
+fn getrawmempool(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let verbose = flag_param(params, 0, "verbose", "")?;
+    let chain = chain(ctx)?;
+    let txids = chain.mempool_txids();
+    if !verbose {
+        return Ok(json!(txids.iter().map(hex::encode).collect::<Vec<_>>()));
+    }
+    let total = chain.total_weight();
+    let mut out = serde_json::Map::new();
+    for txid in txids {
+        let Ok(Some(TxStatus::Pooled(tx))) = chain.transaction(&txid) else {
+            continue;
+        };
+        let tally = chain.tally(&txid);
+        out.insert(
+            hex::encode(txid),
+            json!({
+                "size": tx.size(),
+                "accept_weight": tally.accept,
+                "total_weight": total,
+                "final": tally.finalized,
+            }),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 fn wallet_address(ctx: &RpcContext, params: &Value, index: usize) -> Result<Address, RpcError> {
@@ -264,42 +301,136 @@ fn getbalances(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     }))
 }
 
+/// `listunspent [minconf] [maxconf] [addresses] [limit]` (TIME Coin's and
+/// Bitcoin's order; `addresses` is null, one address or a list, default
+/// the wallet's), or timed's `listunspent ADDRESS`. Confirmations count
+/// from the block holding the output; pooled outputs have 0.
 fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
-    let address = wallet_address(ctx, params, 0)?;
-    let confirmed = chain
-        .store()
-        .utxos_for(&address)
-        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-    let coins = chain.coins(&address).map_err(|e| refused(&e))?;
-    let unspent: std::collections::HashSet<_> = coins.iter().map(|c| c.outpoint).collect();
     let network = chain.genesis().network;
-    let entry = |o: &crate::chain::OutPoint, out: &crate::chain::TxOut, status: &str| {
-        json!({
-            "txid": hex::encode(o.txid),
-            "vout": o.index,
-            "address": out.address.to_text(network),
-            "amount": amount(out.value),
-            "units": out.value,
-            "status": status,
-            "spent_in_mempool": !unspent.contains(o),
-        })
+    let parse = |text: &str| {
+        Address::parse(text, network).map_err(|e| RpcError::params(format!("address: {e}")))
     };
-    // Confirmed outputs (also those a pooled payment spends), then the
-    // outputs of pooled transactions.
-    let mut list: Vec<Value> = confirmed
-        .iter()
-        .map(|(o, out)| entry(o, out, CoinStatus::Confirmed.as_str()))
-        .collect();
-    list.extend(
-        coins
-            .iter()
-            .filter(|c| c.status != CoinStatus::Confirmed)
-            .map(|c| entry(&c.outpoint, &c.output, c.status.as_str())),
-    );
+    let number =
+        |index: usize, name: &str, default: u64| match super::methods::param(params, index, name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| RpcError::params(format!("{name} must be a non-negative integer"))),
+        };
+    let (minconf, maxconf, addresses, limit) = match super::methods::param(params, 0, "minconf") {
+        // timed's own form: the address first.
+        Some(Value::String(text)) => (0, u64::MAX, vec![parse(text)?], None),
+        _ => {
+            let addresses = match super::methods::param(params, 2, "addresses") {
+                None | Some(Value::Null) => vec![wallet_address(ctx, &Value::Null, 0)?],
+                Some(Value::String(text)) => vec![parse(text)?],
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .ok_or_else(|| RpcError::params("addresses must be strings"))
+                            .and_then(parse)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                Some(_) => {
+                    return Err(RpcError::params(
+                        "addresses: null, an address or a list of addresses",
+                    ))
+                }
+            };
+            let limit = match super::methods::param(params, 3, "limit") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| RpcError::params("limit must be a non-negative integer"))?
+                        as usize,
+                ),
+            };
+            (
+                number(0, "minconf", 0)?,
+                number(1, "maxconf", 9_999_999)?,
+                addresses,
+                limit,
+            )
+        }
+    };
+    let tip = chain.tip().height;
+    let mut list: Vec<Value> = Vec::new();
+    for address in &addresses {
+        let confirmed = chain
+            .store()
+            .utxos_for(address)
+            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+        let coins = chain.coins(address).map_err(|e| refused(&e))?;
+        let unspent: std::collections::HashSet<_> = coins.iter().map(|c| c.outpoint).collect();
+        let entry = |o: &crate::chain::OutPoint,
+                     out: &crate::chain::TxOut,
+                     status: &str,
+                     confirmations: u64| {
+            json!({
+                "txid": hex::encode(o.txid),
+                "vout": o.index,
+                "address": out.address.to_text(network),
+                "amount": amount(out.value),
+                "units": out.value,
+                "confirmations": confirmations,
+                "status": status,
+                "spent_in_mempool": !unspent.contains(o),
+                "spendable": unspent.contains(o),
+            })
+        };
+        // Confirmed outputs (also those a pooled payment spends), then the
+        // outputs of pooled transactions.
+        for (o, out) in &confirmed {
+            let height = chain
+                .store()
+                .tx_height(&o.txid)
+                .ok()
+                .flatten()
+                .unwrap_or(tip);
+            let confirmations = tip.saturating_sub(height) + 1;
+            if (minconf..=maxconf).contains(&confirmations) {
+                list.push(entry(o, out, CoinStatus::Confirmed.as_str(), confirmations));
+            }
+        }
+        if minconf == 0 {
+            list.extend(
+                coins
+                    .iter()
+                    .filter(|c| c.status != CoinStatus::Confirmed)
+                    .map(|c| entry(&c.outpoint, &c.output, c.status.as_str(), 0)),
+            );
+        }
+    }
+    if let Some(limit) = limit {
+        list.truncate(limit);
+    }
     Ok(Value::Array(list))
 }
 
+/// How long `sendtoaddress` without `nowait` waits for its payment to be
+/// final, as TIME Coin's own node did; after that the call fails with
+/// [`codes::TX_REJECTED`] and the payment may still become final.
+const FINALITY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An optional boolean parameter (`false` when absent or null).
+fn flag_param(params: &Value, index: usize, name: &str, hint: &str) -> Result<bool, RpcError> {
+    match super::methods::param(params, index, name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(RpcError::params(format!(
+            "{name} must be true or false, not {other}{hint}"
+        ))),
+    }
+}
+
+/// `sendtoaddress ADDRESS AMOUNT [subtract_fee] [nowait] [fee]`, TIME
+/// Coin's parameters: with `subtract_fee` the recipient gets `AMOUNT`
+/// minus the fee; without `nowait` the call returns once the payment is
+/// final (2/3 of the masternode weight), or fails after
+/// [`FINALITY_WAIT`]. `fee` (timed's extra, default [`MIN_FEE`]) is the
+/// fifth parameter or named.
 async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
     let wallet = ctx
@@ -312,9 +443,25 @@ async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcErr
     let units = super::methods::param(params, 1, "amount")
         .ok_or_else(|| RpcError::params("missing parameter 1 (amount)"))
         .and_then(|v| amount_from_json(v).map_err(|e| RpcError::params(format!("amount: {e}"))))?;
-    let fee = match super::methods::param(params, 2, "fee") {
-        Some(v) => amount_from_json(v).map_err(|e| RpcError::params(format!("fee: {e}")))?,
-        None => MIN_FEE,
+    let hint = " (a fee is the fifth parameter, or named `fee`)";
+    let subtract_fee = flag_param(params, 2, "subtract_fee", hint)?;
+    let nowait = flag_param(params, 3, "nowait", hint)?;
+    let fee = match super::methods::param(params, 4, "fee") {
+        Some(v) if !v.is_null() => {
+            amount_from_json(v).map_err(|e| RpcError::params(format!("fee: {e}")))?
+        }
+        _ => MIN_FEE,
+    };
+    let units = if subtract_fee {
+        units.checked_sub(fee).filter(|u| *u > 0).ok_or_else(|| {
+            RpcError::params(format!(
+                "amount {} does not cover the fee {}",
+                format_amount(units),
+                format_amount(fee)
+            ))
+        })?
+    } else {
+        units
     };
     // One payment at a time picks coins: the pool marks them spent before
     // the next one looks.
@@ -328,9 +475,49 @@ async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcErr
     })
     .await
     .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+    let txid = tx.txid();
     let (answer, seq) = submit(ctx, tx).await?;
     drop(guard);
-    durable(chain, seq, answer).await
+    let answer = durable(chain, seq, answer).await?;
+    if nowait {
+        return Ok(answer);
+    }
+    wait_final(chain, &txid).await?;
+    Ok(answer)
+}
+
+/// Waits until `txid` is final (by votes, or in a block); fails when it
+/// left the chain's view (refused in favour of a conflicting payment) or
+/// after [`FINALITY_WAIT`].
+async fn wait_final(chain: &Chain, txid: &crate::chain::transaction::Txid) -> Result<(), RpcError> {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let status = chain.transaction(txid).map_err(|e| refused(&e))?;
+        match status {
+            Some(TxStatus::InBlock(..)) => return Ok(()),
+            Some(_) if chain.tally(txid).finalized => return Ok(()),
+            Some(_) => {}
+            None => return Err(RpcError::new(
+                codes::TX_REJECTED,
+                format!(
+                    "transaction {} was dropped before it became final (a conflicting payment won)",
+                    hex::encode(txid)
+                ),
+            )),
+        }
+        if started.elapsed() >= FINALITY_WAIT {
+            return Err(RpcError::new(
+                codes::TX_REJECTED,
+                format!(
+                    "transaction {} not final after {} s: it may still become final (see gettransaction; nowait = true returns at once)",
+                    hex::encode(txid),
+                    FINALITY_WAIT.as_secs()
+                ),
+            ));
+        }
+    }
 }
 
 /// Builds the payment from the most trusted coins that cover it: confirmed
@@ -485,6 +672,8 @@ fn getblockchaininfo(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError
     Ok(json!({
         "chain": genesis.network.name(),
         "blocks": tip.height,
+        "consensus": "masternode votes (2/3 of the weight), one producer per slot",
+        "instant_finality": true,
         "bestblockhash": hex::encode(tip.hash),
         "best_timestamp": tip.timestamp,
         "genesis_hash": hex::encode(chain.genesis_hash()),
@@ -500,29 +689,73 @@ fn getblockchaininfo(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError
     }))
 }
 
+/// `masternodelist [show_all]`: the genesis masternodes, in TIME Coin's
+/// shape (`{masternodes, show_all, total, total_in_registry}`); without
+/// `show_all` only those connected now (and this node). timed has no
+/// collateral: every masternode is active by the genesis, and
+/// `collateral_locked` is always false.
 fn masternodelist(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
-    super::methods::no_params(params)?;
+    let show_all = flag_param(params, 0, "show_all", "")?;
     let chain = chain(ctx)?;
     let own = ctx.node.node_id();
     let genesis = chain.genesis();
     let next_slot = genesis.slot(crate::protocol::version::unix_now().as_secs()) + 1;
     let next = genesis.producer(next_slot).copied();
-    Ok(json!(genesis
+    let now = crate::protocol::version::unix_now().as_secs();
+    let all: Vec<Value> = genesis
         .masternodes()
         .iter()
-        .map(|m| {
+        .filter_map(|m| {
             let node_id = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key)
                 .ok()
                 .map(|k| NodeId::from_public_key(&k));
-            json!({
+            let is_self = node_id == Some(own);
+            let peer = node_id.and_then(|n| ctx.node.peers().get(&n));
+            let connected = is_self || peer.is_some();
+            if !show_all && !connected {
+                return None;
+            }
+            let (address, uptime) = match &peer {
+                Some(p) => (
+                    Some(
+                        p.info
+                            .version
+                            .listen_addr
+                            .map_or(p.info.addr.to_string(), |a| a.to_string()),
+                    ),
+                    now.saturating_sub(p.context.connected_unix),
+                ),
+                None if is_self => (
+                    ctx.node
+                        .config()
+                        .handshake
+                        .version
+                        .listen_addr
+                        .map(|a| a.to_string()),
+                    ctx.node.uptime().as_secs(),
+                ),
+                None => (None, 0),
+            };
+            Some(json!({
+                "address": address,
                 "public_key": hex::encode(m.public_key),
                 "node_id": node_id.map(|n| n.to_string()),
                 "tier": format!("{:?}", m.tier).to_lowercase(),
                 "weight": m.tier.weight(),
-                "self": node_id == Some(own),
-                "connected": node_id.is_some_and(|n| ctx.node.peers().contains(&n)),
+                "is_active": true,
+                "is_connected": connected,
+                "total_uptime": uptime,
+                "collateral_locked": false,
+                "self": is_self,
+                "connected": peer.is_some(),
                 "produces_next_slot": next == Some(m.public_key),
-            })
+            }))
         })
-        .collect::<Vec<_>>()))
+        .collect();
+    Ok(json!({
+        "masternodes": all,
+        "show_all": show_all,
+        "total": all.len(),
+        "total_in_registry": genesis.masternodes().len(),
+    }))
 }

@@ -104,6 +104,8 @@ pub(super) async fn dispatch(
                         "send_queue": h.queue.len(),
                         "user_agent": h.info.version.user_agent,
                         "protocol_version": h.info.version.protocol_version,
+                        "version": h.info.version.protocol_version,
+                        "subver": h.info.version.user_agent,
                         "best_height": h.info.version.best_height,
                         "listen_addr": h.info.version.listen_addr.map(|a| a.to_string()),
                         "connection_type": h.kind.as_str(),

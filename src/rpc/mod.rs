@@ -46,6 +46,7 @@ use crate::state::{Chain, ChainService};
 
 mod chain;
 pub mod client;
+mod lookups;
 mod methods;
 pub mod params;
 pub mod server;

@@ -37,17 +37,26 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     // Chain and wallet (rpc/chain.rs).
     ("getbalance", &["address"]),
     ("getbalances", &["address"]),
-    ("listunspent", &["address"]),
-    ("sendtoaddress", &["address", "amount", "fee"]),
+    ("listunspent", &["minconf", "maxconf", "addresses", "limit"]),
+    (
+        "sendtoaddress",
+        &["address", "amount", "subtract_fee", "nowait", "fee"],
+    ),
     ("sendrawtransaction", &["hex"]),
     ("gettransaction", &["txid"]),
-    ("getrawmempool", &[]),
+    ("getrawmempool", &["verbose"]),
     ("getmempoolinfo", &[]),
     ("getblockcount", &[]),
     ("getbestblockhash", &[]),
     ("getblock", &["block"]),
     ("getblockchaininfo", &[]),
-    ("masternodelist", &[]),
+    ("masternodelist", &["show_all"]),
+    ("getblockhash", &["height"]),
+    ("gettxoutsetinfo", &[]),
+    ("getrawtransaction", &["txid", "verbose"]),
+    ("decoderawtransaction", &["hex"]),
+    ("validateaddress", &["address"]),
+    ("getinfo", &[]),
 ];
 
 /// The parameter names of `method`, if it is one.

@@ -483,6 +483,28 @@ impl Store {
         })
     }
 
+    /// How many unspent outputs there are and their total value, in units
+    /// (a scan of the address index: for `gettxoutsetinfo`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure.
+    pub fn utxo_totals(&self) -> Result<(u64, u64), StoreError> {
+        self.watch(|| {
+            let tx = self.db().begin_read().map_err(db_err("begin"))?;
+            let t = tx
+                .open_table(ADDRESS_UTXOS)
+                .map_err(db_err("open address_utxos"))?;
+            let mut count = 0u64;
+            let mut total = 0u64;
+            for entry in t.iter().map_err(db_err("read address index"))? {
+                let (_, value) = entry.map_err(db_err("read address index"))?;
+                count += 1;
+                total = total.saturating_add(value.value());
+            }
+            Ok((count, total))
+        })
+    }
+
     /// The unspent output at `outpoint`.
     ///
     /// # Errors
