@@ -303,8 +303,9 @@ fn getbalances(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
 
 /// `listunspent [minconf] [maxconf] [addresses] [limit]` (TIME Coin's and
 /// Bitcoin's order; `addresses` is null, one address or a list, default
-/// the wallet's), or timed's `listunspent ADDRESS`. Confirmations count
-/// from the block holding the output; pooled outputs have 0.
+/// the wallet's; with a `limit`, the largest outputs first and 0 meaning
+/// all), or timed's `listunspent ADDRESS`. Confirmations count from the
+/// block holding the output; pooled outputs have 0.
 fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
     let network = chain.genesis().network;
@@ -404,7 +405,11 @@ fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
         }
     }
     if let Some(limit) = limit {
-        list.truncate(limit);
+        // TIME Coin's order: the largest first; a limit of 0 is no limit.
+        list.sort_by_key(|v| std::cmp::Reverse(v["units"].as_u64().unwrap_or(0)));
+        if limit > 0 {
+            list.truncate(limit);
+        }
     }
     Ok(Value::Array(list))
 }
@@ -499,13 +504,15 @@ async fn wait_final(chain: &Chain, txid: &crate::chain::transaction::Txid) -> Re
             Some(TxStatus::InBlock(..)) => return Ok(()),
             Some(_) if chain.tally(txid).finalized => return Ok(()),
             Some(_) => {}
-            None => return Err(RpcError::new(
-                codes::TX_REJECTED,
-                format!(
+            None => {
+                return Err(RpcError::new(
+                    codes::TX_REJECTED,
+                    format!(
                     "transaction {} was dropped before it became final (a conflicting payment won)",
                     hex::encode(txid)
                 ),
-            )),
+                ))
+            }
         }
         if started.elapsed() >= FINALITY_WAIT {
             return Err(RpcError::new(
