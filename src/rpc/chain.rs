@@ -38,6 +38,16 @@ pub const NAMES: &[&str] = &[
     "decoderawtransaction",
     "validateaddress",
     "getinfo",
+    "getconsensusinfo",
+    "gettreasurybalance",
+    "masternodestatus",
+    "masternodegenkey",
+    "listlockedcollaterals",
+    "listlockedutxos",
+    "unlockutxo",
+    "cleanuplockedutxos",
+    "unlockorphanedutxos",
+    "forceunlockall",
 ];
 
 pub(super) fn amount(units: u64) -> Value {
@@ -206,6 +216,15 @@ fn read(ctx: &RpcContext, method: &str, params: &Value) -> Result<Value, RpcErro
         "decoderawtransaction" => super::lookups::decoderawtransaction(ctx, params),
         "validateaddress" => super::lookups::validateaddress(ctx, params),
         "getinfo" => super::lookups::getinfo(ctx, params),
+        "getconsensusinfo" => super::masternodes::getconsensusinfo(ctx, params),
+        "gettreasurybalance" => super::masternodes::gettreasurybalance(ctx, params),
+        "masternodestatus" => super::masternodes::masternodestatus(ctx, params),
+        "masternodegenkey" => super::masternodes::masternodegenkey(ctx, params),
+        "listlockedcollaterals" => super::masternodes::listlockedcollaterals(ctx, params),
+        "listlockedutxos" => super::masternodes::listlockedutxos(ctx, params),
+        "unlockutxo" | "cleanuplockedutxos" | "unlockorphanedutxos" | "forceunlockall" => {
+            super::masternodes::unlock(ctx, method, params)
+        }
         other => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,
             format!("unknown method {other:?}"),

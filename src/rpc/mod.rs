@@ -47,6 +47,7 @@ use crate::state::{Chain, ChainService};
 mod chain;
 pub mod client;
 mod lookups;
+mod masternodes;
 mod methods;
 pub mod params;
 pub mod server;

@@ -57,6 +57,16 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("decoderawtransaction", &["hex"]),
     ("validateaddress", &["address"]),
     ("getinfo", &[]),
+    ("getconsensusinfo", &[]),
+    ("gettreasurybalance", &[]),
+    ("masternodestatus", &[]),
+    ("masternodegenkey", &[]),
+    ("listlockedcollaterals", &[]),
+    ("listlockedutxos", &[]),
+    ("unlockutxo", &["txid", "vout"]),
+    ("cleanuplockedutxos", &[]),
+    ("unlockorphanedutxos", &[]),
+    ("forceunlockall", &[]),
 ];
 
 /// The parameter names of `method`, if it is one.
