@@ -266,13 +266,22 @@ impl Wallet {
     }
 
     /// The input spending `prevout` with this wallet's key, unsigned.
-    fn input(&self, prevout: OutPoint) -> TxIn {
+    /// An unsigned input spending `prevout` with this wallet's key (the
+    /// signature is zero until [`Wallet::sign_all`]).
+    pub fn input(&self, prevout: OutPoint) -> TxIn {
         TxIn {
             prevout,
             scheme: self.key.scheme(),
             public_key: self.key.public_key().to_bytes(),
             signature: [0u8; 64],
         }
+    }
+
+    /// Signs every input of `tx` with this wallet's key (the caller checks
+    /// that each spends an output of [`Wallet::address`]).
+    pub fn sign_all(&self, magic: [u8; 4], tx: &mut Transaction) {
+        let keys = vec![&self.key; tx.inputs.len()];
+        tx.sign(magic, &keys);
     }
 
     /// Most inputs of this wallet's key that fit in one transaction with two

@@ -26,7 +26,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("listtransactions", "[10]"),
     ("listreceivedbyaddress", "[1, false]"),
     ("mergeutxos", "[5, 100, null]"),
-    ("createrawtransaction", "[[], {}]"),
     ("reindextransactions", "[]"),
     ("reindex", "[]"),
 ];
@@ -165,6 +164,43 @@ fn time_cli_requests_get_the_fields_it_reads() {
     assert_eq!(field(&decoded, "txid"), &json!(txid));
     let e = time_cli(rpc, "decoderawtransaction", json!(["zz"])).unwrap_err();
     assert!(e.contains("-32602"), "{e}");
+
+    // The raw round trip: createrawtransaction, signrawtransaction (timed's
+    // wallet holds the key), sendrawtransaction, getrawtransaction.
+    let coins = time_cli(rpc, "listunspent", json!([1, 9_999_999, null, 0])).unwrap();
+    let coin = coins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["spendable"] == true)
+        .unwrap()
+        .clone();
+    let units = coin["units"].as_u64().unwrap();
+    let pay = (units - 1_000) as f64 / 1e8;
+    let unsigned = time_cli(
+        rpc,
+        "createrawtransaction",
+        json!([[{"txid": coin["txid"], "vout": coin["vout"]}], {nodes[2].address.clone(): format!("{pay:.8}")}]),
+    )
+    .unwrap();
+    // Unsigned, it is refused.
+    let e = time_cli(rpc, "sendrawtransaction", json!([unsigned])).unwrap_err();
+    assert!(e.contains("-32004"), "{e}");
+    let signed = time_cli(rpc, "signrawtransaction", json!([unsigned])).unwrap();
+    assert_eq!(field(&signed, "complete"), true);
+    let raw_txid = time_cli(rpc, "sendrawtransaction", json!([signed["hex"]])).unwrap();
+    let back = time_cli(rpc, "getrawtransaction", json!([raw_txid, true])).unwrap();
+    assert_eq!(back["outputs"][0]["units"], units - 1_000, "{back}");
+    // Someone else's output is not signed.
+    let other = call(nodes[1].rpc, "listunspent", json!([])).unwrap()[0].clone();
+    let foreign = time_cli(
+        rpc,
+        "createrawtransaction",
+        json!([[{"txid": other["txid"], "vout": other["vout"]}], {nodes[2].address.clone(): 1}]),
+    )
+    .unwrap();
+    let e = time_cli(rpc, "signrawtransaction", json!([foreign])).unwrap_err();
+    assert!(e.contains("not an unspent output of this wallet"), "{e}");
 
     // Mempool.
     let pool = time_cli(rpc, "getmempoolinfo", json!([])).unwrap();

@@ -48,6 +48,8 @@ pub const NAMES: &[&str] = &[
     "cleanuplockedutxos",
     "unlockorphanedutxos",
     "forceunlockall",
+    "createrawtransaction",
+    "signrawtransaction",
 ];
 
 pub(super) fn amount(units: u64) -> Value {
@@ -216,6 +218,8 @@ fn read(ctx: &RpcContext, method: &str, params: &Value) -> Result<Value, RpcErro
         "decoderawtransaction" => super::lookups::decoderawtransaction(ctx, params),
         "validateaddress" => super::lookups::validateaddress(ctx, params),
         "getinfo" => super::lookups::getinfo(ctx, params),
+        "createrawtransaction" => super::lookups::createrawtransaction(ctx, params),
+        "signrawtransaction" => super::lookups::signrawtransaction(ctx, params),
         "getconsensusinfo" => super::masternodes::getconsensusinfo(ctx, params),
         "gettreasurybalance" => super::masternodes::gettreasurybalance(ctx, params),
         "masternodestatus" => super::masternodes::masternodestatus(ctx, params),

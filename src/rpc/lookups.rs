@@ -184,3 +184,91 @@ pub(super) fn getinfo(ctx: &RpcContext, params: &Value) -> Result<Value, RpcErro
         "uptime": ctx.node.uptime().as_secs(),
     }))
 }
+
+/// `createrawtransaction [{"txid", "vout"}, ...] {"ADDRESS": AMOUNT, ...}`:
+/// an unsigned transaction (hex) spending those outputs with this wallet's
+/// key, paying those amounts; what the inputs hold beyond the outputs is
+/// the fee. Sign it with `signrawtransaction`, then `sendrawtransaction`.
+pub(super) fn createrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    use crate::chain::transaction::{Transaction, TxOut};
+    use crate::chain::OutPoint;
+    let chain = chain(ctx)?;
+    let wallet = ctx
+        .wallet
+        .as_ref()
+        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let inputs = super::methods::param(params, 0, "inputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RpcError::params("inputs must be a list of {\"txid\", \"vout\"}"))?;
+    let outputs = super::methods::param(params, 1, "outputs")
+        .and_then(Value::as_object)
+        .ok_or_else(|| RpcError::params("outputs must be an object {\"ADDRESS\": AMOUNT}"))?;
+    let network = chain.genesis().network;
+    let mut tx_inputs = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let txid = hash_param(input, usize::MAX, "txid")
+            .map_err(|e| RpcError::params(format!("inputs[{i}]: {}", e.message)))?;
+        let vout = input["vout"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| RpcError::params(format!("inputs[{i}].vout must be an integer")))?;
+        tx_inputs.push(wallet.input(OutPoint { txid, index: vout }));
+    }
+    let mut tx_outputs = Vec::with_capacity(outputs.len());
+    for (address, value) in outputs {
+        let address = Address::parse(address, network)
+            .map_err(|e| RpcError::params(format!("outputs: {address}: {e}")))?;
+        let units = crate::wallet::amount_from_json(value)
+            .map_err(|e| RpcError::params(format!("outputs: amount: {e}")))?;
+        tx_outputs.push(TxOut {
+            value: units,
+            address,
+        });
+    }
+    let tx = Transaction {
+        version: 1,
+        inputs: tx_inputs,
+        outputs: tx_outputs,
+        nonce: rand::random(),
+    };
+    tx.check_structure(false)
+        .map_err(|e| RpcError::params(format!("transaction: {e}")))?;
+    encoding::encode_value(&tx)
+        .map(|b| json!(hex::encode(b)))
+        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
+}
+
+/// `signrawtransaction HEX`: signs every input with this wallet's key,
+/// after checking that each spends an unspent output of the wallet (in the
+/// chain or in a pooled payment); answers `{hex, complete}`.
+pub(super) fn signrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
+    let chain = chain(ctx)?;
+    let wallet = ctx
+        .wallet
+        .as_ref()
+        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let text = super::methods::string_param(params, 0, "hex")?;
+    let bytes = hex::decode(text).map_err(|_| RpcError::params("hex: not hexadecimal"))?;
+    let mut tx = Chain::decode_tx(&bytes).map_err(|e| RpcError::params(e.to_string()))?;
+    let ours: std::collections::HashSet<_> = chain
+        .coins(&wallet.address())
+        .map_err(|e| refused(&e))?
+        .into_iter()
+        .map(|c| c.outpoint)
+        .collect();
+    if let Some(foreign) = tx.inputs.iter().find(|i| !ours.contains(&i.prevout)) {
+        return Err(RpcError::new(
+            codes::WALLET,
+            format!(
+                "input {}:{} is not an unspent output of this wallet",
+                hex::encode(foreign.prevout.txid),
+                foreign.prevout.index
+            ),
+        ));
+    }
+    wallet.sign_all(chain.magic(), &mut tx);
+    let hex = encoding::encode_value(&tx)
+        .map(hex::encode)
+        .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+    Ok(json!({ "hex": hex, "complete": true }))
+}

@@ -67,6 +67,8 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("cleanuplockedutxos", &[]),
     ("unlockorphanedutxos", &[]),
     ("forceunlockall", &[]),
+    ("createrawtransaction", &["inputs", "outputs"]),
+    ("signrawtransaction", &["hex"]),
 ];
 
 /// The parameter names of `method`, if it is one.
