@@ -21,10 +21,6 @@ use serde_json::{json, Value};
 /// The commands of `time-cli` at abf7583 that timed does not answer yet,
 /// with the request it sends.
 const NOT_YET: &[(&str, &str)] = &[
-    ("getnewaddress", "[]"),
-    ("getwalletinfo", "[]"),
-    ("listtransactions", "[10]"),
-    ("listreceivedbyaddress", "[1, false]"),
     ("mergeutxos", "[5, 100, null]"),
     ("reindextransactions", "[]"),
     ("reindex", "[]"),
@@ -201,6 +197,45 @@ fn time_cli_requests_get_the_fields_it_reads() {
     .unwrap();
     let e = time_cli(rpc, "signrawtransaction", json!([foreign])).unwrap_err();
     assert!(e.contains("not an unspent output of this wallet"), "{e}");
+
+    // Wallet summary and history (after the payments above).
+    let address = time_cli(rpc, "getnewaddress", json!([])).unwrap();
+    assert_eq!(address, json!(nodes[0].address));
+    let winfo = time_cli(rpc, "getwalletinfo", json!([])).unwrap();
+    for name in [
+        "walletname",
+        "balance",
+        "locked",
+        "available",
+        "unconfirmed_balance",
+        "immature_balance",
+        "txcount",
+        "keypoolsize",
+        "paytxfee",
+    ] {
+        field(&winfo, name);
+    }
+    assert!(winfo["txcount"].as_u64().unwrap() >= 4, "{winfo}");
+    let history = time_cli(rpc, "listtransactions", json!([10])).unwrap();
+    let history = history.as_array().unwrap();
+    assert!(!history.is_empty() && history.len() <= 10);
+    for tx in history {
+        for name in ["category", "amount", "confirmations", "txid"] {
+            field(tx, name);
+        }
+    }
+    let sent = history
+        .iter()
+        .find(|t| t["txid"] == json!(txid))
+        .expect("the payment is listed");
+    assert_eq!(sent["category"], "send");
+    assert_eq!(sent["amount"], -2.5);
+    assert_eq!(sent["fee"], -0.00001);
+    let received = time_cli(nodes[1].rpc, "listreceivedbyaddress", json!([0, false])).unwrap();
+    let row = &received[0];
+    assert_eq!(field(row, "address"), &json!(nodes[1].address));
+    assert!(field(row, "amount").as_f64().unwrap() > 10_000.0, "{row}");
+    assert!(field(row, "txcount").as_u64().unwrap() >= 2);
 
     // Mempool.
     let pool = time_cli(rpc, "getmempoolinfo", json!([])).unwrap();

@@ -50,6 +50,10 @@ pub const NAMES: &[&str] = &[
     "forceunlockall",
     "createrawtransaction",
     "signrawtransaction",
+    "listtransactions",
+    "listreceivedbyaddress",
+    "getnewaddress",
+    "getwalletinfo",
 ];
 
 pub(super) fn amount(units: u64) -> Value {
@@ -220,6 +224,10 @@ fn read(ctx: &RpcContext, method: &str, params: &Value) -> Result<Value, RpcErro
         "getinfo" => super::lookups::getinfo(ctx, params),
         "createrawtransaction" => super::lookups::createrawtransaction(ctx, params),
         "signrawtransaction" => super::lookups::signrawtransaction(ctx, params),
+        "listtransactions" => super::wallet_info::listtransactions(ctx, params),
+        "listreceivedbyaddress" => super::wallet_info::listreceivedbyaddress(ctx, params),
+        "getnewaddress" => super::wallet_info::getnewaddress(ctx, params),
+        "getwalletinfo" => super::wallet_info::getwalletinfo(ctx, params),
         "getconsensusinfo" => super::masternodes::getconsensusinfo(ctx, params),
         "gettreasurybalance" => super::masternodes::gettreasurybalance(ctx, params),
         "masternodestatus" => super::masternodes::masternodestatus(ctx, params),

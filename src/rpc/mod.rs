@@ -51,6 +51,7 @@ mod masternodes;
 mod methods;
 pub mod params;
 pub mod server;
+mod wallet_info;
 
 pub use server::{serve, serve_tracked, RpcBindError};
 

@@ -69,6 +69,10 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("forceunlockall", &[]),
     ("createrawtransaction", &["inputs", "outputs"]),
     ("signrawtransaction", &["hex"]),
+    ("listtransactions", &["count"]),
+    ("listreceivedbyaddress", &["minconf", "include_empty"]),
+    ("getnewaddress", &[]),
+    ("getwalletinfo", &[]),
 ];
 
 /// The parameter names of `method`, if it is one.
