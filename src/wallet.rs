@@ -286,7 +286,7 @@ impl Wallet {
 
     /// Most inputs of this wallet's key that fit in one transaction with two
     /// outputs, by count ([`MAX_INPUTS`]) and by size ([`MAX_TX_BYTES`]).
-    fn input_limit(&self, to: Address) -> usize {
+    pub fn input_limit(&self, to: Address) -> usize {
         let out = TxOut {
             value: 1,
             address: to,

@@ -20,11 +20,7 @@ use serde_json::{json, Value};
 
 /// The commands of `time-cli` at abf7583 that timed does not answer yet,
 /// with the request it sends.
-const NOT_YET: &[(&str, &str)] = &[
-    ("mergeutxos", "[5, 100, null]"),
-    ("reindextransactions", "[]"),
-    ("reindex", "[]"),
-];
+const NOT_YET: &[(&str, &str)] = &[("reindextransactions", "[]"), ("reindex", "[]")];
 
 /// One request exactly as time-cli builds it (`jsonrpc` 2.0, the string id
 /// `time-cli`, positional params, HTTP POST of JSON): it fails on any
@@ -236,6 +232,33 @@ fn time_cli_requests_get_the_fields_it_reads() {
     assert_eq!(field(row, "address"), &json!(nodes[1].address));
     assert!(field(row, "amount").as_f64().unwrap() > 10_000.0, "{row}");
     assert!(field(row, "txcount").as_u64().unwrap() >= 2);
+
+    // mergeutxos [min_count, max_count, address]: node 3's 5 smallest
+    // confirmed outputs become one.
+    let rpc3 = nodes[2].rpc;
+    let outpoints = |list: &Value| -> Vec<(Value, Value)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|u| (u["txid"].clone(), u["vout"].clone()))
+            .collect()
+    };
+    let before = outpoints(&call(rpc3, "listunspent", json!([1, 9_999_999, null, 0])).unwrap());
+    let merged = time_cli(rpc3, "mergeutxos", json!([2, 5, null])).unwrap();
+    assert_eq!(field(&merged, "merged"), 5, "{merged}");
+    let merge_txid = field(&merged, "txid").clone();
+    poll("the merge in a block", Duration::from_secs(60), || {
+        let tx = call(rpc3, "gettransaction", json!([merge_txid])).ok()?;
+        (tx["status"] == "block").then_some(())
+    });
+    let after = outpoints(&call(rpc3, "listunspent", json!([1, 9_999_999, null, 0])).unwrap());
+    let gone = before.iter().filter(|o| !after.contains(o)).count();
+    assert_eq!(gone, 5, "{before:?} -> {after:?}");
+    assert!(after.contains(&(merge_txid.clone(), json!(0))), "{after:?}");
+    let e = time_cli(rpc3, "mergeutxos", json!([2, 5, nodes[0].address])).unwrap_err();
+    assert!(e.contains("only its own address"), "{e}");
+    let e = time_cli(rpc3, "mergeutxos", json!([1_000, 2_000, null])).unwrap_err();
+    assert!(e.contains("nothing merged"), "{e}");
 
     // Mempool.
     let pool = time_cli(rpc, "getmempoolinfo", json!([])).unwrap();

@@ -54,6 +54,7 @@ pub const NAMES: &[&str] = &[
     "listreceivedbyaddress",
     "getnewaddress",
     "getwalletinfo",
+    "mergeutxos",
 ];
 
 pub(super) fn amount(units: u64) -> Value {
@@ -101,7 +102,7 @@ const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// rest on the chain's worker) and gossips it; returns its id and the
 /// journal position the caller must wait for ([`durable`]) before
 /// answering.
-async fn submit(ctx: &RpcContext, tx: Transaction) -> Result<(Value, u64), RpcError> {
+pub(super) async fn submit(ctx: &RpcContext, tx: Transaction) -> Result<(Value, u64), RpcError> {
     let encoded = encoding::encode_value(&tx)
         .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
     let (txid, fee, seq) = service(ctx)?
@@ -117,7 +118,7 @@ async fn submit(ctx: &RpcContext, tx: Transaction) -> Result<(Value, u64), RpcEr
 
 /// Waits until the pool change `seq` is on disk: a payment is acknowledged
 /// only once it survives a crash.
-async fn durable(chain: &Chain, seq: u64, answer: Value) -> Result<Value, RpcError> {
+pub(super) async fn durable(chain: &Chain, seq: u64, answer: Value) -> Result<Value, RpcError> {
     match tokio::time::timeout(DURABLE_WAIT, chain.wait_durable(seq)).await {
         Ok(true) => Ok(answer),
         _ => Err(RpcError::new(
@@ -183,6 +184,7 @@ pub(super) async fn dispatch(
     let result = match method {
         "sendtoaddress" => sendtoaddress(ctx, params).await,
         "sendrawtransaction" => sendrawtransaction(ctx, params).await,
+        "mergeutxos" => super::merge::mergeutxos(ctx, params).await,
         // The reads take the chain's state lock, which its worker may hold
         // for a long validation: they wait on the blocking pool, not on an
         // async worker.

@@ -48,6 +48,7 @@ mod chain;
 pub mod client;
 mod lookups;
 mod masternodes;
+mod merge;
 mod methods;
 pub mod params;
 pub mod server;

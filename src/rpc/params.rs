@@ -73,6 +73,7 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("listreceivedbyaddress", &["minconf", "include_empty"]),
     ("getnewaddress", &[]),
     ("getwalletinfo", &[]),
+    ("mergeutxos", &["min_count", "max_count", "address"]),
 ];
 
 /// The parameter names of `method`, if it is one.
