@@ -29,8 +29,10 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// Slots long enough that payments are still pooled when the nodes stop.
 const SLOW_SLOTS: u64 = 20;
 
+/// Pays 1 TIME without waiting for finality (`nowait`): the tests check
+/// finality themselves, and some pay while finality is impossible.
 fn pay(rpc: SocketAddr, to: &str) -> Result<String, String> {
-    match call(rpc, "sendtoaddress", json!([to, "1"]))? {
+    match call(rpc, "sendtoaddress", json!([to, "1", false, true]))? {
         Value::String(txid) => Ok(txid),
         other => Err(format!("unexpected answer {other}")),
     }
