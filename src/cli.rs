@@ -59,18 +59,7 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Call a JSON-RPC method and print the result as JSON.
-    Rpc {
-        /// The node's RPC URL.
-        #[arg(long, default_value = "http://127.0.0.1:24201/")]
-        rpc_url: String,
-        /// Bearer token, if the node requires one (or TIMED_RPC_TOKEN).
-        #[arg(long, env = "TIMED_RPC_TOKEN")]
-        token: Option<String>,
-        /// The method, e.g. getpeerinfo.
-        method: String,
-        /// Parameters: each is parsed as JSON, or taken as a string.
-        params: Vec<String>,
-    },
+    Rpc(RpcArgs),
     /// Start N local nodes on 127.0.0.1..N sharing one genesis.
     Devnet {
         /// How many nodes (1-50).
@@ -146,6 +135,45 @@ struct RunArgs {
     resync: bool,
 }
 
+/// `timed rpc`. The node is found as `timed run` finds its settings:
+/// `--config` (else the defaults of `--network`, devnet if none), then
+/// `--data-dir`. Credentials, first found first used: `--token`,
+/// `--rpc-user` with `--rpc-password`, the cookie file if it exists.
+#[derive(clap::Args, Debug)]
+struct RpcArgs {
+    /// The node's RPC URL (default: http://<rpc.listen>/ of the config,
+    /// e.g. http://127.0.0.1:24201/ on devnet).
+    #[arg(long)]
+    rpc_url: Option<String>,
+    /// The node's config file: its network, data dir and rpc.listen.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node's data directory (overrides [node] data_dir), where its
+    /// cookie file is.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The node's network (overrides [node] network).
+    #[arg(long)]
+    network: Option<Network>,
+    /// Bearer token (or TIMED_RPC_TOKEN); used before any other credential.
+    #[arg(long, env = "TIMED_RPC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// RPC user, with --rpc-password (or TIMED_RPC_USER).
+    #[arg(long, env = "TIMED_RPC_USER")]
+    rpc_user: Option<String>,
+    /// RPC password, with --rpc-user (or TIMED_RPC_PASSWORD).
+    #[arg(long, env = "TIMED_RPC_PASSWORD", hide_env_values = true)]
+    rpc_password: Option<String>,
+    /// The node's cookie file (default: .cookie in the data dir), used
+    /// when no token, user or password is given and the file exists.
+    #[arg(long)]
+    rpc_cookie_file: Option<PathBuf>,
+    /// The method, e.g. getpeerinfo.
+    method: String,
+    /// Parameters: each is parsed as JSON, or taken as a string.
+    params: Vec<String>,
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 struct Failure {
@@ -178,12 +206,7 @@ pub fn main() -> ExitCode {
         Command::Init { data_dir, network } => init(&data_dir, network),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Keygen { out } => keygen(out.as_deref()),
-        Command::Rpc {
-            rpc_url,
-            token,
-            method,
-            params,
-        } => block_on(rpc_command(&rpc_url, token.as_deref(), &method, &params)),
+        Command::Rpc(args) => block_on(rpc_command(args)),
         Command::Devnet {
             nodes,
             dir,
@@ -246,17 +269,29 @@ fn ensure_dir(dir: &Path) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("data dir {}: not writable: {e}", dir.display())))
 }
 
-async fn run(args: RunArgs) -> Result<(), Failure> {
-    let mut config = match &args.config {
+/// The config `--config`, `--network` and `--data-dir` describe: the file
+/// (else the defaults of the network, devnet if none) with the flags
+/// applied.
+fn resolve_config(
+    path: Option<&Path>,
+    network: Option<Network>,
+    data_dir: Option<PathBuf>,
+) -> Result<Config, Failure> {
+    let mut config = match path {
         Some(path) => Config::load(path).map_err(Failure::usage)?,
-        None => Config::for_network(args.network.unwrap_or(Network::Devnet)),
+        None => Config::for_network(network.unwrap_or(Network::Devnet)),
     };
-    if let Some(network) = args.network {
+    if let Some(network) = network {
         config.node.network = network;
     }
-    if let Some(dir) = args.data_dir {
+    if let Some(dir) = data_dir {
         config.node.data_dir = Some(dir);
     }
+    Ok(config)
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    let mut config = resolve_config(args.config.as_deref(), args.network, args.data_dir)?;
     if let Some(listen) = args.listen {
         config.p2p.listen = Some(listen);
     }
@@ -512,23 +547,79 @@ fn keygen(out: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn rpc_command(
-    url: &str,
-    token: Option<&str>,
-    method: &str,
-    params: &[String],
-) -> Result<(), Failure> {
-    let params: Vec<Value> = params
+/// The credentials `timed rpc` sends and where they came from (for the
+/// error message of a refused call; never the secret itself).
+fn rpc_auth(args: &RpcArgs, data_dir: &Path) -> Result<(rpc::client::Auth, String), Failure> {
+    use rpc::client::Auth;
+    if let Some(token) = &args.token {
+        return Ok((Auth::Bearer(token.clone()), "a bearer token".into()));
+    }
+    match (&args.rpc_user, &args.rpc_password) {
+        (Some(user), Some(password)) => {
+            return Ok((
+                Auth::Basic {
+                    user: user.clone(),
+                    password: password.clone(),
+                },
+                format!("the password of RPC user {user:?}"),
+            ))
+        }
+        (None, None) => {}
+        _ => return Err(Failure::usage("--rpc-user and --rpc-password go together")),
+    }
+    let (path, explicit) = match &args.rpc_cookie_file {
+        Some(path) => (path.clone(), true),
+        None => (data_dir.join(rpc::auth::COOKIE_FILE), false),
+    };
+    match Auth::from_cookie_file(&path) {
+        Ok(auth) => Ok((auth, format!("the cookie in {}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok((
+            Auth::None,
+            format!(
+                "no credentials (no cookie file {}; pass --data-dir, --config, \
+                 --rpc-cookie-file, --rpc-user/--rpc-password or --token)",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(Failure::usage(format!(
+            "RPC cookie file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+async fn rpc_command(args: RpcArgs) -> Result<(), Failure> {
+    let config = resolve_config(args.config.as_deref(), args.network, args.data_dir.clone())?;
+    let url = match &args.rpc_url {
+        Some(url) => url.clone(),
+        None => {
+            // A node listening on every address is reached on loopback.
+            let mut addr = config.rpc_listen();
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr.ip() {
+                    std::net::IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}/")
+        }
+    };
+    let (auth, sent) = rpc_auth(&args, &config.data_dir())?;
+    let params: Vec<Value> = args
+        .params
         .iter()
         .map(|p| serde_json::from_str(p).unwrap_or_else(|_| Value::String(p.clone())))
         .collect();
-    match rpc::client::call(url, token, method, Value::Array(params)).await {
+    match rpc::client::call(&url, &auth, &args.method, Value::Array(params)).await {
         Ok(result) => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string())
             );
             Ok(())
+        }
+        Err(rpc::client::CallError::Rpc(e)) if e.code == rpc::codes::UNAUTHORIZED => {
+            Err(Failure::runtime(format!("{e}; sent {sent}")))
         }
         Err(e) => Err(Failure::runtime(e)),
     }
@@ -557,5 +648,60 @@ mod tests {
         assert!(Cli::try_parse_from(["timed", "devnet", "--topology", "ring"]).is_err());
         assert!(Cli::try_parse_from(["timed", "run", "--network", "moon"]).is_err());
         assert!(Cli::try_parse_from(["timed", "devnet", "--nodes", "0"]).is_err());
+    }
+
+    fn rpc_args(extra: &[&str]) -> RpcArgs {
+        let mut argv = vec!["timed", "rpc"];
+        argv.extend_from_slice(extra);
+        argv.push("uptime");
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Rpc(args)) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rpc_credentials_come_in_order_of_precedence() {
+        use rpc::client::Auth;
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = dir.path().join(rpc::auth::COOKIE_FILE);
+        let basic = |user: &str, password: &str| Auth::Basic {
+            user: user.into(),
+            password: password.into(),
+        };
+        // Nothing: no credentials, and the message says where it looked.
+        let (auth, sent) = rpc_auth(&rpc_args(&[]), dir.path()).unwrap();
+        assert_eq!(auth, Auth::None);
+        assert!(sent.contains(&cookie.display().to_string()), "{sent}");
+        // The cookie file in the data dir, once it exists.
+        std::fs::write(&cookie, "__cookie__:feed").unwrap();
+        let (auth, sent) = rpc_auth(&rpc_args(&[]), dir.path()).unwrap();
+        assert_eq!(auth, basic("__cookie__", "feed"));
+        assert!(!sent.contains("feed"), "{sent}");
+        // User and password before the cookie; a token before both.
+        let user = ["--rpc-user", "alice", "--rpc-password", "secret-secret-16"];
+        let (auth, sent) = rpc_auth(&rpc_args(&user), dir.path()).unwrap();
+        assert_eq!(auth, basic("alice", "secret-secret-16"));
+        assert!(!sent.contains("secret"), "{sent}");
+        let mut both = user.to_vec();
+        both.extend(["--token", "token-token-token"]);
+        let (auth, _) = rpc_auth(&rpc_args(&both), dir.path()).unwrap();
+        assert_eq!(auth, Auth::Bearer("token-token-token".into()));
+        // One of user and password alone is a usage error.
+        let e = rpc_auth(&rpc_args(&["--rpc-user", "alice"]), dir.path()).unwrap_err();
+        assert_eq!(e.code, 2);
+        // An explicit cookie file must exist.
+        let missing = dir.path().join("missing");
+        let missing = missing.to_str().unwrap();
+        let e = rpc_auth(&rpc_args(&["--rpc-cookie-file", missing]), dir.path()).unwrap_err();
+        assert!(e.message.contains(missing), "{}", e.message);
+        let other = dir.path().join("other");
+        std::fs::write(&other, "__cookie__:beef").unwrap();
+        let (auth, _) = rpc_auth(
+            &rpc_args(&["--rpc-cookie-file", other.to_str().unwrap()]),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(auth, basic("__cookie__", "beef"));
     }
 }

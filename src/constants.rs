@@ -230,6 +230,13 @@ pub const KEY_FILE_FORBIDDEN_MODE_BITS: u32 = 0o077;
 /// File name of the node identity key inside the data dir.
 pub const NODE_KEY_FILE: &str = "node_key";
 
+/// File name of the RPC cookie inside the data dir (bitcoind's).
+pub const RPC_COOKIE_FILE: &str = ".cookie";
+
+/// User name of the RPC cookie's credentials (bitcoind's); no configured
+/// `rpc.user` may take it.
+pub const RPC_COOKIE_USER: &str = "__cookie__";
+
 /// User agent sent in `Version` messages.
 pub const USER_AGENT: &str = concat!("/timed:", env!("CARGO_PKG_VERSION"), "/");
 

@@ -166,7 +166,7 @@ fn rpc(addr: SocketAddr, method: &str, params: Value) -> Result<Value, String> {
     runtime
         .block_on(timed::rpc::client::call(
             &format!("http://{addr}/"),
-            None,
+            &timed::rpc::client::Auth::None,
             method,
             params,
         ))

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 use timed::app::Node;
 use timed::config::RpcSection;
-use timed::rpc::client::{call, CallError};
+use timed::rpc::client::{call, Auth, CallError};
 use timed::rpc::{codes, serve, RpcContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,9 @@ async fn methods_answer_and_manage_the_node() {
     let (peer, _) = start(config([127, 0, 100, 2])).await;
     let u = url(addr);
 
-    let info = call(&u, None, "getnetworkinfo", json!([])).await.unwrap();
+    let info = call(&u, &Auth::None, "getnetworkinfo", json!([]))
+        .await
+        .unwrap();
     assert_eq!(info["node_id"], node.node_id().to_string());
     assert_eq!(info["network"], "devnet");
     assert_eq!(
@@ -76,7 +78,7 @@ async fn methods_answer_and_manage_the_node() {
         "blacklist -> scoring -> rate_limit -> dedup -> auth"
     );
     assert_eq!(
-        call(&u, None, "getconnectioncount", json!([]))
+        call(&u, &Auth::None, "getconnectioncount", json!([]))
             .await
             .unwrap(),
         0
@@ -84,13 +86,15 @@ async fn methods_answer_and_manage_the_node() {
 
     // addnode onetry, then getpeerinfo shows the peer with its fields.
     let target = format!("{}@{}", peer.node_id(), peer.local_addr());
-    call(&u, None, "addnode", json!([target, "onetry"]))
+    call(&u, &Auth::None, "addnode", json!([target, "onetry"]))
         .await
         .unwrap();
     // Polled until the first keepalive pong gave it an RTT.
     let deadline = tokio::time::Instant::now() + WAIT;
     let peers = loop {
-        let peers = call(&u, None, "getpeerinfo", json!([])).await.unwrap();
+        let peers = call(&u, &Auth::None, "getpeerinfo", json!([]))
+            .await
+            .unwrap();
         if peers[0]["rtt_ms"].is_number() {
             break peers;
         }
@@ -118,7 +122,9 @@ async fn methods_answer_and_manage_the_node() {
     assert!(p["bytes_recv"].as_u64().unwrap() > 0);
 
     // getmiddleware: the active stack with per-layer counters.
-    let mw = call(&u, None, "getmiddleware", json!([])).await.unwrap();
+    let mw = call(&u, &Auth::None, "getmiddleware", json!([]))
+        .await
+        .unwrap();
     let layers = mw["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 5);
     assert_eq!(layers[0]["name"], "blacklist");
@@ -126,37 +132,43 @@ async fn methods_answer_and_manage_the_node() {
     assert_eq!(layers[4]["config"]["max_batch"], 64);
 
     // Bans: setban, listbanned, a banned peer is disconnected; clearbanned.
-    call(&u, None, "setban", json!(["127.0.100.2", "add", 60]))
+    call(&u, &Auth::None, "setban", json!(["127.0.100.2", "add", 60]))
         .await
         .unwrap();
-    let banned = call(&u, None, "listbanned", json!([])).await.unwrap();
+    let banned = call(&u, &Auth::None, "listbanned", json!([]))
+        .await
+        .unwrap();
     assert_eq!(banned[0]["address"], "127.0.100.2/32");
     assert_eq!(banned[0]["reason"], "manual");
     wait_until("the banned peer is disconnected", || {
         node.peers().is_empty()
     })
     .await;
-    call(&u, None, "setban", json!(["10.0.0.0/8", "add"]))
+    call(&u, &Auth::None, "setban", json!(["10.0.0.0/8", "add"]))
         .await
         .unwrap();
     call(
         &u,
-        None,
+        &Auth::None,
         "setban",
         json!({"subnet": "10.0.0.0/8", "command": "remove"}),
     )
     .await
     .unwrap();
-    call(&u, None, "clearbanned", json!([])).await.unwrap();
+    call(&u, &Auth::None, "clearbanned", json!([]))
+        .await
+        .unwrap();
     assert_eq!(
-        call(&u, None, "listbanned", json!([])).await.unwrap(),
+        call(&u, &Auth::None, "listbanned", json!([]))
+            .await
+            .unwrap(),
         json!([])
     );
 
     // addnode add keeps the peer connected; disconnectnode closes it.
     call(
         &u,
-        None,
+        &Auth::None,
         "addnode",
         json!([peer.local_addr().to_string(), "add"]),
     )
@@ -165,7 +177,7 @@ async fn methods_answer_and_manage_the_node() {
     wait_until("addnode connected the peer", || node.peers().len() == 1).await;
     call(
         &u,
-        None,
+        &Auth::None,
         "addnode",
         json!([peer.local_addr().to_string(), "remove"]),
     )
@@ -173,21 +185,26 @@ async fn methods_answer_and_manage_the_node() {
     .unwrap();
     let n = call(
         &u,
-        None,
+        &Auth::None,
         "disconnectnode",
         json!([peer.node_id().to_string()]),
     )
     .await
     .unwrap();
     assert_eq!(n, 1);
-    let err = call(&u, None, "disconnectnode", json!(["127.0.100.99"]))
+    let err = call(&u, &Auth::None, "disconnectnode", json!(["127.0.100.99"]))
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::Rpc(e) if e.code == codes::NOT_FOUND));
 
-    assert!(call(&u, None, "uptime", json!([])).await.unwrap().is_u64());
+    assert!(call(&u, &Auth::None, "uptime", json!([]))
+        .await
+        .unwrap()
+        .is_u64());
     // Without a config file there is nothing to reload: a clean error.
-    let err = call(&u, None, "reloadconfig", json!([])).await.unwrap_err();
+    let err = call(&u, &Auth::None, "reloadconfig", json!([]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, CallError::Rpc(e) if e.code == codes::RELOAD_FAILED));
 }
 
@@ -210,7 +227,9 @@ async fn bad_requests_get_standard_errors_and_the_node_keeps_running() {
         assert_eq!(error_code(&body), codes::INVALID_REQUEST, "{bad}: {body}");
     }
     // Unknown method; wrong params.
-    let err = call(&u, None, "getfoo", json!([])).await.unwrap_err();
+    let err = call(&u, &Auth::None, "getfoo", json!([]))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, CallError::Rpc(e) if e.code == codes::METHOD_NOT_FOUND),
         "{err}"
@@ -222,7 +241,9 @@ async fn bad_requests_get_standard_errors_and_the_node_keeps_running() {
         ("addnode", json!([42])),
         ("disconnectnode", json!([])),
     ] {
-        let err = call(&u, None, method, params.clone()).await.unwrap_err();
+        let err = call(&u, &Auth::None, method, params.clone())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, CallError::Rpc(e) if e.code == codes::INVALID_PARAMS),
             "{method} {params}: {err}"
@@ -244,7 +265,7 @@ async fn bad_requests_get_standard_errors_and_the_node_keeps_running() {
     assert_eq!(answers.as_array().unwrap().len(), 2);
     assert_eq!(answers[1]["error"]["code"], codes::METHOD_NOT_FOUND);
     // Still alive.
-    assert!(call(&u, None, "uptime", json!([])).await.is_ok());
+    assert!(call(&u, &Auth::None, "uptime", json!([])).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +283,7 @@ async fn five_hundred_parallel_requests_all_get_answers() {
         let u = u.clone();
         tasks.push(tokio::spawn(async move {
             let method = if i % 5 == 0 { "nope" } else { "getnetworkinfo" };
-            call(&u, None, method, json!([])).await
+            call(&u, &Auth::None, method, json!([])).await
         }));
     }
     let (mut ok, mut errors) = (0, 0);
@@ -274,7 +295,7 @@ async fn five_hundred_parallel_requests_all_get_answers() {
         }
     }
     assert_eq!((ok, errors), (400, 100));
-    assert!(call(&u, None, "uptime", json!([])).await.is_ok());
+    assert!(call(&u, &Auth::None, "uptime", json!([])).await.is_ok());
 }
 
 #[tokio::test]
@@ -285,23 +306,30 @@ async fn a_bearer_token_is_required_when_configured() {
     };
     let (_node, addr, _stop) = rpc_node([127, 0, 103, 1], settings).await;
     let u = url(addr);
-    for token in [None, Some("wrong-token-wrong-token")] {
-        let err = call(&u, token, "uptime", json!([])).await.unwrap_err();
+    for auth in [Auth::None, Auth::Bearer("wrong-token-wrong-token".into())] {
+        let err = call(&u, &auth, "uptime", json!([])).await.unwrap_err();
         assert!(
             matches!(&err, CallError::Rpc(e) if e.code == codes::UNAUTHORIZED),
             "{err}"
         );
     }
-    call(&u, Some("0123456789abcdef-secret"), "uptime", json!([]))
-        .await
-        .unwrap();
+    call(
+        &u,
+        &Auth::Bearer("0123456789abcdef-secret".into()),
+        "uptime",
+        json!([]),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
 async fn stop_cancels_the_node_token() {
     let (_node, addr, stop) = rpc_node([127, 0, 104, 1], RpcSection::default()).await;
     assert_eq!(
-        call(&url(addr), None, "stop", json!([])).await.unwrap(),
+        call(&url(addr), &Auth::None, "stop", json!([]))
+            .await
+            .unwrap(),
         "timed stopping"
     );
     tokio::time::timeout(WAIT, stop.cancelled()).await.unwrap();
@@ -333,14 +361,20 @@ async fn reloadconfig_applies_the_new_stack_to_new_connections() {
         })
         .await
         .unwrap();
-    let answer = call(&u, None, "reloadconfig", json!([])).await.unwrap();
+    let answer = call(&u, &Auth::None, "reloadconfig", json!([]))
+        .await
+        .unwrap();
     assert_eq!(answer["middleware"], "blacklist");
     assert_eq!(node.middleware().describe(), "blacklist");
-    let mw = call(&u, None, "getmiddleware", json!([])).await.unwrap();
+    let mw = call(&u, &Auth::None, "getmiddleware", json!([]))
+        .await
+        .unwrap();
     assert_eq!(mw["layers"].as_array().unwrap().len(), 1);
     // A broken file is refused and the stack stays.
     std::fs::write(&file, "[[middleware]]\nname = \"firewall\"\n").unwrap();
-    let err = call(&u, None, "reloadconfig", json!([])).await.unwrap_err();
+    let err = call(&u, &Auth::None, "reloadconfig", json!([]))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, CallError::Rpc(e) if e.code == codes::RELOAD_FAILED && e.message.contains("firewall")),
         "{err}"
@@ -364,19 +398,19 @@ async fn params_are_strict_and_errors_never_echo_the_input() {
         Err(CallError::Rpc(e)) if e.code == codes::INVALID_PARAMS => e.message,
         other => panic!("expected -32602, got {other:?}"),
     };
-    let m = invalid(call(&u, None, "addnode", json!(["127.3.7.2:1", 5])).await);
+    let m = invalid(call(&u, &Auth::None, "addnode", json!(["127.3.7.2:1", 5])).await);
     assert!(m.contains("command") && m.contains("string"), "{m}");
-    let m = invalid(call(&u, None, "getblock", json!([1, 2, 3])).await);
+    let m = invalid(call(&u, &Auth::None, "getblock", json!([1, 2, 3])).await);
     assert!(
         m.contains("getblock takes at most 1 parameter (block), got 3"),
         "{m}"
     );
-    let m = invalid(call(&u, None, "uptime", json!(["extra"])).await);
+    let m = invalid(call(&u, &Auth::None, "uptime", json!(["extra"])).await);
     assert!(m.contains("uptime takes no parameters"), "{m}");
     let m = invalid(
         call(
             &u,
-            None,
+            &Auth::None,
             "setban",
             json!({"subnet": "10.0.0.0/8", "cmd": "add"}),
         )
@@ -426,19 +460,24 @@ async fn clearbanned_and_unban_forgive_the_scores_behind_the_bans() {
     // Lifting the ban of one subnet forgives the peers seen from it only.
     call(
         &url(addr),
-        None,
+        &Auth::None,
         "setban",
         json!(["10.1.2.0/24", "add", 60]),
     )
     .await
     .unwrap();
-    call(&url(addr), None, "setban", json!(["10.1.2.0/24", "remove"]))
-        .await
-        .unwrap();
+    call(
+        &url(addr),
+        &Auth::None,
+        "setban",
+        json!(["10.1.2.0/24", "remove"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(score_of(&node, ids[0]), 0.0);
     assert!(score_of(&node, ids[1]) < -39.0);
     // clearbanned forgives everyone.
-    call(&url(addr), None, "clearbanned", json!([]))
+    call(&url(addr), &Auth::None, "clearbanned", json!([]))
         .await
         .unwrap();
     assert_eq!(score_of(&node, ids[1]), 0.0);

@@ -3,7 +3,8 @@
 //! Started in this order: the chain (opened from the data dir, with its
 //! worker), the network with the router, sync, block production and ban
 //! persistence ([`Node::start`]), then the operator surfaces: metrics
-//! (exporter and the gauges' refresh task) and the RPC. Stopped in the
+//! (exporter and the gauges' refresh task) and the RPC (its cookie file is
+//! written right after the chain opens, and removed last). Stopped in the
 //! reverse order: RPC and metrics, then production, sync and the network
 //! (each connection says `Disconnect`), then the chain (the pool journal
 //! flushed, the store closed). Shutdown waits for every tracked task up to
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::crypto::NodeIdentity;
 use crate::network::address_book::{AddressBook, GroupBits};
 use crate::network::PeerTarget;
+use crate::rpc::auth::CookieFile;
 use crate::rpc::{self, RpcContext};
 use crate::state::{Chain, ChainError, ChainOptions};
 use crate::storage::{Store, StoreError, DB_FILE};
@@ -106,6 +108,14 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         },
     )
     .map_err(|e| RunError::runtime(chain_open_failure(&data_dir, &e)))?;
+    // Written once the chain holds the data dir's lock, so that a second
+    // node on the same dir never replaces the first one's cookie; removed
+    // when `cookie` drops, on every way out of this function.
+    let cookie = if config.rpc.enabled {
+        Some(CookieFile::create(&data_dir).map_err(RunError::usage)?)
+    } else {
+        None
+    };
     let store = chain.store().clone();
     let tip = chain.tip();
     tracing::info!(
@@ -162,8 +172,11 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             crate::metrics::refresh(node.network().clone(), Duration::from_secs(2), stop.clone()),
         );
     }
-    let rpc_ctx =
+    let mut rpc_ctx =
         RpcContext::new(&node, config.rpc.clone(), config_path, stop.clone()).with_wallet(wallet);
+    if let Some(cookie) = &cookie {
+        rpc_ctx = rpc_ctx.with_cookie(cookie.secret());
+    }
     if config.rpc.enabled {
         rpc::serve_tracked(config.rpc_listen(), rpc_ctx.clone(), stop.clone(), &tasks)
             .await
@@ -204,6 +217,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         );
     }
     save_address_book(&store, &book).await;
+    // The RPC has stopped: its cookie is of no more use.
+    drop(cookie);
     match failure {
         None => {
             // Buffered ban changes and the tip marker, for a clean stop.

@@ -207,8 +207,16 @@ pub struct RpcSection {
     pub enabled: bool,
     /// Listen address (default 127.0.0.1 at the network's RPC port).
     pub listen: Option<SocketAddr>,
-    /// If set, requests must carry `Authorization: Bearer <token>`.
+    /// If set, requests must carry credentials, and
+    /// `Authorization: Bearer <token>` is one (docs/CONFIG.md,
+    /// "Authentication").
     pub bearer_token: Option<String>,
+    /// With `password`: HTTP Basic credentials, in the manner of bitcoind's
+    /// `rpcuser`. If set, requests must carry credentials.
+    pub user: Option<String>,
+    /// With `user`: HTTP Basic credentials (16+ characters), in the manner
+    /// of bitcoind's `rpcpassword`.
+    pub password: Option<String>,
     /// Largest request body, bytes. 1 MiB holds any honest call (the
     /// largest, `sendrawtransaction` of a 100 kB transaction, is 200 kB of
     /// hex); memory for bodies is bounded by `max_concurrent` times this.
@@ -247,6 +255,8 @@ impl Default for RpcSection {
             enabled: true,
             listen: None,
             bearer_token: None,
+            user: None,
+            password: None,
             max_body_bytes: 1024 * 1024,
             max_concurrent: 16,
             max_connections: 128,

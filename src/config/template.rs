@@ -46,7 +46,12 @@ crypto_backend = "ring"             # ring | rustcrypto
 [rpc]
 enabled = true
 listen = "{rpc}"                    # loopback: the RPC has no TLS
-# bearer_token = "a long random secret"  # require Authorization: Bearer <token>
+# Local clients authenticate with the cookie file {data_dir}/.cookie,
+# rewritten at every start. Setting any of the three keys below makes
+# credentials required (otherwise a call without any is served too).
+# bearer_token = "a long random secret"  # Authorization: Bearer <token>
+# user = "alice"                    # with password: HTTP Basic, as bitcoind's rpcuser
+# password = "a long random secret" # 16+ characters, as rpcpassword
 max_body_bytes = 1048576
 max_concurrent = 16                 # requests handled at once (bodies included)
 max_connections = 128               # open connections; more are closed at once

@@ -142,6 +142,39 @@ impl Config {
                 ));
             }
         }
+        match (&r.user, &r.password) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "rpc.password",
+                    "must be set as well: user and password go together",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "rpc.user",
+                    "must be set as well: user and password go together",
+                ));
+            }
+            (Some(user), Some(password)) => {
+                // HTTP Basic splits user from password at the first colon.
+                if user.is_empty() || user.contains(':') {
+                    return Err(invalid(
+                        "rpc.user",
+                        "must be non-empty and must not contain ':'",
+                    ));
+                }
+                if user == crate::constants::RPC_COOKIE_USER {
+                    return Err(invalid(
+                        "rpc.user",
+                        "__cookie__ is reserved for the cookie file",
+                    ));
+                }
+                if password.len() < 16 {
+                    return Err(invalid("rpc.password", "must be at least 16 characters"));
+                }
+            }
+            (None, None) => {}
+        }
         if !(1..=MAX_HTTP_CONNECTIONS).contains(&self.metrics.max_connections) {
             return Err(invalid(
                 "metrics.max_connections",
@@ -331,6 +364,20 @@ mod tests {
                 "p2p.max_frame_bytes",
             ),
             ("[rpc]\nbearer_token = \"short\"\n", "rpc.bearer_token"),
+            ("[rpc]\nuser = \"alice\"\n", "rpc.password"),
+            ("[rpc]\npassword = \"0123456789abcdef\"\n", "rpc.user"),
+            (
+                "[rpc]\nuser = \"alice\"\npassword = \"short\"\n",
+                "rpc.password",
+            ),
+            (
+                "[rpc]\nuser = \"a:b\"\npassword = \"0123456789abcdef\"\n",
+                "rpc.user",
+            ),
+            (
+                "[rpc]\nuser = \"__cookie__\"\npassword = \"0123456789abcdef\"\n",
+                "rpc.user",
+            ),
             ("[p2p]\nmax_per_ip = 0\n", "p2p.max_per_ip"),
             (
                 "[p2p]\nmax_pending_handshakes = 0\n",

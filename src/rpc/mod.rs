@@ -8,7 +8,7 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | `-32001` | unauthorized: missing or wrong bearer token (HTTP 401) |
+//! | `-32001` | unauthorized: missing or wrong credentials (HTTP 401) |
 //! | `-32002` | not found: no such peer or ban |
 //! | `-32003` | config reload failed (the message says why; the old stack stays) |
 //! | `-32004` | transaction rejected (the message names the reason: `insufficient_fee`, `conflict`, ...) |
@@ -25,10 +25,31 @@
 //! before their bodies are read), bodies bounded while they stream, and
 //! batches of at most [`MAX_BATCH`] calls.
 //!
+//! # Authentication
+//! As bitcoind does, in the `Authorization` header:
+//! - the cookie: `Basic base64(__cookie__:<secret>)`, where
+//!   `__cookie__:<secret>` is the text of `<data dir>/.cookie`, which `timed
+//!   run` writes afresh at every start (mode 0600, 64 hex digits of fresh
+//!   randomness) and removes when it stops (see [`auth::CookieFile`]);
+//! - `Basic base64(<rpc.user>:<rpc.password>)`, if both are configured;
+//! - `Bearer <rpc.bearer_token>`, if configured.
+//!
+//! If `rpc.bearer_token` or `rpc.user` / `rpc.password` is configured, every
+//! request must carry one of the valid credentials. If neither is (the
+//! default), a request without credentials is served too, so that TIME
+//! Coin's `time-cli`, which sends none, works against a default node; a
+//! request that carries credentials must carry valid ones all the same. A
+//! refused request gets HTTP 401 with `WWW-Authenticate: Basic
+//! realm="jsonrpc"` and error `-32001`, and is counted in
+//! `timed_rpc_requests_refused_total{reason="unauthorized"}`. Secrets are
+//! compared in constant time and never logged. `timed rpc` sends, in this
+//! order of preference, an explicit token, an explicit user and password,
+//! or the cookie file if it exists.
+//!
 //! # Security
-//! The RPC listens on loopback by default and is unauthenticated unless
-//! `rpc.bearer_token` is set; it has no TLS. Expose it only behind a TLS
-//! proxy and with a token.
+//! The RPC listens on loopback by default and, unless credentials are
+//! configured, serves any local caller; it has no TLS (credentials travel
+//! in clear text). Expose it only behind a TLS proxy and with credentials.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +65,7 @@ use crate::http::AbuseTally;
 use crate::network::Network;
 use crate::state::{Chain, ChainService};
 
+pub mod auth;
 mod chain;
 pub mod client;
 mod lookups;
@@ -71,7 +93,7 @@ pub mod codes {
     pub const INVALID_PARAMS: i64 = -32602;
     /// A bug.
     pub const INTERNAL_ERROR: i64 = -32603;
-    /// Missing or wrong bearer token.
+    /// Missing or wrong credentials.
     pub const UNAUTHORIZED: i64 = -32001;
     /// No such peer or ban.
     pub const NOT_FOUND: i64 = -32002;
@@ -157,6 +179,7 @@ pub struct RpcContext {
     /// The node's wallet, for the wallet methods.
     pub wallet: Option<Arc<crate::wallet::Wallet>>,
     settings: Arc<RpcSection>,
+    credentials: Arc<auth::Credentials>,
     semaphore: Arc<tokio::sync::Semaphore>,
     tally: Arc<AbuseTally>,
 }
@@ -172,6 +195,7 @@ impl RpcContext {
         RpcContext {
             semaphore: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
             tally: Arc::default(),
+            credentials: Arc::new(auth::Credentials::from_settings(&settings)),
             settings: Arc::new(settings),
             node: node.into(),
             config_path,
@@ -183,6 +207,13 @@ impl RpcContext {
     /// The same context with `wallet` for the wallet methods.
     pub fn with_wallet(mut self, wallet: crate::wallet::Wallet) -> Self {
         self.wallet = Some(Arc::new(wallet));
+        self
+    }
+
+    /// The same context also accepting the cookie `secret` (see
+    /// [`auth::CookieFile`]) as HTTP Basic credentials of `__cookie__`.
+    pub fn with_cookie(mut self, secret: &str) -> Self {
+        self.credentials = Arc::new((*self.credentials).clone().with_cookie(secret));
         self
     }
 

@@ -2,7 +2,7 @@
 //! the `[rpc]` limits.
 //!
 //! A request goes through, in order:
-//! 1. the bearer token (headers only; HTTP 401);
+//! 1. the credentials (headers only; HTTP 401, see [`super::auth`]);
 //! 2. its `Content-Length`: above `rpc.max_body_bytes`, HTTP 413 at once,
 //!    before any body byte is read;
 //! 3. one of `rpc.max_concurrent` permits, waited for at most
@@ -65,20 +65,19 @@ fn too_large(ctx: &RpcContext, limit: usize) -> Response {
 }
 
 async fn handle(State(ctx): State<RpcContext>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(token) = &ctx.settings.bearer_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| crate::crypto::ct_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                codes::UNAUTHORIZED,
-                "missing or wrong bearer token".into(),
-                "unauthorized",
-            );
-        }
+    if !ctx.credentials.allows(headers.get(header::AUTHORIZATION)) {
+        let mut response = refuse(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "missing or wrong credentials".into(),
+            "unauthorized",
+        );
+        // As bitcoind answers, so that HTTP clients know to send Basic.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"jsonrpc\""),
+        );
+        return response;
     }
     let limit = ctx.settings.max_body_bytes;
     let declared = headers
@@ -194,7 +193,7 @@ pub async fn serve_tracked(
     })?;
     let limits = ctx.settings.http_limits();
     let tally = ctx.tally.clone();
-    for reason in ["busy", "too_large"] {
+    for reason in ["busy", "too_large", "unauthorized"] {
         metrics::counter!("timed_rpc_requests_refused_total", "reason" => reason).increment(0);
     }
     let app = axum::Router::new().route("/", post(handle)).with_state(ctx);

@@ -62,11 +62,17 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 /// `program` with the environment of a `timed` child in these tests: no
-/// colours, and no `TIMED_RPC_TOKEN` or `RUST_LOG` from the caller's shell.
+/// colours, no `TIMED_RPC_*` credentials or `RUST_LOG` from the caller's
+/// shell, and a `HOME` that does not exist, so that `timed rpc` never sends
+/// the cookie of a developer's node under `~/.timecoin` (a test that wants
+/// a home sets its own).
 pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("NO_COLOR", "1")
+        .env("HOME", "/nonexistent/timed-test-home")
         .env_remove("TIMED_RPC_TOKEN")
+        .env_remove("TIMED_RPC_USER")
+        .env_remove("TIMED_RPC_PASSWORD")
         .env_remove("RUST_LOG");
     cmd
 }
