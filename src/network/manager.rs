@@ -290,12 +290,21 @@ impl Network {
     /// Starts dials toward the outbound target; returns the automatic
     /// outbound count (with dials in progress) and whether the book
     /// offered any address to dial.
+    ///
+    /// # Correctness
+    /// At most [`MAX_CONCURRENT_DIALS`] dials start per call: a dial may
+    /// end before it records its attempt (the runtime shutting down, the
+    /// outbound limit), and its address would then be picked again at
+    /// once, so a loop bounded only by the dials in progress could spin.
     fn fill_outbound(&self) -> (usize, bool) {
         let target = self.inner.config.limits.target_outbound;
         let mut found = false;
-        loop {
+        for _ in 0..MAX_CONCURRENT_DIALS {
             let (automatic, dialing) = self.outbound_counts();
-            if automatic >= target || dialing >= MAX_CONCURRENT_DIALS {
+            if automatic >= target
+                || dialing >= MAX_CONCURRENT_DIALS
+                || self.inner.shutdown.is_cancelled()
+            {
                 return (automatic, found || automatic > 0);
             }
             let Some(pick) = self.pick(false) else {
@@ -304,6 +313,8 @@ impl Network {
             found = true;
             self.dial_managed(pick, ConnectionType::OutboundFull);
         }
+        let (automatic, _) = self.outbound_counts();
+        (automatic, found || automatic > 0)
     }
 
     /// `(automatic outbound connections and dials, dials in progress)`.
