@@ -17,10 +17,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-use common::procs::{poll_every, timed_stdin_null, wait_exit, Guard};
+use common::procs::{output_within, poll_every, timed_stdin_null, wait_exit, Guard};
 use serde_json::Value;
 
 /// Longest any one-shot `timed` command may take.
@@ -28,41 +28,6 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
 /// How often the waits here poll (each `rpc` is a `timed rpc` process).
 const POLL: Duration = Duration::from_millis(250);
-
-/// Runs `cmd` to completion, killing it (and failing) after `limit`.
-fn output_within(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let mut guard = Guard(child);
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{cmd:?} did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
 
 /// Runs `timed ARGS` (bounded) and returns its output.
 fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {

@@ -14,11 +14,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine;
-use common::procs::{metric, poll, run_node, timed_stdin_null, wait_exit, Guard};
+use common::procs::{metric, output_within, poll, run_node, timed_stdin_null, wait_exit, Guard};
 use common::WAIT;
 use serde_json::{json, Value};
 
@@ -153,31 +153,6 @@ fn assert_served(rpc: SocketAddr, authorization: Option<&str>, what: &str) {
     assert!(body["result"].is_u64(), "{what}: {body}");
 }
 
-/// Runs `cmd` to completion (killed, and the test failed, after [`WAIT`]).
-fn output(mut cmd: Command) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let mut guard = Guard(child);
-    let status = wait_exit(&mut guard.0, WAIT).expect("the command did not exit");
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
 fn show(out: &Output) -> String {
     format!(
         "status {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -195,7 +170,7 @@ fn timed_rpc(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    output(cmd)
+    output_within(cmd, WAIT)
 }
 
 #[test]
@@ -427,7 +402,7 @@ fn assert_config_error(tmp: &Path, name: &str, rpc: &str, key: &str) {
             "127.17.3.1:0",
         ]);
     for cmd in [check, run] {
-        let out = output(cmd);
+        let out = output_within(cmd, WAIT);
         assert_eq!(out.status.code(), Some(2), "{name}: {}", show(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{name}: {stderr}");
@@ -467,7 +442,7 @@ fn an_unwritable_cookie_stops_the_start_naming_the_file() {
     let node = TestNode::write(tmp.path(), &data, [127, 17, 4, 1], "");
     let mut cmd = timed_stdin_null();
     cmd.args(["run", "--config", node.config.to_str().unwrap()]);
-    let out = output(cmd);
+    let out = output_within(cmd, WAIT);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let path = data.join(".cookie");

@@ -337,13 +337,7 @@ impl Network {
     pub(super) fn pick(&self, feeler: bool) -> Option<PeerTarget> {
         let peers = self.inner.peers.snapshot();
         let own_id = self.node_id();
-        let own_addr = self
-            .inner
-            .config
-            .handshake
-            .version
-            .listen_addr
-            .map(SocketAddr::from);
+        let own_addr = self.announced_addr();
         let policy = self.address_policy();
         let dialing = crate::locks::lock(&self.inner.manager.dialing).clone();
         let book = crate::locks::lock(&self.inner.config.address_book);
@@ -485,15 +479,7 @@ impl Network {
             metrics::counter!("timed_seed_lookups_total", "result" => "ok").increment(1);
             tracing::info!(seed, addresses = resolved.len(), "using seed");
             for addr in resolved {
-                if Some(addr)
-                    == self
-                        .inner
-                        .config
-                        .handshake
-                        .version
-                        .listen_addr
-                        .map(SocketAddr::from)
-                {
+                if Some(addr) == self.announced_addr() {
                     continue;
                 }
                 crate::locks::lock(&self.inner.config.address_book).add(

@@ -187,7 +187,7 @@ impl Network {
     /// envelopes older than 10 minutes, never finds it stale); `None` when
     /// the node announces no usable listen address.
     pub fn own_record(&self) -> Option<Envelope> {
-        let listen = SocketAddr::from(self.inner.config.handshake.version.listen_addr?);
+        let listen = self.announced_addr()?;
         if record::is_unusable(&listen) {
             return None;
         }
@@ -311,7 +311,8 @@ impl Network {
         added
     }
 
-    fn announced_addr(&self) -> Option<SocketAddr> {
+    /// The listen address this node announces, if any.
+    pub(super) fn announced_addr(&self) -> Option<SocketAddr> {
         self.inner
             .config
             .handshake

@@ -281,11 +281,7 @@ fn wallet_address(ctx: &RpcContext, params: &Value, index: usize) -> Result<Addr
         Some(Value::String(text)) => Address::parse(text, chain.genesis().network)
             .map_err(|e| RpcError::params(format!("address: {e}"))),
         Some(_) => Err(RpcError::params("address must be a string")),
-        None => ctx
-            .wallet
-            .as_ref()
-            .map(|w| w.address())
-            .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet")),
+        None => wallet(ctx).map(|w| w.address()),
     }
 }
 
@@ -299,8 +295,22 @@ fn address_coins(
     chain(ctx)?.coins(&address).map_err(|e| refused(&e))
 }
 
+/// This node's wallet.
+pub(super) fn wallet(ctx: &RpcContext) -> Result<&std::sync::Arc<crate::wallet::Wallet>, RpcError> {
+    ctx.wallet
+        .as_ref()
+        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))
+}
+
+/// The node id of the masternode whose ed25519 key is `public_key`.
+pub(super) fn masternode_id(public_key: &[u8; 32]) -> Option<NodeId> {
+    ed25519_dalek::VerifyingKey::from_bytes(public_key)
+        .ok()
+        .map(|k| NodeId::from_public_key(&k))
+}
+
 /// Sum of the values of `coins` matching `pred`.
-fn sum(coins: &[crate::state::Coin], pred: impl Fn(CoinStatus) -> bool) -> u64 {
+pub(super) fn sum(coins: &[crate::state::Coin], pred: impl Fn(CoinStatus) -> bool) -> u64 {
     coins
         .iter()
         .filter(|c| pred(c.status))
@@ -471,10 +481,7 @@ fn flag_param(params: &Value, index: usize, name: &str, hint: &str) -> Result<bo
 /// fifth parameter or named.
 async fn sendtoaddress(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
-    let wallet = ctx
-        .wallet
-        .as_ref()
-        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let wallet = wallet(ctx)?;
     let to_text = super::methods::string_param(params, 0, "address")?;
     let to = Address::parse(to_text, chain.genesis().network)
         .map_err(|e| RpcError::params(format!("address: {e}")))?;
@@ -746,9 +753,7 @@ fn masternodelist(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
         .masternodes()
         .iter()
         .filter_map(|m| {
-            let node_id = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key)
-                .ok()
-                .map(|k| NodeId::from_public_key(&k));
+            let node_id = masternode_id(&m.public_key);
             let is_self = node_id == Some(own);
             let peer = node_id.and_then(|n| ctx.node.peers().get(&n));
             let connected = is_self || peer.is_some();

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use super::chain::{amount, chain, hash_param, refused, tx_json};
+use super::chain::{amount, chain, hash_param, refused, sum, tx_json, wallet};
 use super::{codes, RpcContext, RpcError};
 use crate::chain::Address;
 use crate::encoding;
@@ -163,11 +163,7 @@ pub(super) fn getinfo(ctx: &RpcContext, params: &Value) -> Result<Value, RpcErro
     let balance = match &ctx.wallet {
         Some(wallet) => {
             let coins = chain.coins(&wallet.address()).map_err(|e| refused(&e))?;
-            let units = coins
-                .iter()
-                .filter(|c| c.status.spendable())
-                .fold(0u64, |acc, c| acc.saturating_add(c.output.value));
-            Some(units)
+            Some(sum(&coins, crate::state::CoinStatus::spendable))
         }
         None => None,
     };
@@ -193,10 +189,7 @@ pub(super) fn createrawtransaction(ctx: &RpcContext, params: &Value) -> Result<V
     use crate::chain::transaction::{Transaction, TxOut};
     use crate::chain::OutPoint;
     let chain = chain(ctx)?;
-    let wallet = ctx
-        .wallet
-        .as_ref()
-        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let wallet = wallet(ctx)?;
     let inputs = super::methods::param(params, 0, "inputs")
         .and_then(Value::as_array)
         .ok_or_else(|| RpcError::params("inputs must be a list of {\"txid\", \"vout\"}"))?;
@@ -243,10 +236,7 @@ pub(super) fn createrawtransaction(ctx: &RpcContext, params: &Value) -> Result<V
 /// chain or in a pooled payment); answers `{hex, complete}`.
 pub(super) fn signrawtransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
-    let wallet = ctx
-        .wallet
-        .as_ref()
-        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let wallet = wallet(ctx)?;
     let text = super::methods::string_param(params, 0, "hex")?;
     let bytes = hex::decode(text).map_err(|_| RpcError::params("hex: not hexadecimal"))?;
     let mut tx = Chain::decode_tx(&bytes).map_err(|e| RpcError::params(e.to_string()))?;

@@ -18,9 +18,9 @@
 
 use serde_json::{json, Value};
 
-use super::chain::{amount, chain};
+use super::chain::{amount, chain, masternode_id, wallet};
 use super::{codes, RpcContext, RpcError};
-use crate::crypto::{NodeId, NodeIdentity};
+use crate::crypto::NodeIdentity;
 use crate::state::TxStatus;
 
 /// `getconsensusinfo`: the masternode set, their weights, the finality
@@ -34,9 +34,7 @@ pub(super) fn getconsensusinfo(ctx: &RpcContext, params: &Value) -> Result<Value
         .masternodes()
         .iter()
         .map(|m| {
-            let node_id = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key)
-                .ok()
-                .map(|k| NodeId::from_public_key(&k));
+            let node_id = masternode_id(&m.public_key);
             json!({
                 "public_key": hex::encode(m.public_key),
                 "node_id": node_id.map(|n| n.to_string()),
@@ -75,12 +73,11 @@ pub(super) fn masternodestatus(ctx: &RpcContext, params: &Value) -> Result<Value
     super::methods::no_params(params)?;
     let chain = chain(ctx)?;
     let own = ctx.node.node_id();
-    let entry = chain.genesis().masternodes().iter().find(|m| {
-        ed25519_dalek::VerifyingKey::from_bytes(&m.public_key)
-            .ok()
-            .map(|k| NodeId::from_public_key(&k))
-            == Some(own)
-    });
+    let entry = chain
+        .genesis()
+        .masternodes()
+        .iter()
+        .find(|m| masternode_id(&m.public_key) == Some(own));
     let address = ctx
         .node
         .config()
@@ -138,10 +135,7 @@ pub(super) fn listlockedcollaterals(ctx: &RpcContext, params: &Value) -> Result<
 pub(super) fn listlockedutxos(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     super::methods::no_params(params)?;
     let chain = chain(ctx)?;
-    let wallet = ctx
-        .wallet
-        .as_ref()
-        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let wallet = wallet(ctx)?;
     let mut spender = std::collections::HashMap::new();
     for txid in chain.mempool_txids() {
         if let Ok(Some(TxStatus::Pooled(tx))) = chain.transaction(&txid) {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::chain::{amount, chain, durable, refused, submit};
+use super::chain::{amount, chain, durable, refused, submit, wallet};
 use super::{codes, RpcContext, RpcError};
 use crate::chain::transaction::{Transaction, TxOut};
 use crate::chain::{Address, MIN_FEE};
@@ -25,10 +25,7 @@ fn count_param(params: &Value, index: usize, name: &str, default: u64) -> Result
 /// `address` may only name the wallet's own address: it holds one key.
 pub(super) async fn mergeutxos(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let chain = chain(ctx)?;
-    let wallet = ctx
-        .wallet
-        .as_ref()
-        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))?;
+    let wallet = wallet(ctx)?;
     let min_count = count_param(params, 0, "min_count", 2)?.max(2);
     let max_count = count_param(params, 1, "max_count", 100)?;
     let own = wallet.address();

@@ -35,10 +35,7 @@ struct Entry {
 }
 
 fn wallet_address(ctx: &RpcContext) -> Result<Address, RpcError> {
-    ctx.wallet
-        .as_ref()
-        .map(|w| w.address())
-        .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node has no wallet"))
+    super::chain::wallet(ctx).map(|w| w.address())
 }
 
 /// What `tx` did to `address`, or `None` if it did not touch it.
@@ -227,14 +224,8 @@ pub(super) fn getwalletinfo(ctx: &RpcContext, params: &Value) -> Result<Value, R
     let chain = chain(ctx)?;
     let address = wallet_address(ctx)?;
     let coins = chain.coins(&address).map_err(|e| refused(&e))?;
-    let sum = |pred: &dyn Fn(CoinStatus) -> bool| {
-        coins
-            .iter()
-            .filter(|c| pred(c.status))
-            .fold(0u64, |a, c| a.saturating_add(c.output.value))
-    };
-    let available = sum(&|s| s.spendable());
-    let pending = sum(&|s| s == CoinStatus::Pending);
+    let available = super::chain::sum(&coins, CoinStatus::spendable);
+    let pending = super::chain::sum(&coins, |s| s == CoinStatus::Pending);
     let txcount = history(chain, &address, usize::MAX)?.len();
     Ok(json!({
         "walletname": "wallet_key",

@@ -61,6 +61,34 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Runs `cmd` to completion with its stdout and stderr captured; the child
+/// is killed (by its guard) and the test fails if it has not exited after
+/// `limit`.
+pub fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let mut guard = Guard(child);
+    let status = wait_exit(&mut guard.0, limit)
+        .unwrap_or_else(|| panic!("{cmd:?} did not exit within {limit:?}"));
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// `program` with the environment of a `timed` child in these tests: no
 /// colours, no `TIMED_RPC_*` credentials or `RUST_LOG` from the caller's
 /// shell, and a `HOME` that does not exist, so that `timed rpc` never sends
