@@ -65,11 +65,13 @@ mod blocks;
 mod error;
 mod journal;
 mod pool;
+mod reindex;
 pub mod service;
 
 pub use error::{BlockError, ChainError, Fault};
 
 pub use pool::{Coin, CoinStatus};
+pub use reindex::Rebuilt;
 pub use service::{ChainRequest, ChainResponse, ChainService};
 
 /// What the chain hands out to be published or announced.

@@ -5,9 +5,8 @@
 //! them, with its argument defaults), checked for the fields its output
 //! code reads.
 //!
-//! The commands timed does not answer yet are listed in [`NOT_YET`]; the
-//! test checks that each still answers "method not found", so the list
-//! cannot go stale silently.
+//! Every method it sends is sent here, `stop` last; [`TIME_CLI_METHODS`]
+//! lists them and the second test checks each is one timed knows.
 //!
 //! Addresses are on 127.18.1.x. Every child is killed by a guard.
 
@@ -18,9 +17,51 @@ use std::time::Duration;
 use common::procs::{call, poll, wait_meshed, write_devnet};
 use serde_json::{json, Value};
 
-/// The commands of `time-cli` at abf7583 that timed does not answer yet,
-/// with the request it sends.
-const NOT_YET: &[(&str, &str)] = &[("reindextransactions", "[]"), ("reindex", "[]")];
+/// Every method `time-cli` at abf7583 sends: its 42 commands count
+/// `masternode genkey|list|status` besides `masternodegenkey`,
+/// `masternodelist` and `masternodestatus`, which send the same methods.
+const TIME_CLI_METHODS: &[&str] = &[
+    "cleanuplockedutxos",
+    "createrawtransaction",
+    "decoderawtransaction",
+    "forceunlockall",
+    "getbalance",
+    "getbestblockhash",
+    "getblock",
+    "getblockchaininfo",
+    "getblockcount",
+    "getblockhash",
+    "getconsensusinfo",
+    "getinfo",
+    "getmempoolinfo",
+    "getnetworkinfo",
+    "getnewaddress",
+    "getpeerinfo",
+    "getrawmempool",
+    "getrawtransaction",
+    "gettransaction",
+    "gettreasurybalance",
+    "gettxoutsetinfo",
+    "getwalletinfo",
+    "listlockedcollaterals",
+    "listlockedutxos",
+    "listreceivedbyaddress",
+    "listtransactions",
+    "listunspent",
+    "masternodegenkey",
+    "masternodelist",
+    "masternodestatus",
+    "mergeutxos",
+    "reindex",
+    "reindextransactions",
+    "sendrawtransaction",
+    "sendtoaddress",
+    "stop",
+    "unlockorphanedutxos",
+    "unlockutxo",
+    "uptime",
+    "validateaddress",
+];
 
 /// One request exactly as time-cli builds it (`jsonrpc` 2.0, the string id
 /// `time-cli`, positional params, HTTP POST of JSON): it fails on any
@@ -69,7 +110,7 @@ fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
 fn time_cli_requests_get_the_fields_it_reads() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = write_devnet(dir.path(), [127, 18, 1], 3, 1);
-    let _guards: Vec<_> = nodes.iter().map(|n| n.start()).collect();
+    let mut guards: Vec<_> = nodes.iter().map(|n| n.start()).collect();
     wait_meshed(&nodes, Duration::from_secs(60));
     let rpc = nodes[0].rpc;
     poll("a block", Duration::from_secs(60), || {
@@ -353,10 +394,51 @@ fn time_cli_requests_get_the_fields_it_reads() {
     let e = time_cli(rpc, "unlockutxo", json!(["xyz", 0])).unwrap_err();
     assert!(e.contains("-32602"), "{e}");
 
-    // Not answered yet: still "method not found" (see NOT_YET).
-    for (method, params) in NOT_YET {
-        let params: Value = serde_json::from_str(params).unwrap();
-        let e = time_cli(rpc, method, params).unwrap_err();
-        assert!(e.contains("-32601"), "{method}: {e}");
+    // Reindexing from the stored blocks: on a healthy store every table
+    // matches, and balances are as before.
+    let balance = call(rpc, "getbalances", json!([])).unwrap();
+    let txs = time_cli(rpc, "reindextransactions", json!([])).unwrap();
+    assert_eq!(field(&txs, "status"), "complete");
+    assert_eq!(field(&txs, "tables_changed"), &json!([]), "{txs}");
+    let height = field(&txs, "chain_height").as_u64().unwrap();
+    assert_eq!(
+        field(&txs, "blocks_processed").as_u64().unwrap(),
+        height + 1
+    );
+    assert!(field(&txs, "transactions_indexed").as_u64().unwrap() > height);
+    let full = time_cli(rpc, "reindex", json!([])).unwrap();
+    assert_eq!(field(&full, "status"), "complete");
+    assert_eq!(field(&full, "tables_changed"), &json!([]), "{full}");
+    assert_eq!(field(&full, "tx_index_rebuilt"), true);
+    assert!(field(&full, "utxo_count").as_u64().unwrap() > 0);
+    field(&full, "blocks_processed");
+    assert_eq!(call(rpc, "getbalances", json!([])).unwrap(), balance);
+    let e = time_cli(rpc, "reindex", json!([true])).unwrap_err();
+    assert!(e.contains("-32602"), "{e}");
+
+    // stop: answered, then the node exits cleanly.
+    time_cli(rpc, "stop", json!([])).unwrap();
+    let status = common::procs::wait_exit(&mut guards[0].0, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Every method time-cli sends is one timed knows (the list in `help`).
+#[test]
+fn every_time_cli_method_is_a_timed_method() {
+    assert_eq!(TIME_CLI_METHODS.len(), 40);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write_devnet(dir.path(), [127, 18, 2], 1, 1);
+    let _guard = nodes[0].start();
+    let help = poll("the RPC", Duration::from_secs(60), || {
+        call(nodes[0].rpc, "help", json!([])).ok()
+    });
+    let known: Vec<&str> = help
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for command in TIME_CLI_METHODS {
+        assert!(known.contains(command), "{command} missing from help");
     }
 }

@@ -616,7 +616,7 @@ impl AddressBook {
         terrible.len()
     }
 
-    /// The book's bytes for storage: [`STORED_TAG`], the secret, then
+    /// The book's bytes for storage: `STORED_TAG`, the secret, then
     /// each entry as a `u32le` length and its encoding (places are
     /// recomputed on load). Entry by entry, so a full book (tens of
     /// megabytes with its records) is not bound by the size limit of one

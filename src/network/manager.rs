@@ -117,7 +117,7 @@ impl Network {
     /// The current cap on established inbound connections: the configured
     /// `max_inbound`, never more than `max_peers` minus the outbound
     /// connections, and under resource pressure the shrunk cap (see
-    /// [`Network::update_pressure`]).
+    /// `Network::update_pressure`).
     pub fn inbound_cap(&self) -> usize {
         self.base_inbound_cap()
             .min(self.inner.manager.pressure_cap.load(Ordering::Relaxed))

@@ -183,7 +183,7 @@ fn now() -> (u64, u64) {
 
 impl Network {
     /// Our current signed record, re-signed when older than
-    /// [`OWN_RECORD_REFRESH`] (so a new peer's `auth` layer, which drops
+    /// `OWN_RECORD_REFRESH` (so a new peer's `auth` layer, which drops
     /// envelopes older than 10 minutes, never finds it stale); `None` when
     /// the node announces no usable listen address.
     pub fn own_record(&self) -> Option<Envelope> {

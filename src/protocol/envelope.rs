@@ -283,7 +283,7 @@ impl Envelope {
 
 /// Proof that the envelope with this id passed signature verification for
 /// this node's network. Only verifying makes one ([`Envelope::verified`],
-/// or the `auth` layer's batch verifier through [`Verified::checked`]), so
+/// or the `auth` layer's batch verifier through `Verified::checked`), so
 /// an unverified envelope cannot be mistaken for a verified one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verified(MessageId);

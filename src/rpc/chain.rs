@@ -55,6 +55,8 @@ pub const NAMES: &[&str] = &[
     "getnewaddress",
     "getwalletinfo",
     "mergeutxos",
+    "reindex",
+    "reindextransactions",
 ];
 
 pub(super) fn amount(units: u64) -> Value {
@@ -70,7 +72,7 @@ pub(super) fn chain(ctx: &RpcContext) -> Result<&Chain, RpcError> {
         .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
 }
 
-fn service(ctx: &RpcContext) -> Result<&ChainService, RpcError> {
+pub(super) fn service(ctx: &RpcContext) -> Result<&ChainService, RpcError> {
     ctx.node
         .chain_service()
         .ok_or_else(|| RpcError::new(codes::UNAVAILABLE, "this node follows no chain"))
@@ -185,6 +187,8 @@ pub(super) async fn dispatch(
         "sendtoaddress" => sendtoaddress(ctx, params).await,
         "sendrawtransaction" => sendrawtransaction(ctx, params).await,
         "mergeutxos" => super::merge::mergeutxos(ctx, params).await,
+        "reindex" => super::reindex::reindex(ctx, params).await,
+        "reindextransactions" => super::reindex::reindextransactions(ctx, params).await,
         // The reads take the chain's state lock, which its worker may hold
         // for a long validation: they wait on the blocking pool, not on an
         // async worker.

@@ -73,6 +73,7 @@ mod masternodes;
 mod merge;
 mod methods;
 pub mod params;
+mod reindex;
 pub mod server;
 mod wallet_info;
 
@@ -107,6 +108,9 @@ pub mod codes {
     pub const UNAVAILABLE: i64 = -32006;
     /// Every worker stayed busy (HTTP 503), or the body came too slowly.
     pub const BUSY: i64 = -32007;
+    /// The chain store could not do it (a damaged block, a chain that does
+    /// not replay); nothing was changed.
+    pub const STORE: i64 = -32008;
 }
 
 /// A JSON-RPC error object.

@@ -74,6 +74,8 @@ pub const SIGNATURES: &[(&str, &[&str])] = &[
     ("getnewaddress", &[]),
     ("getwalletinfo", &[]),
     ("mergeutxos", &["min_count", "max_count", "address"]),
+    ("reindex", &[]),
+    ("reindextransactions", &[]),
 ];
 
 /// The parameter names of `method`, if it is one.

@@ -56,6 +56,11 @@
 //! * At run time: an I/O error (or redb's "previous I/O error") marks the
 //!   store failed ([`Store::failure`]); the node stops rather than serve
 //!   errors.
+//! * On request ([`Store::reindex`], [`Store::reindex_txs`]; RPC `reindex`
+//!   and `reindextransactions`): the tables derived from the blocks are
+//!   rebuilt by replaying every block from genesis in one write
+//!   transaction, and the answer names those that differed (see
+//!   the `reindex` module).
 
 mod ban_writer;
 mod bans;
@@ -65,12 +70,14 @@ pub mod mempool;
 mod migrate;
 mod open;
 mod peers;
+mod reindex;
 mod write;
 
 pub use ban_writer::{BanWriter, BanWriterStats};
 pub use bans::{BanWrite, StoredBan};
 pub use marker::marker_path;
 pub use mempool::{PoolOp, StoredPool};
+pub use reindex::Reindexed;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

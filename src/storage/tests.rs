@@ -604,3 +604,4 @@ fn a_store_written_before_schema_versions_is_refused() {
 }
 
 mod integrity;
+mod reindex;

@@ -1,12 +1,13 @@
 //! The write path: applying a block and rolling back the tip, each one
 //! redb write transaction (see the parent module's correctness notes).
 
-use redb::ReadableTable;
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::blocks::{record, verify};
 use super::{
     address_key, corrupt, db_err, decode, encode, outpoint_key, output_point, read_tip, Store,
-    StoreError, ADDRESS_UTXOS, BLOCKS, BLOCK_HASHES, BLOCK_HEIGHTS, META, TX_INDEX, UNDO, UTXOS,
+    StoreError, ADDRESS_KEY_LEN, ADDRESS_UTXOS, BLOCKS, BLOCK_HASHES, BLOCK_HEIGHTS, META,
+    TX_INDEX, UNDO, UTXOS,
 };
 use crate::chain::block::Block;
 use crate::chain::transaction::{OutPoint, TxOut};
@@ -57,53 +58,7 @@ impl Store {
                         tip_height: expected.wrapping_sub(1),
                     });
                 }
-                let mut utxos = tx.open_table(UTXOS).map_err(db_err("open utxos"))?;
-                let mut index = tx.open_table(TX_INDEX).map_err(db_err("open tx_index"))?;
-                let mut addresses = tx
-                    .open_table(ADDRESS_UTXOS)
-                    .map_err(db_err("open address_utxos"))?;
-                let mut undo: Vec<(OutPoint, TxOut)> = Vec::new();
-                for transaction in &block.transactions {
-                    let txid = transaction.txid();
-                    for input in &transaction.inputs {
-                        let spent: TxOut = match utxos
-                            .remove(outpoint_key(&input.prevout).as_slice())
-                            .map_err(db_err("spend utxo"))?
-                        {
-                            // Dropping `tx` without commit discards every change.
-                            None => return Err(StoreError::MissingOutput(input.prevout)),
-                            Some(v) => decode("utxos", v.value())?,
-                        };
-                        if addresses
-                            .remove(&address_key(&spent.address, &input.prevout))
-                            .map_err(db_err("unindex utxo"))?
-                            .is_none()
-                        {
-                            return Err(corrupt(
-                                "address_utxos",
-                                format!("unspent output {:?} not indexed", input.prevout),
-                            ));
-                        }
-                        undo.push((input.prevout, spent));
-                    }
-                    if index
-                        .insert(&txid, height)
-                        .map_err(db_err("index tx"))?
-                        .is_some()
-                    {
-                        return Err(StoreError::DuplicateTxid(txid));
-                    }
-                    for (i, output) in transaction.outputs.iter().enumerate() {
-                        let outpoint = output_point(txid, i);
-                        let value = encode("utxos", output)?;
-                        utxos
-                            .insert(outpoint_key(&outpoint).as_slice(), value.as_slice())
-                            .map_err(db_err("add utxo"))?;
-                        addresses
-                            .insert(&address_key(&output.address, &outpoint), output.value)
-                            .map_err(db_err("index utxo"))?;
-                    }
-                }
+                let undo = Ledger::open(&tx)?.connect(block, height)?;
                 let undo = encode("undo", &undo)?;
                 let mut undo_table = tx.open_table(UNDO).map_err(db_err("open undo"))?;
                 undo_table
@@ -283,5 +238,96 @@ impl Store {
             self.mark_tip(block.header.height - 1, block.header.prev_hash);
             Ok(block)
         })
+    }
+}
+
+/// The tables a block's transactions change: the UTXO set, the tx index
+/// and the address index.
+pub(super) struct Ledger<'t> {
+    utxos: Table<'t, &'static [u8], &'static [u8]>,
+    index: Table<'t, &'static [u8; 32], u64>,
+    addresses: Table<'t, &'static [u8; ADDRESS_KEY_LEN], u64>,
+}
+
+impl<'t> Ledger<'t> {
+    /// Opens the three tables in `tx`.
+    pub(super) fn open(tx: &'t WriteTransaction) -> Result<Ledger<'t>, StoreError> {
+        Ok(Ledger {
+            utxos: tx.open_table(UTXOS).map_err(db_err("open utxos"))?,
+            index: tx.open_table(TX_INDEX).map_err(db_err("open tx_index"))?,
+            addresses: tx
+                .open_table(ADDRESS_UTXOS)
+                .map_err(db_err("open address_utxos"))?,
+        })
+    }
+
+    /// Applies `block`'s transactions (at `height`) in order: each input's
+    /// output removed from the UTXO set and the address index, each txid
+    /// indexed, each output added. Returns the undo record: the spent
+    /// outputs in the order the inputs spend them.
+    ///
+    /// # Errors
+    /// [`StoreError::MissingOutput`], [`StoreError::DuplicateTxid`], an
+    /// unindexed output ([`StoreError::Corrupt`]) or a database error; the
+    /// caller drops the write transaction uncommitted then.
+    pub(super) fn connect(
+        &mut self,
+        block: &Block,
+        height: u64,
+    ) -> Result<Vec<(OutPoint, TxOut)>, StoreError> {
+        let mut undo: Vec<(OutPoint, TxOut)> = Vec::new();
+        for transaction in &block.transactions {
+            let txid = transaction.txid();
+            for input in &transaction.inputs {
+                let spent: TxOut = match self
+                    .utxos
+                    .remove(outpoint_key(&input.prevout).as_slice())
+                    .map_err(db_err("spend utxo"))?
+                {
+                    None => return Err(StoreError::MissingOutput(input.prevout)),
+                    Some(v) => decode("utxos", v.value())?,
+                };
+                if self
+                    .addresses
+                    .remove(&address_key(&spent.address, &input.prevout))
+                    .map_err(db_err("unindex utxo"))?
+                    .is_none()
+                {
+                    return Err(corrupt(
+                        "address_utxos",
+                        format!("unspent output {:?} not indexed", input.prevout),
+                    ));
+                }
+                undo.push((input.prevout, spent));
+            }
+            self.index_tx(&txid, height)?;
+            for (i, output) in transaction.outputs.iter().enumerate() {
+                let outpoint = output_point(txid, i);
+                let value = encode("utxos", output)?;
+                self.utxos
+                    .insert(outpoint_key(&outpoint).as_slice(), value.as_slice())
+                    .map_err(db_err("add utxo"))?;
+                self.addresses
+                    .insert(&address_key(&output.address, &outpoint), output.value)
+                    .map_err(db_err("index utxo"))?;
+            }
+        }
+        Ok(undo)
+    }
+
+    /// Records `txid` at `height` in the tx index.
+    ///
+    /// # Errors
+    /// [`StoreError::DuplicateTxid`] if it is there already.
+    pub(super) fn index_tx(&mut self, txid: &[u8; 32], height: u64) -> Result<(), StoreError> {
+        if self
+            .index
+            .insert(txid, height)
+            .map_err(db_err("index tx"))?
+            .is_some()
+        {
+            return Err(StoreError::DuplicateTxid(*txid));
+        }
+        Ok(())
     }
 }
