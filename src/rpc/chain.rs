@@ -323,9 +323,27 @@ pub(super) fn sum(coins: &[crate::state::Coin], pred: impl Fn(CoinStatus) -> boo
 
 /// What the address can spend now: confirmed outputs, outputs of final
 /// pooled payments and its own pooled change (see `getbalances`).
+/// `getbalance [ADDRESS]`: TIME Coin's `{balance, locked, available}`.
+/// `available` is what can be spent now, `balance` adds what waits for
+/// finality (`pending`), and `locked` (masternode collateral in TIME Coin)
+/// is always 0: timed locks no collateral.
 fn getbalance(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let coins = address_coins(ctx, params, 0)?;
-    Ok(amount(sum(&coins, CoinStatus::spendable)))
+    let available = sum(&coins, CoinStatus::spendable);
+    let pending = sum(&coins, |s| s == CoinStatus::Pending);
+    let balance = available.saturating_add(pending);
+    Ok(json!({
+        "balance": amount(balance),
+        "locked": amount(0),
+        "available": amount(available),
+        "pending": amount(pending),
+        "units": {
+            "balance": balance,
+            "locked": 0,
+            "available": available,
+            "pending": pending,
+        },
+    }))
 }
 
 fn getbalances(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {

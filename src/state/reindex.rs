@@ -38,8 +38,9 @@ impl Chain {
             self.update_mempool_gauges(&state);
             dropped
         };
+        let rebuilt = self.rebuilt("reindex", tables, pool_dropped);
         drop(state);
-        Ok(self.rebuilt("reindex", tables, pool_dropped))
+        Ok(rebuilt)
     }
 
     /// Rebuilds the tx index alone from the stored blocks
@@ -50,11 +51,13 @@ impl Chain {
     pub fn reindex_txs(&self) -> Result<Rebuilt, ChainError> {
         let state = self.state();
         let tables = self.inner.store.reindex_txs()?;
+        let rebuilt = self.rebuilt("reindextransactions", tables, 0);
         drop(state);
-        Ok(self.rebuilt("reindextransactions", tables, 0))
+        Ok(rebuilt)
     }
 
-    /// Logs a finished rebuild and describes it.
+    /// Logs a finished rebuild and describes it; called under the state
+    /// lock, so the tip is the one the rebuild replayed to.
     fn rebuilt(&self, what: &'static str, tables: Reindexed, pool_dropped: usize) -> Rebuilt {
         let height = self.tip().height;
         if tables.changed.is_empty() {
