@@ -91,6 +91,9 @@ fn every_error_code_is_documented() {
         BUSY,
         STORE,
     ] {
-        assert!(doc.contains(&format!("`{code}`")), "code {code} undocumented");
+        assert!(
+            doc.contains(&format!("`{code}`")),
+            "code {code} undocumented"
+        );
     }
 }

@@ -408,6 +408,52 @@ fn time_cli_requests_get_the_fields_it_reads() {
     let e = time_cli(rpc, "unlockutxo", json!(["xyz", 0])).unwrap_err();
     assert!(e.contains("-32602"), "{e}");
 
+    // Named params, Bitcoin-style: the same answers as positional ones.
+    for (method, positional, named) in [
+        ("getblockhash", json!([1]), json!({"height": 1})),
+        ("getblock", json!([1]), json!({"block": 1})),
+        (
+            "getrawtransaction",
+            json!([txid, true]),
+            json!({"txid": txid, "verbose": true}),
+        ),
+        ("validateaddress", json!([to]), json!({"address": to})),
+        (
+            "listunspent",
+            json!([1, 9_999_999, null, 3]),
+            json!({"limit": 3}),
+        ),
+        ("masternodelist", json!([true]), json!({"show_all": true})),
+    ] {
+        let a = call(rpc, method, positional).unwrap();
+        let b = call(rpc, method, named).unwrap();
+        if method == "masternodelist" {
+            assert_eq!(a["total"], b["total"], "{method}");
+        } else {
+            assert_eq!(a, b, "{method}");
+        }
+    }
+    // timed's fee, named, next to TIME Coin's flags.
+    let fee_txid = call(
+        rpc,
+        "sendtoaddress",
+        json!({"address": to, "amount": "0.5", "nowait": true, "fee": "0.001"}),
+    )
+    .unwrap();
+    let history = call(rpc, "listtransactions", json!({"count": 100})).unwrap();
+    let entry = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["txid"] == fee_txid)
+        .unwrap_or_else(|| panic!("{fee_txid} not in {history}"));
+    assert_eq!(entry["fee"], -0.001, "{entry}");
+    let e = call(rpc, "getblockhash", json!({"hight": 1})).unwrap_err();
+    assert!(
+        e.contains("-32602") && e.contains("no parameter named \\\"hight\\\""),
+        "{e}"
+    );
+
     // Reindexing from the stored blocks: on a healthy store every table
     // matches, and balances are as before.
     let balance = call(rpc, "getbalances", json!([])).unwrap();
