@@ -104,7 +104,7 @@ struct RunArgs {
     /// P2P listen address (overrides [p2p] listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// A peer to keep connected, HOST:PORT or NODE_ID@HOST:PORT (repeatable;
+    /// A peer to keep connected, IP:PORT or NODE_ID@IP:PORT (repeatable;
     /// added to [p2p] peers).
     #[arg(long = "peer")]
     peers: Vec<PeerTarget>,

@@ -314,6 +314,27 @@ fn time_cli_requests_get_the_fields_it_reads() {
     assert!(e.contains("only its own address"), "{e}");
     let e = time_cli(rpc3, "mergeutxos", json!([1_000, 2_000, null])).unwrap_err();
     assert!(e.contains("nothing merged"), "{e}");
+    // Parameters that make no sense are refused, not guessed at.
+    for (params, expected) in [
+        (
+            json!([5, 2, null]),
+            "max_count (2) must be at least min_count (5)",
+        ),
+        (json!([2, 5, 7]), "(address) must be a string"),
+    ] {
+        let e = time_cli(rpc3, "mergeutxos", params).unwrap_err();
+        assert!(e.contains("-32602") && e.contains(expected), "{e}");
+    }
+    // The merge pays no one: listed as a send of 0 (not -0) and its fee.
+    let history = time_cli(rpc3, "listtransactions", json!([100])).unwrap();
+    let merge = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["txid"] == merge_txid)
+        .unwrap_or_else(|| panic!("the merge in {history}"));
+    assert_eq!(merge["amount"].to_string(), "0.0", "{merge}");
+    assert_eq!(merge["fee"], -0.00001, "{merge}");
 
     // Mempool.
     let pool = time_cli(rpc, "getmempoolinfo", json!([])).unwrap();
@@ -348,6 +369,14 @@ fn time_cli_requests_get_the_fields_it_reads() {
     assert_eq!(field(&valid, "ismine"), true);
     let invalid = time_cli(rpc, "validateaddress", json!(["TIME1nope"])).unwrap();
     assert_eq!(field(&invalid, "isvalid"), false);
+    // A long invalid input is echoed cut to 64 characters (and an ellipsis).
+    let long = "x".repeat(10_000);
+    let invalid = time_cli(rpc, "validateaddress", json!([long])).unwrap();
+    assert!(field(&invalid, "address").as_str().unwrap().chars().count() <= 65);
+    let e = time_cli(rpc, "listreceivedbyaddress", json!([0, "yes"])).unwrap_err();
+    assert!(e.contains("include_empty must be true or false"), "{e}");
+    let e = time_cli(rpc, "listunspent", json!([nodes[0].address, 5])).unwrap_err();
+    assert!(e.contains("takes no other parameters"), "{e}");
     let info = time_cli(rpc, "getinfo", json!([])).unwrap();
     for name in [
         "version",
@@ -383,7 +412,7 @@ fn time_cli_requests_get_the_fields_it_reads() {
     );
     assert_eq!(field(&consensus, "instant_finality"), true);
     let treasury = time_cli(rpc, "gettreasurybalance", json!([])).unwrap();
-    assert_eq!(field(&treasury, "balance"), 0);
+    assert_eq!(field(&treasury, "balance"), 0.0);
     let collaterals = time_cli(rpc, "listlockedcollaterals", json!([])).unwrap();
     assert_eq!(field(&collaterals, "collaterals"), &json!([]));
 
@@ -421,7 +450,7 @@ fn time_cli_requests_get_the_fields_it_reads() {
         (
             "listunspent",
             json!([1, 9_999_999, null, 3]),
-            json!({"limit": 3}),
+            json!({"minconf": 1, "limit": 3}),
         ),
         ("masternodelist", json!([true]), json!({"show_all": true})),
     ] {

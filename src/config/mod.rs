@@ -106,7 +106,7 @@ pub struct P2pSection {
     pub listen: Option<SocketAddr>,
     /// The address announced to peers (default: the listen address).
     pub external_addr: Option<SocketAddr>,
-    /// Peers to keep connected, `HOST:PORT` or `NODE_ID@HOST:PORT`.
+    /// Peers to keep connected, `IP:PORT` or `NODE_ID@IP:PORT` (an IP address, not a DNS name).
     #[serde(deserialize_with = "peer_targets", serialize_with = "peer_targets_out")]
     pub peers: Vec<PeerTarget>,
     /// Seed nodes, `HOST:PORT` (DNS names resolved when used), dialled

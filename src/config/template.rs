@@ -17,7 +17,7 @@ data_dir = "{data_dir}"
 [p2p]
 listen = "{listen}"
 # external_addr = "203.0.113.7:24000"  # address announced to peers
-peers = []                          # "HOST:PORT" or "NODE_ID@HOST:PORT", kept connected
+peers = []                          # "IP:PORT" or "NODE_ID@IP:PORT", kept connected
 seeds = []                          # "HOST:PORT" (DNS names too), used when the address book is empty
 min_peers = 8                       # floor of the dynamic inbound cap
 max_peers = 50                      # all connections, inbound and outbound

@@ -32,7 +32,7 @@ impl fmt::Display for PeerTarget {
 
 /// Error for a peer given as text.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid peer {0:?}: expected HOST:PORT or NODE_ID@HOST:PORT")]
+#[error("invalid peer {0:?}: expected IP:PORT or NODE_ID@IP:PORT")]
 pub struct InvalidPeerTarget(pub String);
 
 impl FromStr for PeerTarget {

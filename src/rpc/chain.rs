@@ -386,7 +386,15 @@ fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
         };
     let (minconf, maxconf, addresses, limit) = match super::methods::param(params, 0, "minconf") {
         // timed's own form: the address first.
-        Some(Value::String(text)) => (0, u64::MAX, vec![parse(text)?], None),
+        Some(Value::String(text)) => {
+            if params.as_array().is_some_and(|a| a.len() > 1) {
+                return Err(RpcError::params(
+                    "listunspent ADDRESS takes no other parameters \
+                     (or give minconf, maxconf, addresses, limit)",
+                ));
+            }
+            (0, u64::MAX, vec![parse(text)?], None)
+        }
         _ => {
             let addresses = match super::methods::param(params, 2, "addresses") {
                 None | Some(Value::Null) => vec![wallet_address(ctx, &Value::Null, 0)?],
@@ -429,7 +437,10 @@ fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
             .utxos_for(address)
             .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
         let coins = chain.coins(address).map_err(|e| refused(&e))?;
-        let unspent: std::collections::HashSet<_> = coins.iter().map(|c| c.outpoint).collect();
+        // Each unspent output's status; an output a pooled payment spends
+        // is not in it.
+        let unspent: std::collections::HashMap<_, _> =
+            coins.iter().map(|c| (c.outpoint, c.status)).collect();
         let entry = |o: &crate::chain::OutPoint,
                      out: &crate::chain::TxOut,
                      status: &str,
@@ -442,8 +453,8 @@ fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
                 "units": out.value,
                 "confirmations": confirmations,
                 "status": status,
-                "spent_in_mempool": !unspent.contains(o),
-                "spendable": unspent.contains(o),
+                "spent_in_mempool": !unspent.contains_key(o),
+                "spendable": unspent.get(o).is_some_and(|s| s.spendable()),
             })
         };
         // Confirmed outputs (also those a pooled payment spends), then the
@@ -485,7 +496,12 @@ fn listunspent(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
 const FINALITY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An optional boolean parameter (`false` when absent or null).
-fn flag_param(params: &Value, index: usize, name: &str, hint: &str) -> Result<bool, RpcError> {
+pub(super) fn flag_param(
+    params: &Value,
+    index: usize,
+    name: &str,
+    hint: &str,
+) -> Result<bool, RpcError> {
     match super::methods::param(params, index, name) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -657,7 +673,7 @@ fn gettransaction(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let tally = chain.tally(&txid);
     let total = chain.total_weight();
     let (tx, location) = match &status {
-        TxStatus::Pooled(tx) => (tx, json!({ "status": "mempool" })),
+        TxStatus::Pooled(tx) => (tx, json!({ "status": "mempool", "confirmations": 0 })),
         TxStatus::InBlock(height, tx) => {
             let hash = chain
                 .store()

@@ -147,9 +147,10 @@ pub(super) fn validateaddress(ctx: &RpcContext, params: &Value) -> Result<Value,
             "ismine": ctx.wallet.as_ref().is_some_and(|w| w.address() == address),
             "network": network.name(),
         }),
+        // At most 64 characters of what the caller sent are echoed.
         Err(e) => json!({
             "isvalid": false,
-            "address": text,
+            "address": super::params::excerpt_n(text, super::params::ECHO_CHARS),
             "error": e.to_string(),
         }),
     })

@@ -61,7 +61,7 @@ pub(super) fn gettreasurybalance(ctx: &RpcContext, params: &Value) -> Result<Val
     super::methods::no_params(params)?;
     chain(ctx)?;
     Ok(json!({
-        "balance": 0,
+        "balance": amount(0),
         "units": 0,
         "note": "timed's chain has no treasury",
     }))
@@ -96,9 +96,10 @@ pub(super) fn masternodestatus(ctx: &RpcContext, params: &Value) -> Result<Value
             "total_uptime": ctx.node.uptime().as_secs(),
             "is_active": chain.is_masternode(),
         }),
+        // TIME Coin's shape: no `address`, which its client reads as "a
+        // masternode".
         None => json!({
-            "status": "not a masternode",
-            "address": address,
+            "status": "Not a masternode",
             "is_active": false,
             "message": "this node's key is not among the genesis masternodes",
         }),

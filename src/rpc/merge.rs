@@ -29,7 +29,12 @@ pub(super) async fn mergeutxos(ctx: &RpcContext, params: &Value) -> Result<Value
     let min_count = count_param(params, 0, "min_count", 2)?.max(2);
     let max_count = count_param(params, 1, "max_count", 100)?;
     let own = wallet.address();
-    if let Some(Value::String(text)) = super::methods::param(params, 2, "address") {
+    if max_count < min_count {
+        return Err(RpcError::params(format!(
+            "max_count ({max_count}) must be at least min_count ({min_count})"
+        )));
+    }
+    if let Some(text) = super::params::optional_string_param(params, 2, "address")? {
         let address = Address::parse(text, chain.genesis().network)
             .map_err(|e| RpcError::params(format!("address: {e}")))?;
         if address != own {

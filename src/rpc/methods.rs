@@ -124,7 +124,7 @@ pub(super) async fn dispatch(
             let text = string_param(params, 0, "node")?;
             let target: PeerTarget = text.parse().map_err(|_| {
                 RpcError::params(format!(
-                    "invalid peer {}: expected HOST:PORT or NODE_ID@HOST:PORT",
+                    "invalid peer {}: expected IP:PORT or NODE_ID@IP:PORT",
                     quoted(text)
                 ))
             })?;

@@ -9,12 +9,13 @@
 //! | code | meaning |
 //! |---|---|
 //! | `-32001` | unauthorized: missing or wrong credentials (HTTP 401) |
-//! | `-32002` | not found: no such peer or ban |
+//! | `-32002` | not found: no such peer, ban, block or transaction; a one-off `addnode` dial that failed |
 //! | `-32003` | config reload failed (the message says why; the old stack stays) |
 //! | `-32004` | transaction rejected (the message names the reason: `insufficient_fee`, `conflict`, ...) |
-//! | `-32005` | wallet error: insufficient funds, zero amount, fee too low |
-//! | `-32006` | unavailable: the node has no chain or no wallet |
+//! | `-32005` | wallet error: insufficient funds (or `funds_pending`), zero amount, fee too low, nothing to merge |
+//! | `-32006` | unavailable: the node has no chain or no wallet, or the chain has stopped |
 //! | `-32007` | busy: work queue depth exceeded (HTTP 503), or the body came too slowly (HTTP 408) |
+//! | `-32008` | the chain store could not do it (a `reindex` that met a damaged block); nothing was changed |
 //!
 //! Error messages quote at most [`params::ECHO_CHARS`] characters of
 //! anything the caller sent.
@@ -96,7 +97,7 @@ pub mod codes {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Missing or wrong credentials.
     pub const UNAUTHORIZED: i64 = -32001;
-    /// No such peer or ban.
+    /// No such peer, ban, block or transaction.
     pub const NOT_FOUND: i64 = -32002;
     /// The config could not be reloaded.
     pub const RELOAD_FAILED: i64 = -32003;

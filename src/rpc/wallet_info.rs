@@ -149,7 +149,9 @@ pub(super) fn listtransactions(ctx: &RpcContext, params: &Value) -> Result<Value
             } else {
                 ("receive", e.received)
             };
-            let signed = if send {
+            // A payment to the wallet itself (a merge) pays out nothing:
+            // 0, not -0.
+            let signed = if send && units > 0 {
                 -(amount(units).as_f64().unwrap_or(0.0))
             } else {
                 amount(units).as_f64().unwrap_or(0.0)
@@ -182,10 +184,7 @@ pub(super) fn listreceivedbyaddress(ctx: &RpcContext, params: &Value) -> Result<
             .as_u64()
             .ok_or_else(|| RpcError::params("minconf must be a non-negative integer"))?,
     };
-    let include_empty = matches!(
-        super::methods::param(params, 1, "include_empty"),
-        Some(Value::Bool(true))
-    );
+    let include_empty = super::chain::flag_param(params, 1, "include_empty", "")?;
     let received: Vec<Entry> = history(chain, &address, usize::MAX)?
         .into_iter()
         .filter(|e| e.received > 0 && confirmations(chain, e.height) >= minconf)
@@ -231,10 +230,10 @@ pub(super) fn getwalletinfo(ctx: &RpcContext, params: &Value) -> Result<Value, R
         "walletname": "wallet_key",
         "address": address.to_text(chain.genesis().network),
         "balance": amount(available.saturating_add(pending)),
-        "locked": 0,
+        "locked": amount(0),
         "available": amount(available),
         "unconfirmed_balance": amount(pending),
-        "immature_balance": 0,
+        "immature_balance": amount(0),
         "txcount": txcount,
         "keypoolsize": 0,
         "paytxfee": amount(MIN_FEE),
