@@ -321,12 +321,11 @@ pub(super) fn sum(coins: &[crate::state::Coin], pred: impl Fn(CoinStatus) -> boo
         .fold(0u64, |acc, c| acc.saturating_add(c.output.value))
 }
 
-/// What the address can spend now: confirmed outputs, outputs of final
-/// pooled payments and its own pooled change (see `getbalances`).
 /// `getbalance [ADDRESS]`: TIME Coin's `{balance, locked, available}`.
-/// `available` is what can be spent now, `balance` adds what waits for
-/// finality (`pending`), and `locked` (masternode collateral in TIME Coin)
-/// is always 0: timed locks no collateral.
+/// `available` is what can be spent now (confirmed outputs, outputs of
+/// final pooled payments and the wallet's own pooled change), `balance`
+/// adds what waits for finality (`pending`), and `locked` (masternode
+/// collateral in TIME Coin) is always 0: timed locks no collateral.
 fn getbalance(ctx: &RpcContext, params: &Value) -> Result<Value, RpcError> {
     let coins = address_coins(ctx, params, 0)?;
     let available = sum(&coins, CoinStatus::spendable);

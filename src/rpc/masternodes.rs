@@ -96,8 +96,8 @@ pub(super) fn masternodestatus(ctx: &RpcContext, params: &Value) -> Result<Value
             "total_uptime": ctx.node.uptime().as_secs(),
             "is_active": chain.is_masternode(),
         }),
-        // TIME Coin's shape: no `address`, which its client reads as "a
-        // masternode".
+        // TIME Coin's shape, without `address`: its client takes an
+        // `address` to mean "this node is a masternode".
         None => json!({
             "status": "Not a masternode",
             "is_active": false,
