@@ -65,6 +65,7 @@ run listtransactions
 run listtransactions -n 3
 txid=$("$cli" --rpc-url "$url" sendtoaddress "$other" 1.5 | json d)
 echo "ok   sendtoaddress $other 1.5 -> $txid"
+ok=$((ok + 1))
 run sendtoaddress "$other" 1 --subtractfee --nowait
 run gettransaction "$txid"
 run getrawtransaction "$txid"
