@@ -206,6 +206,16 @@ fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(&dir.path().join(DB_FILE)).unwrap()
 }
 
+/// A store in `dir` holding the whole test chain.
+fn stored_chain(dir: &tempfile::TempDir) -> (Store, Chain) {
+    let store = open(dir);
+    let c = chain();
+    for block in &c.blocks {
+        store.apply_block(block).unwrap();
+    }
+    (store, c)
+}
+
 #[test]
 fn blocks_apply_atomically_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,20 +3,10 @@
 
 use redb::StorageError;
 
-use super::{chain, open, Chain};
+use super::{open, stored_chain};
 use crate::storage::bans::StoredBan;
 use crate::storage::marker::{MarkedTip, TipMarker};
 use crate::storage::*;
-
-/// A store in `dir` holding the whole test chain.
-fn stored_chain(dir: &tempfile::TempDir) -> (Store, Chain) {
-    let store = open(dir);
-    let c = chain();
-    for block in &c.blocks {
-        store.apply_block(block).unwrap();
-    }
-    (store, c)
-}
 
 fn is_bad_block(result: Result<impl std::fmt::Debug, StoreError>, at: u64) -> bool {
     matches!(result, Err(StoreError::BadBlock { height, .. }) if height == at)

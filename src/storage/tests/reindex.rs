@@ -1,18 +1,8 @@
 //! Tests of the rebuild of the derived tables from the stored blocks.
 
-use super::{assert_index_matches_scan, chain, open, scan, snapshot};
+use super::{assert_index_matches_scan, open, scan, snapshot, stored_chain};
 use crate::chain::block::Block;
 use crate::storage::*;
-
-/// A store in `dir` holding the whole test chain.
-fn stored(dir: &tempfile::TempDir) -> (Store, super::Chain) {
-    let store = open(dir);
-    let c = chain();
-    for block in &c.blocks {
-        store.apply_block(block).unwrap();
-    }
-    (store, c)
-}
 
 /// Damages every derived table: an unspent output removed and a bogus one
 /// added (and indexed), a txid unindexed and a stale one added, an undo
@@ -43,7 +33,7 @@ fn damage(store: &Store, c: &super::Chain) {
 #[test]
 fn a_healthy_store_is_rebuilt_identical_and_nothing_is_reported_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = stored(&dir);
+    let (store, c) = stored_chain(&dir);
     let before = snapshot(&store);
     let report = store.reindex().unwrap();
     assert_eq!(snapshot(&store), before);
@@ -65,7 +55,7 @@ fn a_healthy_store_is_rebuilt_identical_and_nothing_is_reported_changed() {
 #[test]
 fn damaged_derived_tables_are_rebuilt_exactly_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = stored(&dir);
+    let (store, c) = stored_chain(&dir);
     let healthy = snapshot(&store);
     damage(&store, &c);
     assert_ne!(snapshot(&store), healthy);
@@ -100,7 +90,7 @@ fn damaged_derived_tables_are_rebuilt_exactly_and_named() {
 #[test]
 fn a_tx_index_rebuild_mends_the_index_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = stored(&dir);
+    let (store, c) = stored_chain(&dir);
     let healthy = snapshot(&store);
     damage(&store, &c);
     let damaged = snapshot(&store);
@@ -130,7 +120,7 @@ fn a_tx_index_rebuild_mends_the_index_alone() {
 #[test]
 fn a_damaged_block_aborts_the_rebuild_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = stored(&dir);
+    let (store, c) = stored_chain(&dir);
     damage(&store, &c);
     store
         .overwrite_block_bytes_for_test(1, &[0x5a; 300])
@@ -168,7 +158,7 @@ fn store_raw(store: &Store, block: &crate::chain::block::Block) {
 #[test]
 fn a_chain_that_does_not_replay_is_refused_with_nothing_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = stored(&dir);
+    let (store, c) = stored_chain(&dir);
     // Each stored block checks out alone, but the chain does not replay:
     // block 1 replaced by one on another parent, then by one spending an
     // output that does not exist.
